@@ -1,0 +1,62 @@
+# tuneship: every workflow is a make target; CI calls the same ones people do.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS := train,convert,serve,controller,dev
+INSTALLED := $(VENV)/.installed
+TUNESHIP_CACHE_DIR ?= $(HOME)/.cache/tuneship
+export TUNESHIP_CACHE_DIR
+LLAMA_VERSION := $(shell cat services/tuneship/common/llama-cpp-python.version)
+TOOLCHAIN := $(TUNESHIP_CACHE_DIR)/llama.cpp/$(LLAMA_VERSION)/toolchain.json
+PYTEST_ARGS ?=
+
+.PHONY: help venv toolchain lint format test test-all bench run clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU build of 2.13.0 is installed from local disk.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[$(EXTRAS)]'
+	@touch $@
+
+venv: $(INSTALLED) ## create .venv with the pinned dependencies (idempotent)
+
+$(TOOLCHAIN):
+	scripts/build-llama-cpp.sh
+
+toolchain: $(TOOLCHAIN) ## build the pinned llama.cpp binaries into the cache (idempotent)
+
+lint: $(INSTALLED) ## ruff (lint + format check), mypy, import-linter layering contracts
+	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: $(INSTALLED) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix services tests bench
+	$(BIN)/ruff format services tests bench
+
+test: $(INSTALLED) $(TOOLCHAIN) lint ## lint, then the default test suite (not slow, not gpu)
+	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-all: $(INSTALLED) $(TOOLCHAIN) lint ## every test except those needing a GPU
+	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
+
+bench: $(INSTALLED) $(TOOLCHAIN) ## benchmarks; results in bench/results/*.json
+	@mkdir -p bench/results
+	@found=0; for b in bench/bench_*.py; do [ -e "$$b" ] || continue; found=1; \
+	  echo "== $$b"; $(BIN)/python "$$b" || exit 1; done; \
+	  [ $$found = 1 ] || echo "no benchmarks yet"
+
+run: $(INSTALLED) $(TOOLCHAIN) ## the quickstart: the bundled pipeline on this machine, offline
+	$(BIN)/tuneship run
+
+clean: ## remove the venv and local run data (the toolchain cache stays)
+	rm -rf $(VENV) .tuneship .pytest_cache .mypy_cache .ruff_cache

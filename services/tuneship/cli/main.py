@@ -1,0 +1,85 @@
+"""The ``tuneship`` command: the composition root that wires settings into the stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tuneship.cli import doctor as doctor_cmd
+from tuneship.common.errors import TuneshipError
+from tuneship.common.settings import Settings
+
+app = typer.Typer(
+    name="tuneship",
+    help="Turn multi-turn conversations into a fine-tuned, quantized, served chat model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+fixtures_app = typer.Typer(help="Offline test fixtures: tiny models and sample conversations.")
+app.add_typer(fixtures_app, name="fixtures")
+
+err = Console(stderr=True)
+
+
+def fail(error: TuneshipError) -> typer.Exit:
+    """Print a tuneship error the way users read it and return the exit to raise."""
+    err.print(f"[bold red]error:[/] {error.render()}", highlight=False)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def doctor(
+    path: Annotated[Path | None, typer.Argument(help="A model directory or GGUF to check.")] = None,
+    toolchain: Annotated[
+        bool, typer.Option("--toolchain", help="Check the llama.cpp toolchain.")
+    ] = False,
+) -> None:
+    """Check the llama.cpp toolchain (--toolchain) or a model (PATH)."""
+    settings = Settings.from_env()
+    if path is None and not toolchain:
+        toolchain = True
+    if toolchain:
+        raise typer.Exit(code=doctor_cmd.toolchain_report(settings, Console()))
+    err.print("[bold red]error:[/] checking a model directory or GGUF is not built yet")
+    raise typer.Exit(code=3)
+
+
+@fixtures_app.command("build")
+def fixtures_build(
+    name: Annotated[str, typer.Argument(help="tiny-llama2 | tiny-chatml | datasets")],
+    out: Annotated[Path, typer.Argument(help="Output directory (replaced).")],
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives identical files.")] = 0,
+) -> None:
+    """Build an offline fixture (no network, a few seconds)."""
+    from tuneship.testing.conversations import write_sample_datasets
+    from tuneship.testing.fixtures import build_fixture
+
+    try:
+        if name == "datasets":
+            write_sample_datasets(out, seed)
+        else:
+            build_fixture(name, out, seed)
+    except ValueError as exc:
+        raise fail(TuneshipError(str(exc), where="NAME")) from exc
+    Console().print(f"built {name} (seed {seed}) in {out}")
+
+
+@app.command()
+def run(
+    spec: Annotated[Path | None, typer.Argument(help="Pipeline spec (YAML).")] = None,
+) -> None:
+    """Run a whole pipeline on this machine (embedded controller and services)."""
+    err.print(
+        "[bold yellow]not built yet:[/] the embedded pipeline (train → merge → convert → "
+        "quantize → serve) lands with the services issue. Today: `tuneship doctor --toolchain`, "
+        "`tuneship fixtures build`."
+    )
+    raise typer.Exit(code=3)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,48 @@
+"""Operator settings: read from the environment once, at the entry point, and passed down.
+
+No module below an entry point reads ``os.environ``; it receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _default_cache_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".cache")
+    return Path(base) / "tuneship"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where tuneship keeps things and which tools it uses."""
+
+    cache_dir: Path = field(default_factory=lambda: _default_cache_dir(os.environ))
+    """Built toolchains and fixtures (``TUNESHIP_CACHE_DIR``; default ``~/.cache/tuneship``)."""
+
+    toolchain_dir: Path | None = None
+    """A llama.cpp toolchain tree to use instead of the cache (``TUNESHIP_TOOLCHAIN_DIR``):
+    ``bin/`` with the binaries, ``src/`` with ``convert_hf_to_gguf.py`` and ``gguf-py``."""
+
+    data_dir: Path = Path(".tuneship")
+    """State and artifacts of embedded runs (``TUNESHIP_DATA_DIR``)."""
+
+    search_path: str = ""
+    """``PATH`` as it was at start, the last place binaries are looked for."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``env`` (default: the process environment)."""
+        env = os.environ if env is None else env
+        toolchain = env.get("TUNESHIP_TOOLCHAIN_DIR")
+        return cls(
+            cache_dir=Path(env["TUNESHIP_CACHE_DIR"])
+            if env.get("TUNESHIP_CACHE_DIR")
+            else _default_cache_dir(env),
+            toolchain_dir=Path(toolchain) if toolchain else None,
+            data_dir=Path(env.get("TUNESHIP_DATA_DIR", ".tuneship")),
+            search_path=env.get("PATH", ""),
+        )

@@ -1,0 +1,71 @@
+"""Shared pytest fixtures: offline tiny models, sample data and the llama.cpp toolchain.
+
+Everything is built once per test session from a fixed seed; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from tuneship.common.settings import Settings
+from tuneship.common.toolchain import Toolchain, find_toolchain
+from tuneship.testing.conversations import write_sample_datasets
+from tuneship.testing.fixtures import build_fixture
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """Settings read from the environment the tests run in (as the CLI would)."""
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def toolchain(settings: Settings) -> Toolchain:
+    """The complete llama.cpp toolchain; `make test` builds it before pytest runs."""
+    return find_toolchain(settings).require_all()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-llama2 (SentencePiece, [INST] template, no pad token). Treat as read-only."""
+    return build_fixture("tiny-llama2", tmp_path_factory.mktemp("fixtures") / "tiny-llama2")
+
+
+@pytest.fixture(scope="session")
+def tiny_chatml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-chatml (tokenizer.json only, ChatML specials, tied embeddings). Read-only."""
+    return build_fixture("tiny-chatml", tmp_path_factory.mktemp("fixtures") / "tiny-chatml")
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sample datasets: {chat,pirate}/{train,eval}.jsonl and sharegpt-{train,eval}.jsonl."""
+    return write_sample_datasets(tmp_path_factory.mktemp("data"))
+
+
+def convert_to_gguf(toolchain: Toolchain, model: Path, out: Path, outtype: str = "f16") -> Path:
+    """Convert an HF model directory with the pinned convert script (test helper)."""
+    command = [
+        *toolchain.convert_command(),
+        str(model),
+        "--outfile",
+        str(out),
+        "--outtype",
+        outtype,
+    ]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_chatml_gguf(toolchain: Toolchain, tiny_chatml: Path, tmp_path_factory) -> Path:
+    """tiny-chatml converted to an f16 GGUF (untrained weights). Read-only."""
+    return convert_to_gguf(toolchain, tiny_chatml, tmp_path_factory.mktemp("gguf") / "chatml.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama2_gguf(toolchain: Toolchain, tiny_llama2: Path, tmp_path_factory) -> Path:
+    """tiny-llama2 converted to an f16 GGUF (untrained weights). Read-only."""
+    return convert_to_gguf(toolchain, tiny_llama2, tmp_path_factory.mktemp("gguf") / "llama2.gguf")
