@@ -1,0 +1,42 @@
+"""Spec sections for the inputs: the base model, the dataset and the chat template."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    """Base of every spec section: unknown fields are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Section):
+    """The base model to fine-tune."""
+
+    base: str = Field(description="Local directory, s3://bucket/prefix, or hf://org/name.")
+    revision: str | None = Field(None, description="hf:// revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model.")
+    allow_pickle: bool = Field(False, description="Allow .bin/.pt (pickle) weights.")
+
+
+class DatasetSpec(Section):
+    """The conversations to train on."""
+
+    train: str = Field(description="JSONL/JSON/Parquet file: a local path or an s3:// URI.")
+    eval: str | None = Field(None, description="Held-out conversations; else split from train.")
+    format: Literal["auto", "messages", "sharegpt", "prompt_completion"] = "auto"
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    on_invalid: Literal["error", "skip"] = "error"
+    dedupe: bool = True
+    seed: int = 0
+    max_length: int = Field(2048, gt=0, description="Tokens; longer conversations are invalid.")
+
+
+class TemplateSpec(Section):
+    """The chat template, when the base model has none or it should be replaced."""
+
+    family: str | None = Field(None, description="chatml, llama2, llama3, mistral, gemma, ...")
+    path: str | None = Field(None, description="A Jinja file with the template.")

@@ -1,0 +1,40 @@
+"""Spec section for the training stage (names follow TRL / PEFT)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tuneship.common.spec.data import Section
+
+
+class LoraSpec(Section):
+    """LoRA hyperparameters (PEFT names)."""
+
+    r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainSpec(Section):
+    """How to fine-tune (TRL SFTConfig names where TRL has one)."""
+
+    method: Literal["lora", "qlora", "full"] = "lora"
+    train_on: Literal["assistant", "last_assistant", "all"] = "assistant"
+    lora: LoraSpec = LoraSpec()
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Overrides epochs when > 0.")
+    per_device_train_batch_size: int = Field(4, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    packing: bool = True
+    pad_to_multiple_of: int = Field(64, gt=0, description="Embedding rows when <pad> is added.")
+    save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps.")
+    logging_steps: int = Field(1, gt=0)
+    seed: int = 42
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
