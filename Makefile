@@ -13,7 +13,7 @@ LLAMA_VERSION := $(shell cat services/tuneship/common/llama-cpp-python.version)
 TOOLCHAIN := $(TUNESHIP_CACHE_DIR)/llama.cpp/$(LLAMA_VERSION)/toolchain.json
 PYTEST_ARGS ?=
 
-.PHONY: help venv toolchain lint format test test-all bench run clean
+.PHONY: help venv toolchain proto lint format test test-all bench run clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,10 @@ $(TOOLCHAIN):
 	scripts/build-llama-cpp.sh
 
 toolchain: $(TOOLCHAIN) ## build the pinned llama.cpp binaries into the cache (idempotent)
+
+proto: $(INSTALLED) ## regenerate the gRPC stubs in services/tuneship/v1 from proto/
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=services --pyi_out=services \
+	  --grpc_python_out=services proto/tuneship/v1/*.proto
 
 lint: $(INSTALLED) ## ruff (lint + format check), mypy, import-linter layering contracts
 	$(BIN)/ruff check services tests bench
