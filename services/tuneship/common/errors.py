@@ -64,3 +64,23 @@ class Unavailable(TuneshipError):
 
     status = "UNAVAILABLE"
     retryable = True
+
+
+class Cancelled(TuneshipError):
+    """The work was cancelled on request; nothing was committed."""
+
+    status = "CANCELLED"
+
+
+class Aborted(TuneshipError):
+    """The work was interrupted (e.g. a worker restarted); trying again resumes it."""
+
+    status = "ABORTED"
+    retryable = True
+
+
+class DeadlineExceeded(TuneshipError):
+    """The work took longer than allowed or went silent; trying again may succeed."""
+
+    status = "DEADLINE_EXCEEDED"
+    retryable = True

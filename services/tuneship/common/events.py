@@ -45,7 +45,11 @@ Event = Progress | Log | Metrics
 
 
 class EventSink(Protocol):
-    """Receives a stage's events in order. Implementations must not raise."""
+    """Receives a stage's events in order.
+
+    A sink raises only ``Cancelled`` (when the task was asked to stop), so stages
+    that emit regularly are cancellable without any other hook.
+    """
 
     def emit(self, event: Event) -> None: ...
 

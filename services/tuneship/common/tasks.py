@@ -1,0 +1,181 @@
+"""Stage tasks on a worker: one thread per task, keyed by ``task_id``, never duplicated.
+
+A worker runs at most ``capacity`` tasks at once; more are refused with ``Busy``.
+Sending the same ``task_id`` again attaches to the running task (its events are
+replayed from the start, then followed live) or to the finished one (replayed up to
+its result). Cancelling sets a flag that the task's event sink checks: the next event
+the stage emits raises ``Cancelled`` inside the stage, which unwinds it cleanly.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneship.common.errors import Busy, Cancelled, FailedPrecondition, TuneshipError
+from tuneship.common.events import Event, Log
+
+
+class TaskState(enum.Enum):
+    """Lifecycle of a task; moves only forward (see ``_MOVES``)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+_MOVES = {
+    TaskState.RUNNING: {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED},
+    TaskState.SUCCEEDED: set(),
+    TaskState.FAILED: set(),
+    TaskState.CANCELLED: set(),
+}
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The terminal item of a task's stream: its result, or the error that ended it."""
+
+    state: TaskState
+    result: Any = None
+    error: TuneshipError | None = None
+
+
+StageWork = Callable[["TaskSink"], Any]
+
+
+@dataclass
+class Task:
+    """One stage run. ``items`` is the append-only log of events then one ``Finished``."""
+
+    task_id: str
+    stage: str
+    state: TaskState = TaskState.RUNNING
+    items: list[Event | Finished] = field(default_factory=list)
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    last_event_at: float = field(default_factory=time.monotonic)
+
+    def move(self, target: TaskState) -> None:
+        if target not in _MOVES[self.state]:
+            raise FailedPrecondition(f"task {self.task_id}: illegal move {self.state} -> {target}")
+        self.state = target
+
+    def append(self, item: Event | Finished) -> None:
+        with self.changed:
+            self.items.append(item)
+            self.last_event_at = time.monotonic()
+            self.changed.notify_all()
+
+    def follow(
+        self, poll_s: float = 1.0, alive: Callable[[], bool] = lambda: True
+    ) -> Iterator[Any]:
+        """Yield every item from the first, waiting for new ones until ``Finished``."""
+        index = 0
+        while alive():
+            with self.changed:
+                while index >= len(self.items) and alive():
+                    self.changed.wait(poll_s)
+                batch = self.items[index:]
+            for item in batch:
+                yield item
+                if isinstance(item, Finished):
+                    return
+            index += len(batch)
+
+
+class TaskSink:
+    """The ``EventSink`` handed to a stage: records events, enforces cancellation."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def emit(self, event: Event) -> None:
+        self.task.append(event)
+        self.check_cancelled()
+
+    def check_cancelled(self) -> None:
+        """Raise ``Cancelled`` if the task was asked to stop."""
+        if self.task.cancel_requested.is_set():
+            raise Cancelled(f"task {self.task.task_id} was cancelled")
+
+
+class TaskRegistry:
+    """The tasks of one worker process."""
+
+    def __init__(self, stage: str, capacity: int = 1, keep_finished: int = 256) -> None:
+        self.stage = stage
+        self.capacity = capacity
+        self.keep_finished = keep_finished
+        self._tasks: dict[str, Task] = {}
+        self._lock = threading.Lock()
+
+    def running(self) -> int:
+        """How many tasks are running now."""
+        with self._lock:
+            return sum(t.state is TaskState.RUNNING for t in self._tasks.values())
+
+    def start_or_attach(self, task_id: str, work: StageWork) -> Task:
+        """Return the task with this id, starting ``work`` for it if it is new."""
+        if not task_id:
+            raise FailedPrecondition("a stage request needs a task_id (the idempotency key)")
+        with self._lock:
+            existing = self._tasks.get(task_id)
+            if existing is not None:
+                return existing
+            busy = sum(t.state is TaskState.RUNNING for t in self._tasks.values())
+            if busy >= self.capacity:
+                raise Busy(
+                    f"{self.stage} worker is busy ({busy}/{self.capacity} tasks running)",
+                    hint="the controller retries with backoff; add workers to run more at once",
+                )
+            task = Task(task_id, self.stage)
+            self._tasks[task_id] = task
+            self._forget_old()
+        thread = threading.Thread(target=self._run, args=(task, work), name=f"task-{task_id}")
+        thread.daemon = True
+        thread.start()
+        return task
+
+    def cancel(self, task_id: str) -> bool:
+        """Ask a running task to stop; False when unknown or already finished."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+        if task is None or task.state is not TaskState.RUNNING:
+            return False
+        task.cancel_requested.set()
+        return True
+
+    def get(self, task_id: str) -> Task | None:
+        with self._lock:
+            return self._tasks.get(task_id)
+
+    def _run(self, task: Task, work: StageWork) -> None:
+        sink = TaskSink(task)
+        try:
+            result = work(sink)
+        except Cancelled as exc:
+            task.move(TaskState.CANCELLED)
+            task.append(Finished(TaskState.CANCELLED, error=exc))
+        except TuneshipError as exc:
+            task.append(Log(task.stage, exc.render(), level="error"))
+            task.move(TaskState.FAILED)
+            task.append(Finished(TaskState.FAILED, error=exc))
+        except Exception as exc:
+            error = TuneshipError(f"internal error in {task.stage}: {type(exc).__name__}: {exc}")
+            task.append(Log(task.stage, error.render(), level="error"))
+            task.move(TaskState.FAILED)
+            task.append(Finished(TaskState.FAILED, error=error))
+        else:
+            task.move(TaskState.SUCCEEDED)
+            task.append(Finished(TaskState.SUCCEEDED, result=result))
+
+    def _forget_old(self) -> None:
+        finished = [k for k, t in self._tasks.items() if t.state is not TaskState.RUNNING]
+        for key in finished[: max(0, len(finished) - self.keep_finished)]:
+            del self._tasks[key]

@@ -1,0 +1,302 @@
+"""The gRPC side shared by every tuneship server: error mapping, events, server setup.
+
+Domain code never imports protobuf; this module (and each service's ``servicer.py``)
+is where domain types and wire types meet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tuneship.common.errors import InvalidInput, TuneshipError
+from tuneship.common.events import Event, Log, Metrics, Progress
+from tuneship.common.tasks import Finished, Task, TaskRegistry, TaskState
+from tuneship.v1 import stage_pb2
+
+log = logging.getLogger("tuneship.wire")
+
+STATUS = {
+    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "CANCELLED": grpc.StatusCode.CANCELLED,
+    "ABORTED": grpc.StatusCode.ABORTED,
+    "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "INTERNAL": grpc.StatusCode.INTERNAL,
+}
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+}
+
+
+def status_of(error: TuneshipError) -> grpc.StatusCode:
+    """The gRPC status a tuneship error maps to."""
+    return STATUS.get(error.status, grpc.StatusCode.INTERNAL)
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, TuneshipError):
+        code = status_of(exc)
+        message = exc.render() if code is not grpc.StatusCode.INTERNAL else "internal error"
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("internal error: %s", exc.render())
+        context.abort(code, message)
+    log.exception("unexpected error", exc_info=exc)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error (details in the server log)")
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps the tuneship error hierarchy to status codes, for every method of a server.
+
+    Unknown exceptions become INTERNAL with a generic message; details go to the log.
+    """
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            def unary(request: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    return inner_uu(request, context)
+                except Exception as exc:
+                    if _is_abort(exc):
+                        raise
+                    _abort(context, exc)
+
+            return handler._replace(unary_unary=unary)
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                try:
+                    yield from inner_us(request, context)
+                except Exception as exc:
+                    if _is_abort(exc):
+                        raise
+                    _abort(context, exc)
+
+            return handler._replace(unary_stream=stream)
+        return handler
+
+
+def _is_abort(exc: Exception) -> bool:
+    # context.abort raises a bare Exception subclass internal to grpc.
+    return type(exc).__name__ == "_AbortionError" or (type(exc) is Exception and not exc.args)
+
+
+@dataclass
+class Server:
+    """A running gRPC server with health checking and reflection."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    services: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        for name in ["", *self.services]:
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(grace_s).wait()
+
+
+def start_server(
+    register: list[tuple[Callable[[Any, grpc.Server], None], Any]],
+    service_names: list[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_workers: int = 16,
+) -> Server:
+    """Start a server for the given servicers; ``port`` 0 picks a free one."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=[ErrorInterceptor()],
+        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+    )
+    for add, servicer in register:
+        add(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*service_names, reflection.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    server.start()
+    for name in ["", *service_names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Server(server, bound, health_servicer, service_names)
+
+
+def event_to_proto(task_id: str, stage: str, seq: int, event: Event) -> stage_pb2.StageEvent:
+    """A domain event as a ``StageEvent``."""
+    message = stage_pb2.StageEvent(task_id=task_id, stage=stage, seq=seq, time=time.time())
+    if isinstance(event, Progress):
+        message.progress.CopyFrom(
+            stage_pb2.Progress(
+                step=event.step,
+                total=event.total,
+                unit=event.unit,
+                eta_s=-1.0 if event.eta_s is None else event.eta_s,
+                message=event.message,
+            )
+        )
+    elif isinstance(event, Log):
+        message.log.CopyFrom(stage_pb2.LogLine(level=event.level, message=event.message))
+    elif isinstance(event, Metrics):
+        message.metrics.CopyFrom(stage_pb2.Metrics(values=dict(event.values), step=event.step or 0))
+    return message
+
+
+def proto_to_event(message: stage_pb2.StageEvent) -> Event | None:
+    """A ``StageEvent`` (not a result) back as a domain event."""
+    kind = message.WhichOneof("kind")
+    if kind == "progress":
+        p = message.progress
+        eta = None if p.eta_s < 0 else p.eta_s
+        return Progress(message.stage, int(p.step), int(p.total), p.unit, eta, p.message)
+    if kind == "log":
+        return Log(message.stage, message.log.message, message.log.level)
+    if kind == "metrics":
+        return Metrics(message.stage, dict(message.metrics.values), int(message.metrics.step))
+    return None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A committed output: the manifest key, its sha256 and size."""
+
+    key: str
+    sha256: str = ""
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """A ``StageRequest`` in domain terms (the spec stays JSON until the stage parses it)."""
+
+    task_id: str
+    pipeline: str
+    spec_json: str
+    inputs: dict[str, Artifact]
+    output_prefix: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """What a stage hands back: committed outputs and a JSON-able summary."""
+
+    outputs: dict[str, Artifact]
+    summary: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+
+
+def job_from_proto(request: stage_pb2.StageRequest) -> StageJob:
+    """Validate the request envelope (the spec is validated by the stage)."""
+    if not request.task_id:
+        raise InvalidInput(
+            "task_id is required (the idempotency key)", where="StageRequest.task_id"
+        )
+    if not request.spec_json:
+        raise InvalidInput("spec_json is required", where="StageRequest.spec_json")
+    inputs = {name: Artifact(ref.key, ref.sha256, ref.size) for name, ref in request.inputs.items()}
+    return StageJob(
+        request.task_id,
+        request.pipeline,
+        request.spec_json,
+        inputs,
+        request.output_prefix,
+        request.attempt,
+    )
+
+
+def job_to_proto(job: StageJob) -> stage_pb2.StageRequest:
+    """The inverse of ``job_from_proto`` (used by clients)."""
+    return stage_pb2.StageRequest(
+        task_id=job.task_id,
+        pipeline=job.pipeline,
+        spec_json=job.spec_json,
+        inputs={k: artifact_to_proto(v) for k, v in job.inputs.items()},
+        output_prefix=job.output_prefix,
+        attempt=job.attempt,
+    )
+
+
+def artifact_to_proto(artifact: Artifact) -> stage_pb2.ArtifactRef:
+    return stage_pb2.ArtifactRef(key=artifact.key, sha256=artifact.sha256, size=artifact.size)
+
+
+def outcome_to_proto(outcome: StageOutcome) -> stage_pb2.StageResult:
+    return stage_pb2.StageResult(
+        outputs={k: artifact_to_proto(v) for k, v in outcome.outputs.items()},
+        summary_json=json.dumps(outcome.summary, sort_keys=True, default=str),
+        cached=outcome.cached,
+    )
+
+
+def outcome_from_proto(result: stage_pb2.StageResult) -> StageOutcome:
+    outputs = {k: Artifact(v.key, v.sha256, v.size) for k, v in result.outputs.items()}
+    summary = json.loads(result.summary_json) if result.summary_json else {}
+    return StageOutcome(outputs, summary, result.cached)
+
+
+StageRunner = Callable[[StageJob, Any], StageOutcome]
+
+
+class StageServicer:
+    """The generic stage RPC: start or re-attach by task_id, stream events, cancel.
+
+    Each stage service supplies ``runner(job, sink) -> StageOutcome``; this class is
+    the only place that knows how tasks map to streams.
+    """
+
+    def __init__(self, stage: str, runner: StageRunner, capacity: int = 1) -> None:
+        self.stage = stage
+        self.runner = runner
+        self.tasks = TaskRegistry(stage, capacity)
+
+    def run(
+        self, request: stage_pb2.StageRequest, context: grpc.ServicerContext
+    ) -> Iterator[stage_pb2.StageEvent]:
+        job = job_from_proto(request)
+        task = self.tasks.start_or_attach(job.task_id, lambda sink: self.runner(job, sink))
+        yield from self.stream(task, context)
+
+    def stream(self, task: Task, context: grpc.ServicerContext) -> Iterator[stage_pb2.StageEvent]:
+        for seq, item in enumerate(task.follow(alive=context.is_active), start=1):
+            if isinstance(item, Finished):
+                if item.state is TaskState.SUCCEEDED:
+                    event = stage_pb2.StageEvent(
+                        task_id=task.task_id, stage=self.stage, seq=seq, time=time.time()
+                    )
+                    event.result.CopyFrom(outcome_to_proto(item.result))
+                    yield event
+                    return
+                assert item.error is not None
+                raise item.error
+            yield event_to_proto(task.task_id, self.stage, seq, item)
+
+    def cancel(
+        self, request: stage_pb2.CancelRequest, context: grpc.ServicerContext
+    ) -> stage_pb2.CancelResponse:
+        return stage_pb2.CancelResponse(cancelled=self.tasks.cancel(request.task_id))
