@@ -66,7 +66,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     Unknown exceptions become INTERNAL with a generic message; details go to the log.
     """
 
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
