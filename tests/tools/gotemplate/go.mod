@@ -1,0 +1,3 @@
+module tuneship.test/gotemplate
+
+go 1.19
