@@ -1,0 +1,153 @@
+"""Every object-store key, object metadata key and label tuneship uses, defined once.
+
+Code never builds a store key by concatenating strings; it calls one of these
+functions, so the layout of a bucket can be read (and changed) in one place::
+
+    inputs/{kind}/{digest}/manifest.json              uploaded base model or dataset
+    inputs/{kind}/{digest}/files/{name}
+    pipelines/{pipeline}/stages/{stage}/manifest.json     a committed stage (written last)
+    pipelines/{pipeline}/stages/{stage}/staging/{attempt}/{name}   its files
+    pipelines/{pipeline}/stages/{stage}/checkpoints/step-{step:08d}/{name}
+    pipelines/{pipeline}/stages/{stage}/checkpoints/step-{step:08d}/manifest.json
+    pipelines/{pipeline}/logs/{stage}/{attempt}.log
+    cache/{cache_key}.json                            a copy of the manifest that made it
+"""
+
+from __future__ import annotations
+
+import re
+
+from tuneship.common.errors import InvalidInput
+
+MANIFEST = "manifest.json"
+
+# Names that become one path segment: pipeline ids, stage names, attempts, input kinds.
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Meta:
+    """Object metadata keys (sent as ``x-amz-meta-<key>`` on S3)."""
+
+    SHA256 = "sha256"
+    """Hex sha256 of the object's bytes, computed by the uploader before upload."""
+
+
+class Labels:
+    """Labels attached to manifests, pods and served models, so each can be traced back."""
+
+    PIPELINE = "tuneship.dev/pipeline"
+    STAGE = "tuneship.dev/stage"
+    ATTEMPT = "tuneship.dev/attempt"
+    STEP = "tuneship.dev/step"
+    INPUT_KIND = "tuneship.dev/input-kind"
+    CACHE_KEY = "tuneship.dev/cache-key"
+
+
+class ManifestKind:
+    """What a manifest commits."""
+
+    STAGE = "stage"
+    INPUT = "input"
+    CHECKPOINT = "checkpoint"
+
+
+def segment(value: str, what: str) -> str:
+    """``value`` if it is safe as one key segment, else InvalidInput naming ``what``."""
+    if not _SEGMENT.match(value) or value in {".", ".."}:
+        raise InvalidInput(
+            f"{what} {value!r} cannot be used in an artifact key",
+            where=what,
+            hint="use letters, digits, '.', '_' or '-' (at most 128, not starting with a dot)",
+        )
+    return value
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a relative POSIX key with no empty, '.' or '..' segments."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in {"", ".", ".."} for p in parts):
+        raise InvalidInput(
+            f"artifact key {key!r} is not a relative path of named segments",
+            where="key",
+            hint="keys look like 'pipelines/p1/stages/train/manifest.json'",
+        )
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """A listing prefix: empty (everything) or a key ending in '/'."""
+    if prefix:
+        if not prefix.endswith("/"):
+            raise InvalidInput(f"prefix {prefix!r} must end with '/'", where="prefix")
+        check_key(prefix[:-1])
+    return prefix
+
+
+def join(prefix: str, name: str) -> str:
+    """``name`` (a relative path such as ``tokenizer/vocab.json``) under ``prefix``."""
+    return check_key(check_prefix(prefix) + name)
+
+
+def pipeline_prefix(pipeline: str) -> str:
+    return f"pipelines/{segment(pipeline, 'pipeline')}/"
+
+
+def stage_prefix(pipeline: str, stage: str) -> str:
+    return f"{pipeline_prefix(pipeline)}stages/{segment(stage, 'stage')}/"
+
+
+def stage_manifest(pipeline: str, stage: str) -> str:
+    """Where a stage's manifest is written when (and only when) the stage commits."""
+    return stage_prefix(pipeline, stage) + MANIFEST
+
+
+def staging_prefix(pipeline: str, stage: str, attempt: str) -> str:
+    """Where one attempt of a stage uploads its files before committing."""
+    return f"{stage_prefix(pipeline, stage)}staging/{segment(attempt, 'attempt')}/"
+
+
+def checkpoints_prefix(pipeline: str, stage: str) -> str:
+    return stage_prefix(pipeline, stage) + "checkpoints/"
+
+
+def checkpoint_prefix(pipeline: str, stage: str, step: int) -> str:
+    if step < 0:
+        raise InvalidInput(f"checkpoint step {step} is negative", where="step")
+    return f"{checkpoints_prefix(pipeline, stage)}step-{step:08d}/"
+
+
+_CHECKPOINT_DIR = re.compile(r"step-(\d{8,})/$")
+
+
+def checkpoint_step(prefix: str) -> int | None:
+    """The step of a checkpoint prefix built by :func:`checkpoint_prefix`, else None."""
+    found = _CHECKPOINT_DIR.search(prefix)
+    return int(found.group(1)) if found else None
+
+
+def log_key(pipeline: str, stage: str, attempt: str) -> str:
+    stage, attempt = segment(stage, "stage"), segment(attempt, "attempt")
+    return f"{pipeline_prefix(pipeline)}logs/{stage}/{attempt}.log"
+
+
+def input_prefix(kind: str, digest: str) -> str:
+    """Content-addressed inputs: the same files uploaded twice are stored once."""
+    if not _DIGEST.match(digest):
+        raise InvalidInput(f"input digest {digest!r} is not a hex sha256", where="digest")
+    return f"inputs/{segment(kind, 'input kind')}/{digest}/"
+
+
+def input_files_prefix(kind: str, digest: str) -> str:
+    return input_prefix(kind, digest) + "files/"
+
+
+def input_manifest(kind: str, digest: str) -> str:
+    return input_prefix(kind, digest) + MANIFEST
+
+
+def cache_entry(cache_key: str) -> str:
+    """The cache index: a copy of the manifest whose stage had this cache key."""
+    if not _DIGEST.match(cache_key):
+        raise InvalidInput(f"cache key {cache_key!r} is not a hex sha256", where="cache_key")
+    return f"cache/{cache_key}.json"

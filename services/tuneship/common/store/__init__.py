@@ -1,0 +1,130 @@
+"""Artifact storage: the ``ArtifactStore`` port, its adapters and the settings that pick one.
+
+``open_store(StoreSettings.from_env())`` at an entry point; everything below it takes
+an ``ArtifactStore``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneship.common.errors import InvalidInput
+from tuneship.common.store.base import (
+    ArtifactStore,
+    CorruptArtifact,
+    ObjectInfo,
+    sha256_bytes,
+    sha256_file,
+)
+from tuneship.common.store.local import LocalStore
+from tuneship.common.store.s3 import MiB, S3Store
+
+__all__ = [
+    "ArtifactStore",
+    "CorruptArtifact",
+    "LocalStore",
+    "ObjectInfo",
+    "S3Store",
+    "StoreSettings",
+    "open_store",
+    "sha256_bytes",
+    "sha256_file",
+]
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Which artifact store to use and how to reach it."""
+
+    url: str = "local:.tuneship/store"
+    """``local:/some/dir`` or ``s3://bucket/optional/prefix`` (``TUNESHIP_STORE``)."""
+
+    s3_endpoint: str = ""
+    """``host:port`` of the S3 server, e.g. ``minio.tuneship:9000`` (``TUNESHIP_S3_ENDPOINT``)."""
+
+    s3_access_key: str = ""
+    """Access key (``TUNESHIP_S3_ACCESS_KEY``)."""
+
+    s3_secret_key: str = ""
+    """Secret key (``TUNESHIP_S3_SECRET_KEY``)."""
+
+    s3_secure: bool = True
+    """Use TLS (``TUNESHIP_S3_SECURE``: 1/0, true/false)."""
+
+    s3_region: str | None = None
+    """Region, when the server insists on one (``TUNESHIP_S3_REGION``)."""
+
+    part_size_mib: int = 16
+    """Multipart part size in MiB, at least 5 (``TUNESHIP_S3_PART_SIZE_MIB``)."""
+
+    parallel_parts: int = 4
+    """Parts of one file uploaded at once (``TUNESHIP_S3_PARALLEL_PARTS``)."""
+
+    retries: int = 5
+    """Tries after the first for a failed store operation (``TUNESHIP_S3_RETRIES``)."""
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, default_url: str | None = None
+    ) -> StoreSettings:
+        """Read from ``env`` (default: the process environment); ``default_url`` is used
+        when ``TUNESHIP_STORE`` is unset (embedded mode passes its data directory)."""
+        env = os.environ if env is None else env
+
+        def number(name: str, default: int) -> int:
+            raw = env.get(name, "")
+            try:
+                return int(raw) if raw else default
+            except ValueError:
+                raise InvalidInput(f"{raw!r} is not a whole number", where=name) from None
+
+        return cls(
+            url=env.get("TUNESHIP_STORE") or default_url or cls.url,
+            s3_endpoint=env.get("TUNESHIP_S3_ENDPOINT", ""),
+            s3_access_key=env.get("TUNESHIP_S3_ACCESS_KEY", ""),
+            s3_secret_key=env.get("TUNESHIP_S3_SECRET_KEY", ""),
+            s3_secure=env.get("TUNESHIP_S3_SECURE", "1").strip().lower() in _TRUE,
+            s3_region=env.get("TUNESHIP_S3_REGION") or None,
+            part_size_mib=number("TUNESHIP_S3_PART_SIZE_MIB", 16),
+            parallel_parts=number("TUNESHIP_S3_PARALLEL_PARTS", 4),
+            retries=number("TUNESHIP_S3_RETRIES", 5),
+        )
+
+
+def open_store(settings: StoreSettings) -> ArtifactStore:
+    """The store ``settings.url`` names. InvalidInput for an unknown scheme or missing endpoint."""
+    url = settings.url
+    if url.startswith("local:"):
+        return LocalStore(Path(url.removeprefix("local:")))
+    if url.startswith("s3://"):
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise InvalidInput(f"{url!r} names no bucket", where="TUNESHIP_STORE")
+        if not settings.s3_endpoint:
+            raise InvalidInput(
+                f"{url!r} needs an S3 endpoint",
+                where="TUNESHIP_S3_ENDPOINT",
+                hint="set TUNESHIP_S3_ENDPOINT=host:port (and the access and secret keys)",
+            )
+        return S3Store(
+            settings.s3_endpoint,
+            settings.s3_access_key,
+            settings.s3_secret_key,
+            bucket,
+            prefix=prefix,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+            part_size=settings.part_size_mib * MiB,
+            parallel_parts=settings.parallel_parts,
+            retries=settings.retries,
+        )
+    raise InvalidInput(
+        f"unknown store {url!r}",
+        where="TUNESHIP_STORE",
+        hint="use local:/path/to/dir or s3://bucket[/prefix]",
+    )
