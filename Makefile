@@ -11,9 +11,13 @@ TUNESHIP_CACHE_DIR ?= $(HOME)/.cache/tuneship
 export TUNESHIP_CACHE_DIR
 LLAMA_VERSION := $(shell cat services/tuneship/common/llama-cpp-python.version)
 TOOLCHAIN := $(TUNESHIP_CACHE_DIR)/llama.cpp/$(LLAMA_VERSION)/toolchain.json
+# The S3 test server (moto) lives in its own venv: its botocore and the kubernetes
+# client pin python-dateutil differently.
+S3_VENV ?= .venv-s3
+S3_INSTALLED := $(S3_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv toolchain proto lint format test test-all bench run clean
+.PHONY: help venv s3-venv toolchain proto lint format test test-all bench run clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +31,13 @@ $(INSTALLED): pyproject.toml requirements.lock
 	@touch $@
 
 venv: $(INSTALLED) ## create .venv with the pinned dependencies (idempotent)
+
+$(S3_INSTALLED): requirements-s3.lock
+	@test -x $(S3_VENV)/bin/python || $(PYTHON) -m venv $(S3_VENV)
+	$(S3_VENV)/bin/python -m pip install --quiet -r requirements-s3.lock
+	@touch $@
+
+s3-venv: $(S3_INSTALLED) ## create .venv-s3 with the pinned moto S3 test server (idempotent)
 
 $(TOOLCHAIN):
 	scripts/build-llama-cpp.sh
@@ -47,10 +58,10 @@ format: $(INSTALLED) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix services tests bench
 	$(BIN)/ruff format services tests bench
 
-test: $(INSTALLED) $(TOOLCHAIN) lint ## lint, then the default test suite (not slow, not gpu)
+test: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) lint ## lint, then the default test suite (not slow, not gpu)
 	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-all: $(INSTALLED) $(TOOLCHAIN) lint ## every test except those needing a GPU
+test-all: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) lint ## every test except those needing a GPU
 	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
 
 bench: $(INSTALLED) $(TOOLCHAIN) ## benchmarks; results in bench/results/*.json
@@ -63,4 +74,4 @@ run: $(INSTALLED) $(TOOLCHAIN) ## the quickstart: the bundled pipeline on this m
 	$(BIN)/tuneship run
 
 clean: ## remove the venv and local run data (the toolchain cache stays)
-	rm -rf $(VENV) .tuneship .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(S3_VENV) .tuneship .pytest_cache .mypy_cache .ruff_cache
