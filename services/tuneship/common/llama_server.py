@@ -125,20 +125,45 @@ class LlamaServer:
 
     def stream_chat(self, messages: list[dict[str, str]], **options: Any) -> Iterator[str]:
         """Stream the answer's text pieces as the server produces them."""
+        for text, _finish, _tokens in self.stream_chat_chunks(messages, **options):
+            if text:
+                yield text
+
+    def stream_chat_chunks(
+        self, messages: list[dict[str, str]], **options: Any
+    ) -> Iterator[tuple[str, str | None, int | None]]:
+        """Stream ``(text, finish_reason, tokens)``; the last one carries ``"stop"`` (end of
+        turn or a stop string) or ``"length"`` (``max_tokens`` reached) and the number of
+        generated tokens."""
         payload = {"messages": messages, "stream": True, **options}
         request = urllib.request.Request(
             self.url + "/v1/chat/completions",
             data=json.dumps(payload).encode(),
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=300) as response:
+        try:
+            response = urllib.request.urlopen(request, timeout=300)
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")
+            raise FailedPrecondition(f"llama-server chat answered {exc.code}: {body}") from exc
+        except (urllib.error.URLError, ConnectionError) as exc:
+            raise Unavailable(f"llama-server at {self.url} is not reachable: {exc}") from exc
+        with response:
             for raw in response:
                 line = raw.decode().strip()
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                delta = json.loads(line[6:])["choices"][0].get("delta", {})
-                if delta.get("content"):
-                    yield delta["content"]
+                chunk = json.loads(line[6:])
+                choice = chunk["choices"][0]
+                text = choice.get("delta", {}).get("content") or ""
+                finish = choice.get("finish_reason")
+                tokens = chunk.get("timings", {}).get("predicted_n") if finish else None
+                if text or finish:
+                    yield text, finish, tokens
+
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self.process is not None and self.process.poll() is None
 
     def apply_template(self, messages: list[dict[str, str]]) -> str:
         """The prompt the server renders from the GGUF's chat template (generation prompt on)."""

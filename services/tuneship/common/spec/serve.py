@@ -14,7 +14,11 @@ class ServeSpec(Section):
 
     backend: Literal["auto", "ollama", "llama-server"] = "auto"
     name: str | None = Field(None, description="Model name; default: metadata.name.")
-    tag: str = "latest"
+    tag: str = Field(
+        "latest",
+        description="Version tag; 'latest' derives one from the GGUF's digest. "
+        "name:latest moves to each version that passes its smoke test.",
+    )
     quant: str | None = Field(
         None, description="Which quant type to publish; default: recommended."
     )
@@ -22,3 +26,6 @@ class ServeSpec(Section):
     template_mode: Literal["auto", "jinja", "go"] = "auto"
     parameters: dict[str, Any] = Field(default_factory=dict)
     smoke_prompts: list[str] = Field(default_factory=lambda: ["Hello! Who are you?"])
+    smoke_max_tokens: int = Field(
+        128, gt=0, description="An answer must end by itself within this many tokens."
+    )
