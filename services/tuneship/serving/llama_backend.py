@@ -186,7 +186,8 @@ class LlamaServerBackend:
             messages = [{"role": "system", "content": manifest["system"]}, *messages]
         chunks = server.stream_chat_chunks(messages, **request)
         return ChatStream(
-            (text, {"done_reason": finish} if finish else {}) for text, finish in chunks
+            (text, {"done_reason": finish, "tokens": tokens} if finish else {})
+            for text, finish, tokens in chunks
         )
 
     def health(self) -> BackendHealth:
