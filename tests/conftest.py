@@ -69,3 +69,23 @@ def tiny_chatml_gguf(toolchain: Toolchain, tiny_chatml: Path, tmp_path_factory) 
 def tiny_llama2_gguf(toolchain: Toolchain, tiny_llama2: Path, tmp_path_factory) -> Path:
     """tiny-llama2 converted to an f16 GGUF (untrained weights). Read-only."""
     return convert_to_gguf(toolchain, tiny_llama2, tmp_path_factory.mktemp("gguf") / "llama2.gguf")
+
+
+@pytest.fixture(scope="session")
+def moto_server_bin() -> Path:
+    """moto's standalone S3 server: TUNESHIP_MOTO_SERVER, else .venv-s3 (make s3-venv)."""
+    import os
+
+    from tuneship.testing.s3server import find_moto_server
+
+    explicit = os.environ.get("TUNESHIP_MOTO_SERVER")
+    return find_moto_server(Path(__file__).parent.parent, Path(explicit) if explicit else None)
+
+
+@pytest.fixture(scope="session")
+def s3_server(moto_server_bin: Path):
+    """A real S3 server process on loopback for the whole session (use a fresh bucket)."""
+    from tuneship.testing.s3server import s3_server as start
+
+    with start(moto_server_bin) as server:
+        yield server

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from tuneship.common import layout
-from tuneship.common.errors import InvalidInput, NotFound, Unavailable
+from tuneship.common.errors import InvalidInput, NotFound
 from tuneship.common.store.base import CHUNK, CorruptArtifact, ObjectInfo, temp_beside
 
 _TEMP_SUFFIX = ".part"
@@ -50,12 +50,7 @@ class LocalStore:
     def _require(self, key: str) -> Path:
         path = self._path(key)
         if not path.is_file():
-            if not self.root.is_dir():
-                raise Unavailable(
-                    f"store directory {self.root} does not exist",
-                    where=self._where(key),
-                    hint="check TUNESHIP_STORE / the data directory",
-                )
+            # A root that does not exist yet is an empty store, not an outage.
             raise NotFound(f"no object {key!r} in {self.describe()}", where=self._where(key))
         return path
 
