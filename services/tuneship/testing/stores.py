@@ -6,6 +6,7 @@ happen, happens for real; only the injected failure is made up.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ class FaultyStore:
 
     inner: ArtifactStore
     fail: Callable[[str, str], bool] = lambda operation, key: False
-    calls: list[tuple[str, str]] = field(default_factory=list)
+    calls: builtins.list[tuple[str, str]] = field(default_factory=list)
 
     def _enter(self, operation: str, key: str) -> None:
         self.calls.append((operation, key))
@@ -68,6 +69,6 @@ class FaultyStore:
         self._enter("delete_prefix", prefix)
         return self.inner.delete_prefix(prefix)
 
-    def operations(self, name: str) -> list[str]:
+    def operations(self, name: str) -> builtins.list[str]:
         """Keys of the calls of one operation, in order."""
         return [key for operation, key in self.calls if operation == name]
