@@ -32,9 +32,16 @@ class TrainSpec(Section):
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    packing: bool = True
+    packing: bool = Field(
+        True,
+        description="Padding-free batches when attention keeps examples apart (checked), "
+        "else padded length-grouped batches.",
+    )
     pad_to_multiple_of: int = Field(64, gt=0, description="Embedding rows when <pad> is added.")
     save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps.")
     logging_steps: int = Field(1, gt=0)
     seed: int = 42
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, slower."
+    )

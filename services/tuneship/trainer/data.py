@@ -1,0 +1,267 @@
+"""Conversation datasets: read, validate, deduplicate and split.
+
+Accepted shapes, detected per record unless the spec names one:
+
+- ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}]}``
+- ``sharegpt``: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}]}``
+- ``prompt_completion``: ``{"prompt": str, "completion": str}`` (or lists of messages)
+
+Files are JSONL, JSON (a list of records) or Parquet. Every problem names the file and
+line (JSONL), index (JSON) or row (Parquet) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneship.common.errors import InvalidInput, NotFound
+from tuneship.common.spec import DatasetSpec
+
+Message = dict[str, str]
+
+ROLES = ("system", "user", "assistant")
+_SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One validated conversation and where it came from (``file:line``)."""
+
+    messages: list[Message]
+    where: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A record left out under ``on_invalid: skip``, and why."""
+
+    where: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"where": self.where, "reason": self.reason}
+
+
+@dataclass
+class ConversationSet:
+    """The train and eval conversations of a spec, with what was dropped and the hash."""
+
+    train: list[Conversation]
+    eval: list[Conversation]
+    skipped: list[Skipped] = field(default_factory=list)
+    duplicates: int = 0
+    sha256: str = ""
+
+
+class RecordError(ValueError):
+    """A record is invalid; the message says what is wrong."""
+
+
+def load_conversations(spec: DatasetSpec) -> ConversationSet:
+    """Read ``spec.train`` (and ``spec.eval``), validate, dedupe and split.
+
+    Raises ``InvalidInput`` naming the record when ``on_invalid`` is ``error`` or when
+    nothing valid remains; ``NotFound`` when a file does not exist.
+    """
+    digest = hashlib.sha256()
+    skipped: list[Skipped] = []
+    train = _read_valid(Path(spec.train), spec, skipped, digest)
+    evaluation = _read_valid(Path(spec.eval), spec, skipped, digest) if spec.eval else []
+    train, duplicates = _dedupe(train) if spec.dedupe else (train, 0)
+    if not spec.eval:
+        train, evaluation = _split(train, spec.eval_fraction, spec.seed)
+    if not train:
+        raise InvalidInput(
+            "no valid training conversations",
+            where=spec.train,
+            hint="every record was invalid or skipped; see the skipped list",
+        )
+    return ConversationSet(train, evaluation, skipped, duplicates, digest.hexdigest())
+
+
+def _read_valid(
+    path: Path, spec: DatasetSpec, skipped: list[Skipped], digest: Any
+) -> list[Conversation]:
+    if not path.is_file():
+        raise NotFound(f"dataset file not found: {path}", where="dataset.train")
+    digest.update(path.read_bytes())
+    valid = []
+    for where, record in _records(path):
+        try:
+            if isinstance(record, RecordError):
+                raise record
+            valid.append(Conversation(to_messages(record, spec.format), where))
+        except RecordError as exc:
+            if spec.on_invalid == "error":
+                raise InvalidInput(
+                    str(exc),
+                    where=where,
+                    hint="fix the record, or set dataset.on_invalid: skip to leave it out",
+                ) from exc
+            skipped.append(Skipped(where, str(exc)))
+    return valid
+
+
+def _records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(location, record or RecordError) for every record of a file."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for row, record in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}:row {row}", record
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInput(f"not a valid UTF-8 JSON file: {exc}", where=str(path)) from exc
+        if not isinstance(data, list):
+            raise InvalidInput("a .json dataset is a list of records", where=str(path))
+        for index, record in enumerate(data):
+            yield f"{path}:[{index}]", record
+    else:
+        yield from _jsonl_records(path)
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield where, RecordError(f"invalid UTF-8 at byte {exc.start} of the line")
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield where, RecordError(f"not valid JSON: {exc.msg} (column {exc.colno})")
+
+
+def to_messages(record: Any, shape: str = "auto") -> list[Message]:
+    """Convert one record to validated OpenAI-style messages (``RecordError`` if invalid)."""
+    if not isinstance(record, dict):
+        raise RecordError("a record is a JSON object")
+    if shape == "auto":
+        shape = _detect(record)
+    if shape == "messages":
+        messages = _field(record, "messages", list)
+        converted = [_message(m, i, "role", "content", None) for i, m in enumerate(messages)]
+    elif shape == "sharegpt":
+        turns = _field(record, "conversations", list)
+        converted = [_message(t, i, "from", "value", _SHAREGPT_ROLES) for i, t in enumerate(turns)]
+    else:
+        converted = _prompt_completion(record)
+    _check_order(converted)
+    return converted
+
+
+def _detect(record: dict) -> str:
+    for key, shape in (("messages", "messages"), ("conversations", "sharegpt")):
+        if key in record:
+            return shape
+    if "prompt" in record or "completion" in record:
+        return "prompt_completion"
+    raise RecordError(
+        "missing field: expected 'messages', 'conversations' (ShareGPT) or 'prompt'/'completion'"
+    )
+
+
+def _field(record: dict, name: str, kind: type) -> Any:
+    if name not in record:
+        raise RecordError(f"missing field '{name}'")
+    if not isinstance(record[name], kind):
+        raise RecordError(f"field '{name}' must be a {kind.__name__}")
+    return record[name]
+
+
+def _message(item: Any, index: int, role_key: str, text_key: str, names: dict | None) -> Message:
+    if not isinstance(item, dict):
+        raise RecordError(f"turn {index} is not an object")
+    role = _field(item, role_key, str) if role_key in item else None
+    if role is None:
+        raise RecordError(f"turn {index}: missing field '{role_key}'")
+    mapped = names.get(role) if names is not None else (role if role in ROLES else None)
+    if mapped is None:
+        known = ", ".join(names or ROLES)
+        raise RecordError(f"turn {index}: unknown role {role!r} (expected one of {known})")
+    if text_key not in item:
+        raise RecordError(f"turn {index}: missing field '{text_key}'")
+    content = item[text_key]
+    if not isinstance(content, str):
+        raise RecordError(f"turn {index}: '{text_key}' must be a string")
+    if not content.strip():
+        raise RecordError(f"turn {index} ({mapped}): empty content")
+    return {"role": mapped, "content": content}
+
+
+def _prompt_completion(record: dict) -> list[Message]:
+    prompt, completion = record.get("prompt"), record.get("completion")
+    for name, value in (("prompt", prompt), ("completion", completion)):
+        if value is None:
+            raise RecordError(f"missing field '{name}'")
+    if isinstance(prompt, list) and isinstance(completion, list):
+        turns = [*prompt, *completion]
+        return [_message(m, i, "role", "content", None) for i, m in enumerate(turns)]
+    if not isinstance(prompt, str) or not isinstance(completion, str):
+        raise RecordError("'prompt' and 'completion' must both be strings or both message lists")
+    return [
+        _message({"role": "user", "content": prompt}, 0, "role", "content", None),
+        _message({"role": "assistant", "content": completion}, 1, "role", "content", None),
+    ]
+
+
+def _check_order(messages: list[Message]) -> None:
+    """An optional first system turn, then user/assistant alternating, ending on assistant."""
+    turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    if not any(m["role"] == "assistant" for m in turns):
+        raise RecordError("no assistant turn: nothing to learn from this conversation")
+    for index, message in enumerate(turns):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            position = index + len(messages) - len(turns)
+            raise RecordError(
+                f"turns out of order: turn {position} is {message['role']}, expected {expected} "
+                "(a first system turn, then user and assistant alternating)"
+            )
+    if turns[-1]["role"] != "assistant":
+        raise RecordError("turns out of order: the last turn must be the assistant's")
+
+
+def _dedupe(conversations: list[Conversation]) -> tuple[list[Conversation], int]:
+    seen: set[str] = set()
+    unique = []
+    for conversation in conversations:
+        key = json.dumps(conversation.messages, sort_keys=True, ensure_ascii=False)
+        if key not in seen:
+            seen.add(key)
+            unique.append(conversation)
+    return unique, len(conversations) - len(unique)
+
+
+def _split(
+    conversations: list[Conversation], fraction: float, seed: int
+) -> tuple[list[Conversation], list[Conversation]]:
+    """A seeded split: the same data and seed always give the same eval set."""
+    count = round(len(conversations) * fraction)
+    if fraction > 0 and len(conversations) >= 2:
+        count = max(count, 1)
+    order = list(range(len(conversations)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:count])
+    train = [c for i, c in enumerate(conversations) if i not in held]
+    return train, [c for i, c in enumerate(conversations) if i in held]

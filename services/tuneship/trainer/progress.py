@@ -1,0 +1,98 @@
+"""Training progress: stage events, ``metrics.jsonl`` and the loss curve.
+
+One ``metrics.jsonl`` line per logged optimizer step. After a resume, lines beyond the
+checkpoint's step are dropped first: those steps are trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from tuneship.common.events import Eta, EventSink, Log, Metrics, Progress
+from tuneship.trainer.batching import TokenCount
+
+STAGE = "train"
+
+
+class EventBridge(TrainerCallback):
+    """Turns Trainer logs into stage events and ``metrics.jsonl`` lines."""
+
+    def __init__(self, events: EventSink, metrics_path: Path, count: TokenCount) -> None:
+        self.events = events
+        self.metrics_path = metrics_path
+        self.count = count
+        self.eta: Eta | None = None
+        self.last_time = time.monotonic()
+        self.last_tokens = 0
+        self.first_step = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.first_step = state.global_step
+        self.eta = Eta(max(state.max_steps - state.global_step, 0))
+        self.last_time = time.monotonic()
+        self.last_tokens = self.count.real
+        truncate_metrics(self.metrics_path, state.global_step)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if not logs or "loss" not in logs:
+            return
+        now = time.monotonic()
+        elapsed = max(now - self.last_time, 1e-9)
+        tokens_per_s = (self.count.real - self.last_tokens) / elapsed
+        self.last_time, self.last_tokens = now, self.count.real
+        step = int(state.global_step)
+        values = {
+            "loss": float(logs["loss"]),
+            "learning_rate": float(logs.get("learning_rate", 0.0)),
+            "tokens_per_s": tokens_per_s,
+        }
+        with self.metrics_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+        self.events.emit(Metrics(STAGE, values, step))
+        eta = self.eta.seconds_left(step - self.first_step) if self.eta else None
+        self.events.emit(Progress(STAGE, step, int(state.max_steps), "steps", eta))
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.events.emit(Log(STAGE, f"checkpoint saved at step {state.global_step}"))
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the lines up to ``step`` (the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    kept = [row for row in read_metrics(path) if row["step"] <= step]
+    path.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The rows of a ``metrics.jsonl`` (a torn last line from a kill is ignored)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def plot_loss(rows: list[dict[str, float]], out: Path, title: str) -> None:
+    """Write the loss curve as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.plot([r["step"] for r in rows], [r["loss"] for r in rows], linewidth=1.2)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("training loss (assistant tokens)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,231 @@
+"""The training stage, top to bottom: spec + base model + conversations → adapter.
+
+Work happens in ``<out>.partial/``: checkpoints every ``train.save_steps`` steps and the
+metrics so far. Running the same call again after a crash or a SIGKILL resumes from
+the last complete checkpoint. The finished output is assembled beside it and renamed
+to ``<out>`` in one step, so ``<out>`` is either absent or complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneship.common.errors import FailedPrecondition
+from tuneship.common.events import EventSink, Log
+from tuneship.common.spec import PipelineSpec, TrainSpec
+from tuneship.trainer import model_io
+from tuneship.trainer.batching import (
+    PaddedCollator,
+    PaddingFreeCollator,
+    TokenCount,
+    keeps_examples_apart,
+)
+from tuneship.trainer.data import load_conversations
+from tuneship.trainer.manifest import build_manifest
+from tuneship.trainer.prepare import PreparedData, encode_all, prepare_tokenizer
+from tuneship.trainer.progress import STAGE, EventBridge, plot_loss, read_metrics
+from tuneship.trainer.vocab import PadDecision, apply_pad, forbidden_pad_ids
+
+MANIFEST = "training-manifest.json"
+_CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the output is and what the manifest says."""
+
+    out: Path
+    manifest: dict[str, Any]
+
+    @property
+    def steps(self) -> int:
+        return int(self.manifest["metrics"]["steps"])
+
+    @property
+    def final_loss(self) -> float:
+        return float(self.manifest["metrics"]["final_loss"])
+
+
+def train(
+    spec: PipelineSpec, base: Path, out: Path, events: EventSink, *, resume: bool = True
+) -> TrainResult:
+    """Fine-tune ``base`` on ``spec.dataset`` and write the adapter, tokenizer and manifest.
+
+    ``resume``: continue from the last checkpoint in ``<out>.partial`` (and return an
+    already complete ``out`` as it is); ``False`` starts over. Raises ``InvalidInput``
+    for bad data or spec, ``FailedPrecondition`` for a model or machine that cannot do
+    what the spec asks (pickle weights, QLoRA without CUDA, an unusable template).
+    """
+    if (out / MANIFEST).is_file() and resume:
+        events.emit(Log(STAGE, f"{out} is already complete; nothing to do"))
+        return TrainResult(out, json.loads((out / MANIFEST).read_text(encoding="utf-8")))
+    if out.exists():
+        raise FailedPrecondition(
+            f"{out} exists and is not a finished training output",
+            where="--out",
+            hint="remove it or choose another output directory",
+        )
+    model_io.check_method(spec.train)
+    partial = out.with_name(out.name + ".partial")
+    if not resume:
+        shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True, exist_ok=True)
+
+    tokenizer, template, mask = prepare_tokenizer(spec, base)
+    model = model_io.load_model(base, spec.model, spec.train)
+    pad = apply_pad(
+        tokenizer,
+        model,
+        forbidden_pad_ids(tokenizer, model, mask.end_of_turn_ids()),
+        template.text,
+        spec.train.pad_to_multiple_of,
+    )
+    events.emit(Log(STAGE, f"pad token: {pad.pad_token!r} (id {pad.pad_token_id}, {pad.decision})"))
+    prepared = PreparedData(tokenizer, template, mask, load_conversations(spec.dataset))
+    encode_all(prepared, spec, events)
+
+    model = _with_method(model, spec.train)
+    packed = spec.train.packing and keeps_examples_apart(model, pad.embedding_rows_after)
+    count = TokenCount()
+    collator: Any = (
+        PaddingFreeCollator(count) if packed else PaddedCollator(pad.pad_token_id, count)
+    )
+    events.emit(Log(STAGE, "batches: " + ("padding-free" if packed else "padded, by length")))
+    started = time.monotonic()
+    trainer = _trainer(model, prepared, spec.train, partial, collator, events, count, packed)
+    trainer.train(resume_from_checkpoint=last_checkpoint(partial / "checkpoints"))
+    seconds = time.monotonic() - started
+    eval_loss = trainer.evaluate()["eval_loss"] if prepared.eval else None
+
+    rows = read_metrics(partial / "metrics.jsonl")
+    measured = {
+        "final_loss": rows[-1]["loss"] if rows else None,
+        "eval_loss": eval_loss,
+        "train_tokens_per_s": count.real / seconds if seconds > 0 else 0.0,
+        "padding_fraction": count.padding_fraction,
+        "steps": int(trainer.state.global_step),
+        "batching": "padding-free" if packed else "padded-length-grouped",
+    }
+    manifest = build_manifest(spec, base, prepared, pad, measured)
+    _finish(model, tokenizer, base, spec.train, pad, manifest, rows, partial, out)
+    events.emit(Log(STAGE, f"trained {measured['steps']} steps; output in {out}"))
+    return TrainResult(out, manifest)
+
+
+def _with_method(model: Any, train: TrainSpec) -> Any:
+    """Wrap the model in LoRA adapters (``lora``/``qlora``) or train it all (``full``)."""
+    from transformers import set_seed
+
+    set_seed(train.seed)
+    if train.method == "full":
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if train.method == "qlora":
+        model = prepare_model_for_kbit_training(model, train.gradient_checkpointing)
+    config = LoraConfig(
+        r=train.lora.r,
+        lora_alpha=train.lora.lora_alpha,
+        lora_dropout=train.lora.lora_dropout,
+        target_modules=train.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def _trainer(
+    model: Any,
+    prepared: PreparedData,
+    train: TrainSpec,
+    partial: Path,
+    collator: Any,
+    events: EventSink,
+    count: TokenCount,
+    packed: bool,
+) -> Any:
+    import torch
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    dtype = model_io.training_dtype(train)
+    arguments = TrainingArguments(
+        output_dir=str(partial / "checkpoints"),
+        per_device_train_batch_size=train.per_device_train_batch_size,
+        per_device_eval_batch_size=train.per_device_train_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler_type,
+        warmup_steps=train.warmup_ratio,
+        weight_decay=train.weight_decay,
+        num_train_epochs=train.num_train_epochs,
+        max_steps=train.max_steps,
+        logging_steps=train.logging_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        seed=train.seed,
+        data_seed=train.seed,
+        bf16=cuda and dtype == torch.bfloat16,
+        fp16=cuda and dtype == torch.float16,
+        use_cpu=not cuda,
+        activation_checkpointing=train.gradient_checkpointing,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        train_sampling_strategy="random" if packed else "group_by_length",
+        dataloader_num_workers=0,
+    )
+    rows = lambda examples: [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]  # noqa: E731
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=rows(prepared.train),
+        eval_dataset=rows(prepared.eval) or None,
+        data_collator=collator,
+        callbacks=[EventBridge(events, partial / "metrics.jsonl", count)],
+    )
+    trainer.remove_callback(PrinterCallback)  # progress goes through the event sink only
+    return trainer
+
+
+def last_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint that was written completely (a kill can tear the last one)."""
+    if not checkpoints.is_dir():
+        return None
+    complete = [
+        path
+        for path in checkpoints.glob("checkpoint-*")
+        if path.name.split("-")[-1].isdigit()
+        and all((path / name).is_file() for name in _CHECKPOINT_FILES)
+    ]
+    if not complete:
+        return None
+    return str(max(complete, key=lambda path: int(path.name.split("-")[-1])))
+
+
+def _finish(
+    model: Any,
+    tokenizer: Any,
+    base: Path,
+    train: TrainSpec,
+    pad: PadDecision,
+    manifest: dict[str, Any],
+    rows: list[dict[str, float]],
+    partial: Path,
+    out: Path,
+) -> None:
+    """Assemble the output beside ``out`` and rename it into place."""
+    staging = partial / "result"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    model_io.save_weights(model, train.method, pad.resized, staging)
+    model_io.save_tokenizer(tokenizer, base, staging / "tokenizer")
+    shutil.copy2(partial / "metrics.jsonl", staging / "metrics.jsonl")
+    plot_loss(rows, staging / "loss.png", f"{manifest['method']} on {base.name}")
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    staging.rename(out)
+    shutil.rmtree(partial, ignore_errors=True)
