@@ -14,7 +14,13 @@ import pytest
 from tuneship.common import layout
 from tuneship.common.errors import NotFound, Unavailable
 from tuneship.common.store import CorruptArtifact, S3Store, StoreSettings, open_store
-from tuneship.common.store.commit import commit_stage, fetch_stage, find_committed, read_manifest
+from tuneship.common.store.commit import (
+    commit_stage,
+    fetch_stage,
+    find_committed,
+    read_manifest,
+    verify_committed,
+)
 from tuneship.testing.s3server import S3ServerProcess, free_port
 from tuneship.testing.stores import FaultyStore
 
@@ -213,6 +219,7 @@ def test_stage_commit_and_fetch_through_s3(
     raw = store.client.list_objects(store.bucket, prefix="team-a/", recursive=True)
     assert len(list(raw)) == len(keys)  # everything lives under the store's prefix
 
+    assert verify_committed(store, manifest.key, deep=True) == manifest
     fetched = fetch_stage(store, manifest.key, tmp_path / "in")
     assert fetched.ref == manifest.ref
     assert (tmp_path / "in" / "model.gguf").read_bytes() == big_file.read_bytes()

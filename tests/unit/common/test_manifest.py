@@ -19,6 +19,7 @@ from tuneship.common.store.commit import (
     latest_checkpoint,
     read_manifest,
     upload_input,
+    verify_committed,
 )
 from tuneship.testing.stores import FaultyStore
 
@@ -223,3 +224,24 @@ def test_unreadable_manifests_are_errors(tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition) as caught:
         read_manifest(store, "new/manifest.json")
     assert "upgrade" in str(caught.value)
+
+
+def test_verify_committed_finds_a_truncated_file_and_deep_finds_a_flipped_byte(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    manifest = _commit(store, _outputs(tmp_path / "out"))
+    assert verify_committed(store, manifest.key, deep=True) == manifest
+    stored = tmp_path / "store" / manifest.file_key("adapter_model.safetensors")
+
+    stored.write_bytes(b"\x01" * 4999 + b"\x02")
+    assert verify_committed(store, manifest.key) == manifest  # sizes alone look right
+    with pytest.raises(CorruptArtifact):
+        verify_committed(store, manifest.key, deep=True)
+
+    stored.write_bytes(b"\x01" * 10)
+    with pytest.raises(CorruptArtifact):
+        verify_committed(store, manifest.key)
+    stored.unlink()
+    with pytest.raises(NotFound):
+        verify_committed(store, manifest.key)

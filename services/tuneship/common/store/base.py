@@ -146,17 +146,3 @@ def temp_beside(target: Path) -> Iterator[Path]:
         yield temp
     finally:
         temp.unlink(missing_ok=True)
-
-
-def verify_file(path: Path, size: int | None, sha256: str | None, where: str) -> str:
-    """Hash ``path``; CorruptArtifact if its size or sha256 differ from the expected ones."""
-    actual_size = path.stat().st_size
-    actual = sha256_file(path)
-    if (size is not None and actual_size != size) or (sha256 and actual != sha256):
-        raise CorruptArtifact(
-            f"downloaded {actual_size} bytes with sha256 {actual[:12]}…, expected "
-            f"{size} bytes with sha256 {str(sha256)[:12]}…",
-            where=where,
-            hint="the stored copy is damaged; rerun the stage that produced it",
-        )
-    return actual

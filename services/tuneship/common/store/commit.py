@@ -150,6 +150,30 @@ def fetch_stage(
     return manifest
 
 
+def verify_committed(store: ArtifactStore, manifest_key: str, *, deep: bool = False) -> Manifest:
+    """Check that every file of a committed manifest is stored as the manifest says.
+
+    Shallow: each object exists with the listed size and, where the store records
+    one, the listed sha256. ``deep``: every file is also downloaded and re-hashed
+    (into a temporary directory, then discarded). Raises NotFound or CorruptArtifact
+    naming the first bad file; returns the manifest.
+    """
+    manifest = read_manifest(store, manifest_key)
+    for entry in manifest.files:
+        info = store.stat(manifest.file_key(entry.name))
+        if info.size != entry.size or (info.sha256 and info.sha256 != entry.sha256):
+            raise CorruptArtifact(
+                f"{entry.name} is stored with {info.size} bytes and sha256 {info.sha256}; "
+                f"the manifest says {entry.size} bytes and {entry.sha256}",
+                where=manifest.file_key(entry.name),
+                hint="rerun the stage that produced it",
+            )
+    if deep:
+        with tempfile.TemporaryDirectory(prefix="tuneship-verify-") as scratch:
+            fetch_stage(store, manifest_key, Path(scratch) / "files")
+    return manifest
+
+
 def _replace_dir(new: Path, dest: Path) -> None:
     if dest.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
