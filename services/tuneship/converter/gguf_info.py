@@ -1,0 +1,101 @@
+"""What a GGUF file says about itself: architecture, vocabulary, template and tensors.
+
+Read with the ``gguf`` package's memory-mapped reader: nothing but the header is
+paged in, whatever the size of the file.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneship.common.errors import InvalidInput
+
+SPECIAL_KEYS = {
+    "bos": "tokenizer.ggml.bos_token_id",
+    "eos": "tokenizer.ggml.eos_token_id",
+    "pad": "tokenizer.ggml.padding_token_id",
+    "unk": "tokenizer.ggml.unknown_token_id",
+    "eot": "tokenizer.ggml.eot_token_id",
+}
+
+
+@dataclass(frozen=True)
+class GgufInfo:
+    """The parts of a GGUF header that the export stage checks and reports."""
+
+    path: Path
+    architecture: str
+    name: str | None
+    file_type: int | None
+    n_tokens: int
+    embedding_rows: int | None
+    output_rows: int | None
+    vocab_size_key: int | None
+    special_ids: dict[str, int]
+    add_bos: bool | None
+    chat_template: str | None
+    tensor_types: dict[str, int] = field(default_factory=dict)
+    n_params: int = 0
+    tensor_bytes: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Bits of tensor data per parameter (what the quantization type costs)."""
+        return self.tensor_bytes * 8 / self.n_params if self.n_params else 0.0
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+
+def read_gguf(path: Path) -> GgufInfo:
+    """Read a GGUF header; ``InvalidInput`` when the file is not a readable GGUF."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, OSError) as exc:
+        raise InvalidInput(f"not a readable GGUF file: {exc}", where=str(path)) from exc
+    value = _field_reader(reader)
+    arch = str(value("general.architecture") or "")
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    shapes = {t.name: [int(n) for n in t.shape] for t in reader.tensors}
+    embd, out = shapes.get("token_embd.weight"), shapes.get("output.weight")
+    specials = {name: int(v) for name, key in SPECIAL_KEYS.items() if (v := value(key)) is not None}
+    metadata = {
+        k: value(k) for k in reader.fields if k.startswith("general.") and value(k) is not None
+    }
+    return GgufInfo(
+        path=path,
+        architecture=arch,
+        name=value("general.name"),
+        file_type=value("general.file_type"),
+        n_tokens=len(tokens.data) if tokens is not None else 0,
+        embedding_rows=embd[1] if embd and len(embd) > 1 else None,
+        output_rows=out[1] if out and len(out) > 1 else None,
+        vocab_size_key=value(f"{arch}.vocab_size"),
+        special_ids=specials,
+        add_bos=value("tokenizer.ggml.add_bos_token"),
+        chat_template=value("tokenizer.chat_template"),
+        tensor_types=dict(Counter(t.tensor_type.name for t in reader.tensors)),
+        n_params=sum(int(t.n_elements) for t in reader.tensors),
+        tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
+        metadata=metadata,
+    )
+
+
+def _field_reader(reader: Any) -> Any:
+    def value(key: str) -> Any:
+        found = reader.fields.get(key)
+        if found is None:
+            return None
+        try:
+            return found.contents()
+        except (ValueError, IndexError):
+            return None
+
+    return value

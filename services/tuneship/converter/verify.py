@@ -1,0 +1,128 @@
+"""Every GGUF is loaded by llama.cpp, answers a chat turn, and formats chats like HF does.
+
+Template parity: for sample conversations, the prompt llama-server renders from the
+GGUF's template and tokenizes the way it does for a chat request must be exactly the
+ids that the Hugging Face tokenizer's ``apply_chat_template`` produces (the ids the
+model was trained on). A difference fails with the first differing position and the
+tokens around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneship.common.errors import FailedPrecondition
+from tuneship.common.events import EventSink, Log
+from tuneship.common.llama_server import LlamaServer
+from tuneship.common.toolchain import Toolchain
+from tuneship.converter.template import (
+    Conversation,
+    read_chat_template,
+    sample_conversations_for_parity,
+    strip_training_tags,
+)
+
+STAGE = "verify"
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What llama.cpp did with one GGUF."""
+
+    gguf: Path
+    answer: str
+    parity_conversations: int
+    prompt_tokens_per_s: float
+    generation_tokens_per_s: float
+
+
+def prompt_conversations(conversations: list[Conversation]) -> list[Conversation]:
+    """Each conversation cut after its last user turn (a prompt awaiting the answer)."""
+    prompts = []
+    for conversation in conversations:
+        last_user = max((i for i, m in enumerate(conversation) if m["role"] == "user"), default=-1)
+        if last_user >= 0:
+            prompts.append(conversation[: last_user + 1])
+    return prompts
+
+
+def verify(
+    gguf: Path,
+    model: Path,
+    *,
+    toolchain: Toolchain,
+    events: EventSink,
+    work: Path,
+    conversations: list[Conversation] | None = None,
+    context: int = 1024,
+) -> VerifyResult:
+    """Load ``gguf`` in llama-server, chat once, and check template parity against ``model``.
+
+    ``model`` is the HF directory the GGUF came from (its tokenizer is the reference).
+    Raises ``FailedPrecondition`` when the model does not load, answers nothing, or a
+    conversation tokenizes differently.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    template = read_chat_template(model)
+    template = strip_training_tags(template) if template else None
+    samples = prompt_conversations(sample_conversations_for_parity(conversations))
+    log = work / f"{gguf.stem}.server.log"
+    server = LlamaServer(toolchain.binary("llama-server"), gguf, log, context=context)
+    with server:
+        for index, conversation in enumerate(samples):
+            expected = _hf_ids(tokenizer, template, conversation)
+            prompt = server.apply_template(conversation)
+            got = [int(t) for t in server.post(
+                "/tokenize", {"content": prompt, "add_special": True, "parse_special": True}
+            )["tokens"]]  # fmt: skip
+            if got != expected:
+                raise FailedPrecondition(
+                    f"template parity failed for {gguf.name}, conversation {index}:\n"
+                    + parity_diff(tokenizer, expected, got),
+                    where=str(gguf),
+                    hint="llama.cpp formats or tokenizes this chat differently from the "
+                    "training tokenizer; `tuneship doctor` on the GGUF shows its tokenizer flags",
+                )
+        answer = server.chat(samples[1], max_tokens=32, temperature=0, ignore_eos=True)
+    text = str(answer["choices"][0]["message"].get("content") or "")
+    if answer.get("usage", {}).get("completion_tokens", 0) < 1:
+        raise FailedPrecondition(f"{gguf.name} loaded but generated no tokens", where=str(gguf))
+    timings = answer.get("timings", {})
+    events.emit(Log(STAGE, f"{gguf.name}: loads, answers, parity ok on {len(samples)} chats"))
+    return VerifyResult(
+        gguf, text, len(samples),
+        float(timings.get("prompt_per_second", 0.0)),
+        float(timings.get("predicted_per_second", 0.0)),
+    )  # fmt: skip
+
+
+def _hf_ids(tokenizer: Any, template: str | None, conversation: Conversation) -> list[int]:
+    encoded = tokenizer.apply_chat_template(
+        conversation, chat_template=template, add_generation_prompt=True, tokenize=True
+    )
+    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+    return [int(i) for i in ids]
+
+
+def parity_diff(tokenizer: Any, expected: list[int], got: list[int], around: int = 4) -> str:
+    """A readable account of where two id sequences part ways."""
+    first = next(
+        (i for i, (a, b) in enumerate(zip(expected, got, strict=False)) if a != b),
+        min(len(expected), len(got)),
+    )
+    lo = max(0, first - around)
+
+    def show(ids: list[int]) -> str:
+        window = ids[lo : first + around + 1]
+        pieces = tokenizer.convert_ids_to_tokens(window)
+        return " ".join(f"{i}:{p!r}" for i, p in zip(window, pieces, strict=True))
+
+    return (
+        f"  first difference at token {first} (HF {len(expected)} ids, llama.cpp {len(got)})\n"
+        f"  HF       : {show(expected)}\n"
+        f"  llama.cpp: {show(got)}"
+    )
