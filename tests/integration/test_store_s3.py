@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -241,3 +244,33 @@ def test_interrupted_s3_commit_leaves_nothing_committed(
     assert store.exists("pipelines/p1/stages/convert/staging/t-1/model.gguf")
     with pytest.raises(NotFound):
         read_manifest(store, layout.stage_manifest("p1", "convert"))
+
+
+def test_store_cli_against_s3(s3_server: S3ServerProcess, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "TUNESHIP_STORE": f"s3://cli-{uuid.uuid4().hex[:12]}/ops",
+        "TUNESHIP_S3_ENDPOINT": s3_server.endpoint,
+        "TUNESHIP_S3_ACCESS_KEY": s3_server.access_key,
+        "TUNESHIP_S3_SECRET_KEY": s3_server.secret_key,
+        "TUNESHIP_S3_SECURE": "0",
+    }
+    tuneship = str(Path(sys.executable).parent / "tuneship")
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"messages": []}\n')
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [tuneship, "store", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    put = json.loads(run("put", str(data), "--json").stdout)
+    verified = json.loads(run("verify", put["key"], "--deep", "--json").stdout)
+    listed = json.loads(run("ls", "inputs/", "--json").stdout)
+    fetched = run("fetch", put["key"], str(tmp_path / "out"))
+    missing = run("verify", "pipelines/none/manifest.json")
+
+    assert verified["files"] == put["files"] and verified["verified"] == "deep"
+    assert {o["key"] for o in listed} == {put["key"], put["root"] + "train.jsonl"}
+    assert fetched.returncode == 0 and (tmp_path / "out" / "train.jsonl").exists()
+    assert missing.returncode == 2 and "pipelines/none/manifest.json" in missing.stderr

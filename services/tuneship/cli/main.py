@@ -10,6 +10,7 @@ from rich.console import Console
 
 from tuneship.cli import doctor as doctor_cmd
 from tuneship.cli import serve as serve_cmd
+from tuneship.cli import store as store_cmd
 from tuneship.cli import train as train_cmd
 from tuneship.common.errors import TuneshipError
 from tuneship.common.settings import Settings
@@ -23,6 +24,7 @@ app = typer.Typer(
 fixtures_app = typer.Typer(help="Offline test fixtures: tiny models and sample conversations.")
 app.add_typer(fixtures_app, name="fixtures")
 serve_cmd.register(app)
+store_cmd.register(app)
 train_cmd.register(app)
 
 err = Console(stderr=True)

@@ -29,6 +29,7 @@ __all__ = [
     "ObjectInfo",
     "S3Store",
     "StoreSettings",
+    "local_store_url",
     "open_store",
     "sha256_bytes",
     "sha256_file",
@@ -94,6 +95,11 @@ class StoreSettings:
             parallel_parts=number("TUNESHIP_S3_PARALLEL_PARTS", 4),
             retries=number("TUNESHIP_S3_RETRIES", 5),
         )
+
+
+def local_store_url(data_dir: Path) -> str:
+    """The store embedded mode uses under its data directory (``<data_dir>/store``)."""
+    return f"local:{Path(data_dir) / 'store'}"
 
 
 def open_store(settings: StoreSettings) -> ArtifactStore:
