@@ -4,7 +4,11 @@
 // message with a blank line; .Messages holds the conversation with consecutive
 // messages of the same role merged; .Response is empty.
 //
-// Usage: gotemplate TEMPLATE_FILE < messages.json   (a JSON list of {role, content})
+// Usage: gotemplate TEMPLATE_FILE < conversations.json
+//
+// stdin holds a JSON list of conversations (each a list of {role, content}); stdout
+// gets a JSON list with the rendered text of each. A template that does not parse
+// exits with status 1 and the parser's message on stderr.
 package main
 
 import (
@@ -40,7 +44,7 @@ func collate(messages []Message) (string, []*Message) {
 
 func main() {
 	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: gotemplate TEMPLATE_FILE < messages.json")
+		fmt.Fprintln(os.Stderr, "usage: gotemplate TEMPLATE_FILE < conversations.json")
 		os.Exit(2)
 	}
 	source, err := os.ReadFile(os.Args[1])
@@ -48,9 +52,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	var messages []Message
-	if err := json.NewDecoder(os.Stdin).Decode(&messages); err != nil {
-		fmt.Fprintln(os.Stderr, "messages:", err)
+	var conversations [][]Message
+	if err := json.NewDecoder(os.Stdin).Decode(&conversations); err != nil {
+		fmt.Fprintln(os.Stderr, "conversations:", err)
 		os.Exit(2)
 	}
 	tree := parse.New("")
@@ -66,10 +70,19 @@ func main() {
 		fmt.Fprintln(os.Stderr, "template:", err)
 		os.Exit(1)
 	}
-	system, collated := collate(messages)
-	values := map[string]any{"System": system, "Messages": collated, "Response": ""}
-	if err := tmpl.Execute(os.Stdout, values); err != nil {
-		fmt.Fprintln(os.Stderr, "execute:", err)
-		os.Exit(1)
+	rendered := []string{}
+	for _, messages := range conversations {
+		system, collated := collate(messages)
+		values := map[string]any{"System": system, "Messages": collated, "Response": ""}
+		var out strings.Builder
+		if err := tmpl.Execute(&out, values); err != nil {
+			fmt.Fprintln(os.Stderr, "execute:", err)
+			os.Exit(1)
+		}
+		rendered = append(rendered, out.String())
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(rendered); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
 	}
 }
