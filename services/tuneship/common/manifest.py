@@ -150,13 +150,17 @@ def cache_key(
     spec_section: Mapping[str, Any] | None,
     inputs: Sequence[InputRef | Manifest],
     tool_versions: Mapping[str, str],
+    *,
+    stage: str,
 ) -> str:
-    """The identity of a stage's work: same spec section, same input manifests (by
-    content) and same tool versions give the same key, so finished work is reused."""
+    """The identity of a stage's work: the same stage with the same spec section, input
+    manifests (by content) and tool versions gives the same key, so finished work is
+    reused. ``stage`` keeps two stages with equal sections and inputs apart."""
     refs = [i.ref if isinstance(i, Manifest) else i for i in inputs]
     return hashlib.sha256(
         _canonical(
             {
+                "stage": stage,
                 "spec": spec_hash(spec_section),
                 "inputs": sorted(r.sha256 for r in refs),
                 "tools": dict(tool_versions),

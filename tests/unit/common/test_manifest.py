@@ -110,7 +110,7 @@ def test_an_interrupted_commit_leaves_nothing_committed(tmp_path: Path) -> None:
         read_manifest(inner, layout.stage_manifest("p1", "train"))
     with pytest.raises(NotFound):
         fetch_stage(inner, layout.stage_manifest("p1", "train"), tmp_path / "in")
-    key = cache_key(SPEC, [], VERSIONS)
+    key = cache_key(SPEC, [], VERSIONS, stage="train")
     assert find_committed(inner, key) is None
     assert not (tmp_path / "in").exists()
 
@@ -151,20 +151,24 @@ def test_fetch_replaces_an_old_directory_only_when_complete(tmp_path: Path) -> N
 def test_cache_key_is_stable_and_sensitive() -> None:
     a = InputRef("k1", "1" * 64)
     b = InputRef("k2", "2" * 64)
-    key = cache_key({"r": 8, "alpha": 16}, [a, b], VERSIONS)
-    assert key == cache_key({"alpha": 16, "r": 8}, [b, a], dict(reversed(VERSIONS.items())))
-    assert key != cache_key({"r": 16, "alpha": 16}, [a, b], VERSIONS)
-    assert key != cache_key({"r": 8, "alpha": 16}, [a], VERSIONS)
-    assert key != cache_key({"r": 8, "alpha": 16}, [a, b], {**VERSIONS, "llama.cpp": "0.3.37"})
+    spec = {"r": 8, "alpha": 16}
+    key = cache_key(spec, [a, b], VERSIONS, stage="train")
+    same = cache_key({"alpha": 16, "r": 8}, [b, a], dict(reversed(VERSIONS.items())), stage="train")
+    assert key == same
+    assert key != cache_key({"r": 16, "alpha": 16}, [a, b], VERSIONS, stage="train")
+    assert key != cache_key(spec, [a], VERSIONS, stage="train")
+    assert key != cache_key(spec, [a, b], {**VERSIONS, "llama.cpp": "0.3.37"}, stage="train")
+    assert key != cache_key(spec, [a, b], VERSIONS, stage="merge")
 
 
 def test_finished_work_is_found_by_cache_key_until_its_files_go(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
     manifest = _commit(store, _outputs(tmp_path / "out"))
 
-    hit = find_committed(store, cache_key(SPEC, [], VERSIONS))
+    hit = find_committed(store, cache_key(SPEC, [], VERSIONS, stage="train"))
     assert hit is not None and hit.key == manifest.key and hit.ref == manifest.ref
-    assert find_committed(store, cache_key({"other": 1}, [], VERSIONS)) is None
+    assert find_committed(store, cache_key({"other": 1}, [], VERSIONS, stage="train")) is None
+    assert find_committed(store, cache_key(SPEC, [], VERSIONS, stage="merge")) is None
 
     store.delete_prefix(layout.pipeline_prefix("p1"))
     assert find_committed(store, manifest.cache_key) is None

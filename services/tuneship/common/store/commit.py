@@ -90,7 +90,7 @@ def commit_stage(
     files = scan_dir(local_dir)
     root = layout.staging_prefix(pipeline, stage, attempt)
     _upload(store, Path(local_dir), root, files, events, stage)
-    key = cache_key(spec_section, refs, versions)
+    key = cache_key(spec_section, refs, versions, stage=stage)
     manifest = Manifest(
         kind=layout.ManifestKind.STAGE,
         root=root,
