@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tuneship.common.settings import Settings
@@ -30,3 +33,31 @@ def toolchain_report(settings: Settings, console: Console) -> int:
         console.print(f"[red]missing:[/] {', '.join(missing)}\n  hint: {BUILD_HINT}")
         return 1
     return 0
+
+
+def model_report(path: Path, console: Console, *, fix: bool = False) -> int:
+    """Print every check of an HF directory or GGUF; with ``fix``, repair what is safe.
+
+    Returns 0 when no error remains, 1 otherwise.
+    """
+    from tuneship.converter import check_model, fix_hf
+
+    report = check_model(path)
+    done: list[str] = []
+    if fix and report.kind == "hf":
+        done, report = fix_hf(path)
+    elif fix:
+        console.print("[yellow]--fix repairs HF model directories; re-create a GGUF instead[/]")
+    table = Table(title=f"{'GGUF' if report.kind == 'gguf' else 'HF model'}: {path}")
+    for column in ("check", "status", "finding", "fix"):
+        table.add_column(column, overflow="fold")
+    colours = {"ok": "green", "warning": "yellow", "error": "red"}
+    for f in report.findings:
+        status = f"[{colours[f.severity]}]{f.severity}[/]"
+        table.add_row(f.check, status, escape(f.message), escape(f.fix or ""))
+    console.print(table)
+    for line in done:
+        console.print(f"[green]fixed:[/] {escape(line)}")
+    facts = ", ".join(f"{k}={v}" for k, v in report.facts.items() if not isinstance(v, dict))
+    console.print(f"[dim]{escape(facts)}[/]")
+    return 0 if report.ok else 1

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from tuneship.cli import doctor as doctor_cmd
+from tuneship.cli import export as export_cmd
 from tuneship.cli import serve as serve_cmd
 from tuneship.cli import store as store_cmd
 from tuneship.cli import train as train_cmd
@@ -26,6 +27,7 @@ app.add_typer(fixtures_app, name="fixtures")
 serve_cmd.register(app)
 store_cmd.register(app)
 train_cmd.register(app)
+export_cmd.register(app)
 
 err = Console(stderr=True)
 
@@ -42,6 +44,7 @@ def doctor(
     toolchain: Annotated[
         bool, typer.Option("--toolchain", help="Check the llama.cpp toolchain.")
     ] = False,
+    fix: Annotated[bool, typer.Option("--fix", help="Repair an HF model dir when safe.")] = False,
 ) -> None:
     """Check the llama.cpp toolchain (--toolchain) or a model (PATH)."""
     settings = Settings.from_env()
@@ -49,8 +52,12 @@ def doctor(
         toolchain = True
     if toolchain:
         raise typer.Exit(code=doctor_cmd.toolchain_report(settings, Console()))
-    err.print("[bold red]error:[/] checking a model directory or GGUF is not built yet")
-    raise typer.Exit(code=3)
+    assert path is not None
+    try:
+        code = doctor_cmd.model_report(path, Console(), fix=fix)
+    except TuneshipError as exc:
+        raise fail(exc) from exc
+    raise typer.Exit(code=code)
 
 
 @fixtures_app.command("build")

@@ -11,21 +11,10 @@ from pathlib import Path
 
 from tuneship.common.errors import FailedPrecondition, InvalidInput
 from tuneship.common.events import EventSink, Log, Progress
+from tuneship.common.spec.export import QUANT_TYPES
 from tuneship.common.toolchain import Toolchain
 
 STAGE = "quantize"
-
-# llama-quantize's type names (lower case). True: needs an importance matrix. llama.cpp
-# itself refuses the 1- and 2-bit IQ types without one; the other IQ types and Q2_K_S
-# run but lose much more quality without it, so tuneship requires it for all of them.
-_PLAIN = """q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q3_k_s q3_k_m q3_k_l q4_k q4_k_s q4_k_m
-    q5_k q5_k_s q5_k_m q6_k tq1_0 tq2_0 f16 bf16 f32"""
-_WITH_IMATRIX = """q2_k_s iq1_s iq1_m iq2_xxs iq2_xs iq2_s iq2_m iq3_xxs iq3_xs iq3_s iq3_m
-    iq4_nl iq4_xs"""
-QUANT_TYPES: dict[str, bool] = {
-    **dict.fromkeys(_PLAIN.split(), False),
-    **dict.fromkeys(_WITH_IMATRIX.split(), True),
-}
 
 
 @dataclass(frozen=True)
@@ -73,12 +62,13 @@ def quantize(
     imatrix: Path | None = None,
     jobs: int | None = None,
     threads: int | None = None,
+    name: str | None = None,
 ) -> list[QuantOutput]:
     """Quantize the f16/bf16/f32 GGUF ``source`` into each of ``types``.
 
-    Writes ``out_dir/<stem>-<type>.gguf``. Several types run as parallel
-    ``llama-quantize`` processes sharing the cores. A type that needs an importance
-    matrix is refused with ``FailedPrecondition`` when ``imatrix`` is None.
+    Writes ``out_dir/<name>-<type>.gguf`` (``name``: the source's stem by default).
+    Several types run as parallel ``llama-quantize`` processes sharing the cores. A
+    type that needs an importance matrix is refused (``FailedPrecondition``) without one.
     """
     types = [t.lower() for t in types]
     check_types(types, imatrix_policy="auto")
@@ -97,7 +87,7 @@ def quantize(
     done: list[QuantOutput] = []
 
     def one(quant_type: str) -> QuantOutput:
-        target = out_dir / f"{source.stem}-{quant_type}.gguf"
+        target = out_dir / f"{name or source.stem}-{quant_type}.gguf"
         use = imatrix if imatrix is not None and quant_type not in ("f16", "bf16", "f32") else None
         argv = [str(binary), *(["--imatrix", str(use)] if use else [])]
         started = time.monotonic()

@@ -87,6 +87,7 @@ def verify(
                     hint="llama.cpp formats or tokenizes this chat differently from the "
                     "training tokenizer; `tuneship doctor` on the GGUF shows its tokenizer flags",
                 )
+        server.chat(samples[1], max_tokens=4, temperature=0)  # warm-up, not measured
         answer = server.chat(samples[1], max_tokens=32, temperature=0, ignore_eos=True)
     text = str(answer["choices"][0]["message"].get("content") or "")
     if answer.get("usage", {}).get("completion_tokens", 0) < 1:

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tuneship.common.spec.data import Section
+
+# llama-quantize's type names (lower case) → whether tuneship requires an importance
+# matrix. llama.cpp itself refuses the 1- and 2-bit IQ types without one; the other IQ
+# types and Q2_K_S run without one but lose much more quality, so tuneship requires it.
+_PLAIN = """q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q3_k_s q3_k_m q3_k_l q4_k q4_k_s q4_k_m
+    q5_k q5_k_s q5_k_m q6_k tq1_0 tq2_0 f16 bf16 f32"""
+_WITH_IMATRIX = """q2_k_s iq1_s iq1_m iq2_xxs iq2_xs iq2_s iq2_m iq3_xxs iq3_xs iq3_s iq3_m
+    iq4_nl iq4_xs"""
+QUANT_TYPES: dict[str, bool] = {
+    **dict.fromkeys(_PLAIN.split(), False),
+    **dict.fromkeys(_WITH_IMATRIX.split(), True),
+}
 
 
 class MergeSpec(Section):
@@ -20,6 +32,22 @@ class ExportSpec(Section):
     """GGUF conversion and quantization (llama.cpp names)."""
 
     outtype: Literal["f16", "bf16", "f32", "q8_0", "auto"] = "f16"
-    quant_types: list[str] = Field(default_factory=lambda: ["q4_k_m"])
+    quant_types: list[str] = Field(default_factory=lambda: ["q4_k_m"], min_length=1)
     imatrix: Literal["auto", "always", "never"] = "auto"
     max_kld: float = Field(0.1, gt=0, description="Quality budget: mean KL divergence vs f16.")
+    eval_context: int = Field(
+        256, ge=32, description="Largest context (tokens) for perplexity and imatrix chunks."
+    )
+    verify: bool = Field(True, description="Load every GGUF in llama.cpp and check parity.")
+
+    @field_validator("quant_types")
+    @classmethod
+    def _known_types(cls, value: list[str]) -> list[str]:
+        lowered = [t.lower() for t in value]
+        unknown = [t for t in lowered if t not in QUANT_TYPES]
+        if unknown:
+            raise ValueError(
+                f"unknown llama-quantize type(s) {', '.join(unknown)}; "
+                f"choose from {', '.join(QUANT_TYPES)}"
+            )
+        return list(dict.fromkeys(lowered))

@@ -1,0 +1,206 @@
+"""The export stage, top to bottom: convert → imatrix → quantize → verify → evaluate → report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneship.common.errors import InvalidInput
+from tuneship.common.events import EventSink, Log, Metrics, Progress
+from tuneship.common.spec import PipelineSpec
+from tuneship.common.toolchain import Toolchain
+from tuneship.converter.convert import convert, lineage_metadata
+from tuneship.converter.evaluate import against_baseline, baseline, context_for
+from tuneship.converter.gguf_info import read_gguf
+from tuneship.converter.quantize import check_types, compute_imatrix, needs_imatrix, quantize
+from tuneship.converter.render import load_conversations, write_rendered
+from tuneship.converter.report import ExportReport, QuantReport, recommend, write_report
+from tuneship.converter.template import Conversation
+from tuneship.converter.verify import VerifyResult, verify
+
+STAGE = "export"
+EXPORT_MANIFEST = "export-manifest.json"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Everything the export wrote into ``out`` (``files`` lists each, manifest last)."""
+
+    out: Path
+    baseline: Path
+    ggufs: dict[str, Path]
+    imatrix: Path | None
+    report: ExportReport
+    files: list[Path]
+
+
+def export(
+    spec: PipelineSpec,
+    model: Path,
+    out: Path,
+    events: EventSink,
+    toolchain: Toolchain,
+    *,
+    eval_data: Path | None,
+) -> ExportResult:
+    """Export the merged HF model ``model`` into ``out`` as the spec's GGUFs plus a report.
+
+    ``eval_data`` (JSONL conversations) is the held-out set for perplexity and KL
+    divergence; the importance matrix is computed from ``spec.dataset.train`` when it is
+    a local file, else from ``eval_data``. ``out`` is replaced once everything is
+    written. Errors: ``InvalidInput`` (types, data), ``FailedPrecondition`` (a model
+    that cannot be converted, a GGUF that fails to load or to match the template).
+    """
+    ex = spec.export
+    check_types(ex.quant_types, imatrix_policy=ex.imatrix)
+    held_out = load_conversations(_require(eval_data, "eval_data"))
+    train_path = Path(spec.dataset.train)
+    train = load_conversations(train_path) if train_path.is_file() else held_out
+    name = spec.metadata.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        result = _run(spec, model, work, events, toolchain, held_out, train, name)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    return _relocate(result, work, out)
+
+
+def _run(
+    spec: PipelineSpec,
+    model: Path,
+    work: Path,
+    events: EventSink,
+    toolchain: Toolchain,
+    held_out: list[Conversation],
+    train: list[Conversation],
+    name: str,
+) -> ExportResult:
+    ex = spec.export
+    scratch = work / "scratch"
+    scratch.mkdir()
+    steps = 5
+    events.emit(Progress(STAGE, 0, steps, message=f"converting to {ex.outtype}"))
+    base_gguf = work / f"{name}-{ex.outtype}.gguf"
+    convert(model, base_gguf, toolchain=toolchain, events=events, outtype=ex.outtype,
+            metadata=lineage_metadata(model, name), conversations=held_out)  # fmt: skip
+    imatrix = None
+    if ex.imatrix == "always" or (
+        ex.imatrix == "auto" and any(needs_imatrix(t) for t in ex.quant_types)
+    ):
+        events.emit(Progress(STAGE, 1, steps, message="computing the importance matrix"))
+        tokens = write_rendered(model, train, scratch / "imatrix.txt")
+        imatrix = compute_imatrix(
+            base_gguf, scratch / "imatrix.txt", work / f"{name}.imatrix.gguf",
+            toolchain=toolchain, events=events, context=context_for(tokens, ex.eval_context),
+        )  # fmt: skip
+    events.emit(Progress(STAGE, 2, steps, message=f"quantizing {', '.join(ex.quant_types)}"))
+    quants = quantize(base_gguf, work, ex.quant_types, toolchain=toolchain, events=events,
+                      imatrix=imatrix, name=name)  # fmt: skip
+    ggufs = {ex.outtype: base_gguf} | {q.quant_type: q.gguf for q in quants}
+    events.emit(Progress(STAGE, 3, steps, message="verifying and evaluating every GGUF"))
+    report = evaluate(
+        model, ex.outtype, ggufs, held_out, toolchain=toolchain, events=events, work=scratch,
+        max_kld=ex.max_kld, max_context=ex.eval_context, check=ex.verify, name=name,
+    )  # fmt: skip
+    files = [*ggufs.values(), *([imatrix] if imatrix else []), *write_report(report, work)]
+    shutil.rmtree(scratch)
+    files.append(_write_manifest(work, spec, model, files, report))
+    events.emit(Progress(STAGE, steps, steps, message=f"recommended: {report.recommended}"))
+    events.emit(Log(STAGE, f"recommended {report.recommended}: {report.reason}"))
+    return ExportResult(work, base_gguf, ggufs, imatrix, report, files)
+
+
+def evaluate(
+    model: Path,
+    baseline_type: str,
+    ggufs: dict[str, Path],
+    held_out: list[Conversation],
+    *,
+    toolchain: Toolchain,
+    events: EventSink,
+    work: Path,
+    max_kld: float,
+    max_context: int = 256,
+    check: bool = True,
+    name: str = "model",
+) -> ExportReport:
+    """Verify (when ``check``) and score every GGUF against ``ggufs[baseline_type]``.
+
+    ``model`` is the HF directory the GGUFs came from: its tokenizer renders the
+    held-out conversations and is the reference for template parity.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    checks: dict[str, VerifyResult | None] = {
+        quant_type: verify(path, model, toolchain=toolchain, events=events, work=work,
+                           conversations=held_out[:8]) if check else None
+        for quant_type, path in ggufs.items()
+    }  # fmt: skip
+    tokens = write_rendered(model, held_out, work / "eval.txt")
+    context = context_for(tokens, max_context)
+    logits = work / "baseline.kld"
+    base = baseline(ggufs[baseline_type], work / "eval.txt", logits, toolchain=toolchain,
+                    context=context)  # fmt: skip
+    rows = []
+    for quant_type, path in ggufs.items():
+        is_base = quant_type == baseline_type
+        quality = base if is_base else against_baseline(path, logits, toolchain=toolchain)
+        info, result = read_gguf(path), checks[quant_type]
+        rows.append(QuantReport(
+            quant_type=quant_type, file=path.name, size_bytes=info.size_bytes,
+            bits_per_weight=round(info.bits_per_weight, 3), perplexity=quality.perplexity,
+            kld_mean=quality.kld_mean, same_top_p=quality.same_top_p,
+            prompt_tokens_per_s=result.prompt_tokens_per_s if result else 0.0,
+            generation_tokens_per_s=result.generation_tokens_per_s if result else 0.0,
+            verified=result is not None, baseline=is_base,
+        ))  # fmt: skip
+        events.emit(Metrics(STAGE, {"kld_mean": quality.kld_mean,
+                                    "perplexity": quality.perplexity}))  # fmt: skip
+    recommended, reason = recommend(rows, max_kld)
+    return ExportReport(name, max_kld, tokens, context, rows, recommended, reason)
+
+
+def _write_manifest(
+    work: Path, spec: PipelineSpec, model: Path, files: list[Path], report: ExportReport
+) -> Path:
+    payload = {
+        "stage": STAGE,
+        "model": str(model),
+        "export": spec.export.model_dump(),
+        "recommended": report.recommended,
+        "files": [{"path": p.name, "size": p.stat().st_size} for p in files],
+    }
+    path = work / EXPORT_MANIFEST
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _relocate(result: ExportResult, work: Path, out: Path) -> ExportResult:
+    def moved(path: Path) -> Path:
+        return out / path.relative_to(work)
+
+    return ExportResult(
+        out=out,
+        baseline=moved(result.baseline),
+        ggufs={k: moved(v) for k, v in result.ggufs.items()},
+        imatrix=moved(result.imatrix) if result.imatrix else None,
+        report=result.report,
+        files=[moved(p) for p in result.files],
+    )
+
+
+def _require(path: Path | None, name: str) -> Path:
+    if path is None or not path.is_file():
+        raise InvalidInput(
+            f"{name} must be a JSONL file of held-out conversations, got {path}",
+            where=name,
+            hint="set dataset.eval in the spec, or pass --data to `tuneship evaluate`",
+        )
+    return path
