@@ -112,6 +112,37 @@ def test_a_file_that_changed_since_hashing_is_aborted_not_stored(
     assert _incomplete_uploads(store) == []
 
 
+def test_a_dropped_upload_is_retried_and_its_parts_cleaned_up(
+    store: S3Store, big_file: Path
+) -> None:
+    """The connection drops mid-upload and the aborts cannot get through either: the
+    retry sweeps the orphaned multipart upload before it starts again."""
+    upload_part, abort = store.client._upload_part, store.client._abort_multipart_upload
+    failures = {"part": 1, "abort": 2}
+
+    def flaky_part(*args, **kwargs):
+        if failures["part"]:
+            failures["part"] -= 1
+            raise ConnectionResetError("connection dropped")
+        return upload_part(*args, **kwargs)
+
+    def flaky_abort(*args, **kwargs):
+        if failures["abort"]:
+            failures["abort"] -= 1
+            raise ConnectionResetError("still down")
+        return abort(*args, **kwargs)
+
+    store.client._upload_part = flaky_part  # type: ignore[method-assign]
+    store.client._abort_multipart_upload = flaky_abort  # type: ignore[method-assign]
+
+    store.put_file("pipelines/p/model.gguf", big_file)
+
+    assert failures == {"part": 0, "abort": 0}
+    assert store.stat("pipelines/p/model.gguf").size == big_file.stat().st_size
+    time.sleep(0.3)  # parts of the first try that were still in flight
+    assert _incomplete_uploads(store) == []
+
+
 def test_a_corrupted_object_is_detected_on_download(store: S3Store, tmp_path: Path) -> None:
     store.put_bytes("pipelines/p/a.txt", b"original")
     # Someone overwrites the bytes behind the recorded hash.

@@ -17,6 +17,7 @@ from tuneship.common.store.commit import (
     fetch_stage,
     find_committed,
     latest_checkpoint,
+    prune_checkpoints,
     read_manifest,
     upload_input,
     verify_committed,
@@ -201,6 +202,23 @@ def test_latest_checkpoint_ignores_an_unfinished_one(tmp_path: Path) -> None:
     latest = latest_checkpoint(store, pipeline="p1", stage="train")
     assert latest is not None and latest.labels[layout.Labels.STEP] == "10"
     assert latest.key == layout.checkpoint_prefix("p1", "train", 10) + layout.MANIFEST
+
+
+def test_pruning_keeps_the_newest_checkpoints_and_one_in_flight(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "adapter.safetensors").write_bytes(b"w")
+    for step in (10, 20, 30):
+        commit_checkpoint(store, ckpt, pipeline="p1", stage="train", step=step)
+    for step in (5, 40):  # an abandoned upload, and one being written right now
+        store.put_file(
+            layout.checkpoint_prefix("p1", "train", step) + "a.bin", ckpt / "adapter.safetensors"
+        )
+
+    assert prune_checkpoints(store, pipeline="p1", stage="train", keep=2) == 2
+    left = {layout.checkpoint_step(o.key.rsplit("/", 1)[0] + "/") for o in store.list("pipelines/")}
+    assert left == {20, 30, 40}
 
 
 def test_inputs_are_content_addressed_and_uploaded_once(tmp_path: Path) -> None:

@@ -299,3 +299,25 @@ def upload_input(
         created=now(),
     )
     return write_manifest(store, key, manifest)
+
+
+def prune_checkpoints(store: ArtifactStore, *, pipeline: str, stage: str, keep: int = 2) -> int:
+    """Delete all but the ``keep`` newest committed checkpoints (and any step prefix
+    without a manifest older than them); returns how many step prefixes were removed."""
+    prefix = layout.checkpoints_prefix(pipeline, stage)
+    steps: dict[int, bool] = {}
+    for info in store.list(prefix):
+        step = layout.checkpoint_step(info.key.rsplit("/", 1)[0] + "/")
+        if step is not None:
+            steps[step] = steps.get(step, False) or info.key.endswith("/" + layout.MANIFEST)
+    committed = sorted(s for s, done in steps.items() if done)
+    kept = set(committed[-keep:]) if keep > 0 else set()
+    oldest_kept = min(kept) if kept else None
+    doomed = [
+        s
+        for s, done in steps.items()
+        if s not in kept and (done or (oldest_kept is not None and s < oldest_kept))
+    ]
+    for step in doomed:
+        store.delete_prefix(layout.checkpoint_prefix(pipeline, stage, step))
+    return len(doomed)

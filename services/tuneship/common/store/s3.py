@@ -213,8 +213,14 @@ class S3Store:
         name = self._name(key)
         size = path.stat().st_size
         expected = sha256 or sha256_file(path)
+        tries = 0
 
         def upload() -> None:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and size > self.part_size:
+                # The abort after the last failure may not have reached the server.
+                self._abort_uploads(name, exact=True)
             with path.open("rb") as handle:
                 reader = HashingReader(handle, size, expected, self._where(key))
                 try:
