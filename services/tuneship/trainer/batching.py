@@ -5,7 +5,8 @@ Padding-free: the examples of a batch are concatenated into one row and
 block-diagonal causal mask from those positions for every attention implementation
 (eager, sdpa, flash), so no token attends across examples. Whether a given model does
 this is checked by a probe (packed logits must equal per-example logits) before
-training; a model that fails it gets padded, length-grouped batches instead.
+training; a model that fails it gets padded, length-grouped batches instead. The mask
+is only derived when no KV cache is in play, so these batches turn the cache off.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class PaddingFreeCollator:
             "input_ids": torch.tensor([ids]),
             "labels": torch.tensor([labels]),
             "position_ids": torch.tensor([positions]),
+            # with a KV cache transformers skips the block-diagonal mask: never build one
+            "use_cache": False,
         }
 
 
