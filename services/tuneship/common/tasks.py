@@ -73,15 +73,19 @@ class Task:
             self.changed.notify_all()
 
     def follow(
-        self, poll_s: float = 1.0, alive: Callable[[], bool] = lambda: True
+        self, idle_s: float = 5.0, alive: Callable[[], bool] = lambda: True
     ) -> Iterator[Any]:
-        """Yield every item from the first, waiting for new ones until ``Finished``."""
+        """Yield every item from the first until ``Finished``; ``None`` after ``idle_s``
+        without news (a keepalive for the stream carrying it)."""
         index = 0
         while alive():
             with self.changed:
-                while index >= len(self.items) and alive():
-                    self.changed.wait(poll_s)
+                if index >= len(self.items):
+                    self.changed.wait(idle_s)
                 batch = self.items[index:]
+            if not batch:
+                yield None
+                continue
             for item in batch:
                 yield item
                 if isinstance(item, Finished):
@@ -114,6 +118,10 @@ class TaskRegistry:
         self.keep_finished = keep_finished
         self._tasks: dict[str, Task] = {}
         self._lock = threading.Lock()
+        self.started = 0
+        """Tasks started by this registry (re-attached ones not counted)."""
+        self.peak_running = 0
+        """The most tasks that ever ran at once here: observed concurrency."""
 
     def running(self) -> int:
         """How many tasks are running now."""
@@ -136,6 +144,8 @@ class TaskRegistry:
                 )
             task = Task(task_id, self.stage)
             self._tasks[task_id] = task
+            self.started += 1
+            self.peak_running = max(self.peak_running, busy + 1)
             self._forget_old()
         thread = threading.Thread(target=self._run, args=(task, work), name=f"task-{task_id}")
         thread.daemon = True

@@ -20,8 +20,9 @@ from grpc_reflection.v1alpha import reflection
 
 from tuneship.common.errors import InvalidInput, TuneshipError
 from tuneship.common.events import Event, Log, Metrics, Progress
+from tuneship.common.jobs import Artifact, StageJob, StageOutcome
 from tuneship.common.tasks import Finished, Task, TaskRegistry, TaskState
-from tuneship.v1 import stage_pb2
+from tuneship.v1 import stage_pb2, workers_pb2_grpc
 
 log = logging.getLogger("tuneship.wire")
 
@@ -181,36 +182,6 @@ def proto_to_event(message: stage_pb2.StageEvent) -> Event | None:
     return None
 
 
-@dataclass(frozen=True)
-class Artifact:
-    """A committed output: the manifest key, its sha256 and size."""
-
-    key: str
-    sha256: str = ""
-    size: int = 0
-
-
-@dataclass(frozen=True)
-class StageJob:
-    """A ``StageRequest`` in domain terms (the spec stays JSON until the stage parses it)."""
-
-    task_id: str
-    pipeline: str
-    spec_json: str
-    inputs: dict[str, Artifact]
-    output_prefix: str
-    attempt: int = 0
-
-
-@dataclass(frozen=True)
-class StageOutcome:
-    """What a stage hands back: committed outputs and a JSON-able summary."""
-
-    outputs: dict[str, Artifact]
-    summary: dict[str, Any] = field(default_factory=dict)
-    cached: bool = False
-
-
 def job_from_proto(request: stage_pb2.StageRequest) -> StageJob:
     """Validate the request envelope (the spec is validated by the stage)."""
     if not request.task_id:
@@ -270,8 +241,11 @@ class StageServicer:
     the only place that knows how tasks map to streams.
     """
 
-    def __init__(self, stage: str, runner: StageRunner, capacity: int = 1) -> None:
+    def __init__(
+        self, stage: str, runner: StageRunner, capacity: int = 1, keepalive_s: float = 5.0
+    ) -> None:
         self.stage = stage
+        self.keepalive_s = keepalive_s
         self.runner = runner
         self.tasks = TaskRegistry(stage, capacity)
 
@@ -283,20 +257,58 @@ class StageServicer:
         yield from self.stream(task, context)
 
     def stream(self, task: Task, context: grpc.ServicerContext) -> Iterator[stage_pb2.StageEvent]:
-        for seq, item in enumerate(task.follow(alive=context.is_active), start=1):
-            if isinstance(item, Finished):
-                if item.state is TaskState.SUCCEEDED:
-                    event = stage_pb2.StageEvent(
-                        task_id=task.task_id, stage=self.stage, seq=seq, time=time.time()
-                    )
-                    event.result.CopyFrom(outcome_to_proto(item.result))
-                    yield event
-                    return
+        """Replay then follow a task; an event with seq 0 is a keepalive."""
+        seq = 0
+        for item in task.follow(idle_s=self.keepalive_s, alive=context.is_active):
+            if item is None:
+                yield stage_pb2.StageEvent(task_id=task.task_id, stage=self.stage, seq=0)
+                continue
+            seq += 1
+            if not isinstance(item, Finished):
+                yield event_to_proto(task.task_id, self.stage, seq, item)
+            elif item.state is TaskState.SUCCEEDED:
+                event = stage_pb2.StageEvent(
+                    task_id=task.task_id, stage=self.stage, seq=seq, time=time.time()
+                )
+                event.result.CopyFrom(outcome_to_proto(item.result))
+                yield event
+            else:
                 assert item.error is not None
                 raise item.error
-            yield event_to_proto(task.task_id, self.stage, seq, item)
 
     def cancel(
         self, request: stage_pb2.CancelRequest, context: grpc.ServicerContext
     ) -> stage_pb2.CancelResponse:
         return stage_pb2.CancelResponse(cancelled=self.tasks.cancel(request.task_id))
+
+
+_STAGE_SERVICES = {
+    "train": ("TrainerService", "Train"),
+    "merge": ("MergerService", "Merge"),
+    "export": ("ConverterService", "Export"),
+    "publish": ("ServingService", "Publish"),
+}
+
+
+def stage_service(
+    stage: StageServicer, extra: dict[str, Callable[[Any, Any], Any]] | None = None
+) -> tuple[Any, Any, str]:
+    """(add-to-server function, grpc servicer, full service name) for a stage servicer.
+
+    ``extra`` adds a service's own RPCs by name (ServingService's Chat and friends),
+    each a ``(request, context)`` callable.
+    """
+    service, method = _STAGE_SERVICES[stage.stage]
+    generated = getattr(workers_pb2_grpc, f"{service}Servicer")
+    add = getattr(workers_pb2_grpc, f"add_{service}Servicer_to_server")
+
+    def run(self: Any, request: Any, context: Any) -> Any:
+        return stage.run(request, context)
+
+    def cancel(self: Any, request: Any, context: Any) -> Any:
+        return stage.cancel(request, context)
+
+    methods: dict[str, Any] = {method: run, "Cancel": cancel}
+    methods.update({name: staticmethod(fn) for name, fn in (extra or {}).items()})
+    servicer = type(f"{service}Impl", (generated,), methods)()
+    return add, servicer, f"tuneship.v1.{service}"

@@ -1,0 +1,95 @@
+"""Assembling a controller: state store, scheduler, worker clients and the gRPC server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tuneship.common.jobs import Artifact
+from tuneship.common.wire import Server, start_server
+from tuneship.controller.machine import STAGES
+from tuneship.controller.scheduler import RetryPolicy, Scheduler
+from tuneship.controller.servicer import ChatForwarder, InputUploader, PipelineServicer
+from tuneship.controller.state import PipelineView, StateStore
+from tuneship.controller.wire_clients import GrpcWorkers
+from tuneship.v1 import pipeline_pb2_grpc
+
+# Which earlier outputs and pipeline inputs each stage reads, by input name.
+STAGE_INPUTS: dict[str, dict[str, str]] = {
+    "train": {"base": "input:base", "train": "input:train", "eval": "input:eval"},
+    "merge": {"base": "input:base", "train_out": "stage:train"},
+    "export": {"model": "stage:merge", "eval": "input:eval", "train": "input:train"},
+    "publish": {"gguf": "stage:export"},
+}
+
+
+def inputs_for(pipeline: PipelineView, stage: str) -> dict[str, Artifact]:
+    """The artifacts a stage of ``pipeline`` reads (absent optional inputs are skipped)."""
+    chosen: dict[str, Artifact] = {}
+    for name, source in STAGE_INPUTS[stage].items():
+        kind, _, ref = source.partition(":")
+        if kind == "input" and ref in pipeline.inputs:
+            chosen[name] = Artifact(**pipeline.inputs[ref])
+        elif kind == "stage":
+            outputs = pipeline.stage(ref).outputs
+            if ref in outputs:
+                chosen[name] = Artifact(**outputs[ref])
+    return chosen
+
+
+@dataclass
+class ControllerSettings:
+    """How the controller runs (built from the environment by the entry point)."""
+
+    state_url: str
+    """SQLAlchemy URL: sqlite:///path/state.db, or postgresql+psycopg://..."""
+    workers: dict[str, str]
+    """Stage name -> host:port of its service."""
+    limits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 1))
+    """Per-stage concurrency (= worker capacity)."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    heartbeat_timeout_s: float = 60.0
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+@dataclass
+class Controller:
+    """A running controller; ``stop`` shuts it down cleanly."""
+
+    state: StateStore
+    scheduler: Scheduler
+    workers: GrpcWorkers
+    server: Server
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.scheduler.stop()
+        self.workers.close()
+
+
+def start_controller(
+    settings: ControllerSettings,
+    upload_inputs: InputUploader,
+    chat: ChatForwarder | None = None,
+) -> Controller:
+    """Open the state, start the scheduler (re-attaching to running stages) and serve."""
+    state = StateStore(settings.state_url)
+    workers = GrpcWorkers(settings.workers)
+    scheduler = Scheduler(
+        state, workers, inputs_for, limits=settings.limits, retry=settings.retry,
+        heartbeat_timeout_s=settings.heartbeat_timeout_s,
+    )  # fmt: skip
+    forward = chat or (workers.chat if "publish" in settings.workers else None)
+    servicer = PipelineServicer(state, scheduler, upload_inputs, forward)
+    server = start_server(
+        [(pipeline_pb2_grpc.add_PipelineServiceServicer_to_server, servicer)],
+        ["tuneship.v1.PipelineService"],
+        host=settings.host,
+        port=settings.port,
+    )
+    scheduler.start()
+    return Controller(state, scheduler, workers, server)

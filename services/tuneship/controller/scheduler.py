@@ -1,0 +1,311 @@
+"""Runs each pipeline's stages in order on the stage workers.
+
+- Per-stage concurrency limits (= worker capacity); the highest priority, then the
+  oldest pipeline goes first.
+- A stage attempt's task_id is persisted *before* the worker is called, so a restarted
+  controller re-attaches to it (the worker replays or resumes it) instead of starting
+  a duplicate.
+- Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED) are
+  retried with exponential backoff; INVALID_ARGUMENT / FAILED_PRECONDITION / NOT_FOUND
+  fail the pipeline at once.
+- A worker stream silent for longer than the heartbeat timeout counts as
+  DEADLINE_EXCEEDED. Cancel reaches the running stage through the worker's Cancel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tuneship.common.events import Event, Log, Metrics, Progress
+from tuneship.common.jobs import Artifact, StageJob, StageOutcome
+from tuneship.controller.machine import STAGES, Phase
+from tuneship.controller.state import PipelineView, StateStore
+
+log = logging.getLogger("tuneship.controller")
+
+
+class StageFailure(Exception):
+    """A stage attempt ended without a result (status code name, message)."""
+
+    def __init__(self, code: str, message: str, retryable: bool) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.retryable = code, message, retryable
+
+
+class StageCall(Protocol):
+    """One running stage RPC: iterate events, then the outcome; ``cancel`` stops it."""
+
+    def __iter__(self) -> Iterator[Event | StageOutcome]: ...
+
+    def cancel(self) -> None: ...
+
+
+class Workers(Protocol):
+    """The stage workers as the scheduler sees them (gRPC in practice)."""
+
+    def run(self, stage: str, job: StageJob) -> StageCall: ...
+
+    def cancel(self, stage: str, task_id: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for transient failures."""
+
+    max_attempts: int = 4
+    """Attempts per stage, the first included."""
+    initial_backoff_s: float = 2.0
+    max_backoff_s: float = 120.0
+    multiplier: float = 2.0
+
+    def backoff_s(self, attempts: int) -> float:
+        return min(
+            self.max_backoff_s, self.initial_backoff_s * self.multiplier ** max(0, attempts - 1)
+        )
+
+
+InputsFor = Callable[[PipelineView, str], dict[str, Artifact]]
+
+
+@dataclass
+class _Active:
+    pipeline_id: str
+    stage: str
+    task_id: str
+    call: StageCall | None = None
+    cancelled: bool = False
+    thread: threading.Thread | None = None
+
+
+@dataclass
+class Scheduler:
+    """Drives pending pipelines to completion. ``start`` it once; ``stop`` on shutdown."""
+
+    state: StateStore
+    workers: Workers
+    inputs_for: InputsFor
+    limits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 1))
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    heartbeat_timeout_s: float = 60.0
+    poll_s: float = 0.5
+    output_prefix: Callable[[str, str], str] = lambda pipeline, stage: f"pipelines/{pipeline}/"
+    _active: dict[tuple[str, str], _Active] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    peak_running: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            active = list(self._active.values())
+        for item in active:
+            if item.call is not None:
+                item.call.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def running(self, stage: str) -> int:
+        with self._lock:
+            return sum(1 for a in self._active.values() if a.stage == stage)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("scheduler tick failed; trying again")
+            self.state.wait_for_change(self.poll_s)
+
+    def tick(self) -> None:
+        """Start (or re-attach) every stage that may run now."""
+        now = time.time()
+        for pipeline_id in self.state.ids_in_phase(Phase.PENDING, Phase.RUNNING):
+            # Read the drivers before the state: a driver records its stage's end before it
+            # leaves ``_active``, so a stage seen RUNNING here without a driver is orphaned.
+            with self._lock:
+                driven = {stage for pid, stage in self._active if pid == pipeline_id}
+            pipeline = self.state.get(pipeline_id)
+            current = next((s for s in pipeline.stages if s.phase is not Phase.SUCCEEDED), None)
+            if current is None or current.name in driven:
+                continue
+            if current.phase is Phase.RUNNING:
+                self._launch(pipeline, current.name, current.task_id, current.attempts)
+            elif current.phase is Phase.PENDING and current.not_before <= now:
+                if self.running(current.name) >= self.limits.get(current.name, 1):
+                    continue
+                attempts = current.attempts + 1
+                task_id = f"{pipeline_id}.{current.name}.{attempts}"
+                self.state.update_stage(
+                    pipeline_id, current.name, phase=Phase.RUNNING, task_id=task_id,
+                    attempts=attempts, started=time.time(), error="", error_code="",
+                )  # fmt: skip
+                if pipeline.phase is Phase.PENDING:
+                    self.state.set_pipeline(pipeline_id, Phase.RUNNING)
+                self._record(
+                    pipeline_id, current.name, f"{current.name} started (attempt {attempts})"
+                )
+                self._launch(pipeline, current.name, task_id, attempts)
+
+    def _launch(self, pipeline: PipelineView, stage: str, task_id: str, attempts: int) -> None:
+        active = _Active(pipeline.id, stage, task_id)
+        with self._lock:
+            self._active[(pipeline.id, stage)] = active
+            running = sum(1 for a in self._active.values() if a.stage == stage)
+            self.peak_running[stage] = max(self.peak_running.get(stage, 0), running)
+        job = StageJob(
+            task_id, pipeline.id, pipeline.spec_json, self.inputs_for(pipeline, stage),
+            self.output_prefix(pipeline.id, stage), attempts,
+        )  # fmt: skip
+        active.thread = threading.Thread(
+            target=self._drive, args=(active, job), name=f"drive-{task_id}", daemon=True
+        )
+        active.thread.start()
+
+    def _drive(self, active: _Active, job: StageJob) -> None:
+        pipeline_id, stage = active.pipeline_id, active.stage
+        try:
+            outcome = self._consume(active, job)
+        except StageFailure as failure:
+            if not self._stop.is_set():  # a stopping controller leaves the stage RUNNING
+                self._failed(active, failure)
+        else:
+            self._succeeded(pipeline_id, stage, outcome)
+        finally:
+            with self._lock:
+                self._active.pop((pipeline_id, stage), None)
+
+    def _consume(self, active: _Active, job: StageJob) -> StageOutcome:
+        try:
+            call = self.workers.run(active.stage, job)
+        except StageFailure:
+            raise
+        active.call = call
+        last_seen = [time.monotonic()]
+        silent = threading.Event()
+        done = threading.Event()
+
+        def watchdog() -> None:
+            while not done.wait(1.0):
+                if time.monotonic() - last_seen[0] > self.heartbeat_timeout_s:
+                    silent.set()
+                    call.cancel()
+                    return
+
+        threading.Thread(target=watchdog, daemon=True).start()
+        try:
+            for item in call:
+                last_seen[0] = time.monotonic()
+                if isinstance(item, StageOutcome):
+                    return item
+                if item is not None:
+                    self._record_event(active.pipeline_id, active.stage, item)
+        except StageFailure as failure:
+            if silent.is_set():
+                self.workers.cancel(active.stage, active.task_id)  # best effort: free the slot
+                raise StageFailure(
+                    "DEADLINE_EXCEEDED",
+                    f"{active.stage} worker sent nothing for {self.heartbeat_timeout_s:.0f}s",
+                    True,
+                ) from failure
+            if active.cancelled:
+                raise StageFailure("CANCELLED", "cancelled by the user", False) from failure
+            raise
+        finally:
+            done.set()
+        raise StageFailure("ABORTED", f"{active.stage} stream ended without a result", True)
+
+    def _succeeded(self, pipeline_id: str, stage: str, outcome: StageOutcome) -> None:
+        outputs = {k: vars(v) for k, v in outcome.outputs.items()}
+        self.state.update_stage(
+            pipeline_id, stage, phase=Phase.SUCCEEDED, finished=time.time(),
+            outputs=outputs, summary=outcome.summary,
+        )  # fmt: skip
+        note = " (reused a committed result)" if outcome.cached else ""
+        self._record(pipeline_id, stage, f"{stage} succeeded{note}", summary=outcome.summary)
+        if stage == STAGES[-1]:
+            self.state.set_pipeline(pipeline_id, Phase.SUCCEEDED)
+            self._record(pipeline_id, "", "pipeline succeeded")
+
+    def _failed(self, active: _Active, failure: StageFailure) -> None:
+        pipeline_id, stage = active.pipeline_id, active.stage
+        view = self.state.get(pipeline_id)
+        if active.cancelled or view.phase is Phase.CANCELLED:
+            self.state.update_stage(pipeline_id, stage, phase=Phase.CANCELLED, finished=time.time())
+            self._record(pipeline_id, stage, f"{stage} cancelled")
+            return
+        current = view.stage(stage)
+        attempts = current.attempts
+        if failure.retryable and attempts - current.retry_base < self.retry.max_attempts:
+            wait = self.retry.backoff_s(attempts - current.retry_base)
+            self.state.update_stage(
+                pipeline_id, stage, phase=Phase.PENDING, not_before=time.time() + wait,
+                error=failure.message, error_code=failure.code,
+            )  # fmt: skip
+            note = f"{stage} attempt {attempts} failed ({failure.code}); retrying in {wait:.0f}s"
+            self._record(pipeline_id, stage, f"{note}: {failure.message}", level="warning")
+            return
+        self.state.update_stage(
+            pipeline_id, stage, phase=Phase.FAILED, finished=time.time(),
+            error=failure.message, error_code=failure.code,
+        )  # fmt: skip
+        self.state.set_pipeline(pipeline_id, Phase.FAILED, error=f"{stage}: {failure.message}")
+        self._record(pipeline_id, stage, f"{stage} failed ({failure.code}): {failure.message}",
+                     level="error")  # fmt: skip
+
+    def cancel(self, pipeline_id: str) -> None:
+        """Cancel a pipeline and stop its running stage on the worker."""
+        view = self.state.get(pipeline_id)
+        self.state.set_pipeline(pipeline_id, Phase.CANCELLED, error="cancelled by the user")
+        for stage in view.stages:
+            if stage.phase is Phase.PENDING:
+                self.state.update_stage(pipeline_id, stage.name, phase=Phase.CANCELLED)
+        with self._lock:
+            active = [a for a in self._active.values() if a.pipeline_id == pipeline_id]
+        for item in active:
+            item.cancelled = True
+            self.workers.cancel(item.stage, item.task_id)
+        self._record(pipeline_id, "", "pipeline cancelled")
+
+    def retry_pipeline(self, pipeline_id: str) -> None:
+        """Run a failed or cancelled pipeline again from its first unfinished stage."""
+        view = self.state.get(pipeline_id)
+        self.state.set_pipeline(pipeline_id, Phase.PENDING)
+        for stage in view.stages:
+            if stage.phase in (Phase.FAILED, Phase.CANCELLED):
+                # Attempts keep counting so every attempt has its own task_id; the retry
+                # budget starts again from here.
+                self.state.update_stage(pipeline_id, stage.name, phase=Phase.PENDING,
+                                        not_before=0.0, retry_base=stage.attempts)  # fmt: skip
+        self._record(pipeline_id, "", "retry requested")
+
+    def _record(self, pipeline_id: str, stage: str, message: str, level: str = "info",
+                **extra: Any) -> None:  # fmt: skip
+        phase = self.state.get(pipeline_id).phase.value
+        payload = {"message": message, "level": level, "phase": phase, **extra}
+        self.state.add_event(pipeline_id, stage, "transition", payload)
+
+    def _record_event(self, pipeline_id: str, stage: str, event: Event) -> None:
+        if isinstance(event, Progress):
+            payload: dict[str, Any] = {
+                "step": event.step, "total": event.total, "unit": event.unit,
+                "eta_s": event.eta_s, "message": event.message,
+            }  # fmt: skip
+            kind = "progress"
+        elif isinstance(event, Metrics):
+            payload, kind = {"values": event.values, "step": event.step}, "metrics"
+        elif isinstance(event, Log):
+            payload, kind = {"message": event.message, "level": event.level}, "log"
+        else:
+            return
+        self.state.add_event(pipeline_id, stage, kind, json.loads(json.dumps(payload)))

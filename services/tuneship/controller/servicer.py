@@ -1,0 +1,196 @@
+"""``PipelineService``: the user API of the controller, over the state store and scheduler."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound
+from tuneship.common.jobs import Artifact
+from tuneship.common.spec import PipelineSpec, parse_spec
+from tuneship.controller.machine import Phase
+from tuneship.controller.scheduler import Scheduler
+from tuneship.controller.state import EventView, PipelineView, StateStore
+from tuneship.v1 import pipeline_pb2, pipeline_pb2_grpc, stage_pb2, workers_pb2
+
+InputUploader = Callable[[PipelineSpec], dict[str, Artifact]]
+ChatForwarder = Callable[[workers_pb2.ChatRequest], Iterator[workers_pb2.ChatChunk]]
+
+_PHASES = {
+    Phase.PENDING: pipeline_pb2.PENDING,
+    Phase.RUNNING: pipeline_pb2.RUNNING,
+    Phase.SUCCEEDED: pipeline_pb2.SUCCEEDED,
+    Phase.FAILED: pipeline_pb2.FAILED,
+    Phase.CANCELLED: pipeline_pb2.CANCELLED,
+}
+_FROM_PROTO = {v: k for k, v in _PHASES.items()}
+
+
+def pipeline_to_proto(view: PipelineView) -> pipeline_pb2.Pipeline:
+    stages = [
+        pipeline_pb2.StageStatus(
+            stage=s.name, phase=_PHASES[s.phase], task_id=s.task_id, attempts=s.attempts,
+            error=s.error, started=s.started, finished=s.finished,
+            outputs={k: stage_pb2.ArtifactRef(**v) for k, v in s.outputs.items()},
+            summary_json=json.dumps(s.summary, sort_keys=True),
+        )
+        for s in view.stages
+    ]  # fmt: skip
+    return pipeline_pb2.Pipeline(
+        id=view.id, name=view.name, phase=_PHASES[view.phase], spec_json=view.spec_json,
+        stages=stages, priority=view.priority, created=view.created, updated=view.updated,
+        error=view.error, labels=view.labels,
+    )  # fmt: skip
+
+
+def event_to_proto(view: EventView, phase: Phase) -> pipeline_pb2.PipelineEvent:
+    message = pipeline_pb2.PipelineEvent(
+        pipeline_id=view.pipeline_id, seq=view.seq, phase=_PHASES[phase]
+    )
+    payload = view.payload
+    stage_event = stage_pb2.StageEvent(stage=view.stage, seq=view.seq, time=view.time)
+    if view.kind == "progress":
+        eta = payload.get("eta_s")
+        stage_event.progress.CopyFrom(
+            stage_pb2.Progress(
+                step=payload["step"], total=payload["total"], unit=payload["unit"],
+                eta_s=-1.0 if eta is None else eta, message=payload.get("message", ""),
+            )
+        )  # fmt: skip
+    elif view.kind == "metrics":
+        stage_event.metrics.CopyFrom(
+            stage_pb2.Metrics(values=payload["values"], step=payload.get("step") or 0)
+        )
+    elif view.kind == "log":
+        stage_event.log.CopyFrom(
+            stage_pb2.LogLine(level=payload["level"], message=payload["message"])
+        )
+    else:
+        message.message = payload.get("message", "")
+        if "summary" in payload:
+            stage_event.result.CopyFrom(
+                stage_pb2.StageResult(summary_json=json.dumps(payload["summary"], sort_keys=True))
+            )
+    message.stage_event.CopyFrom(stage_event)
+    return message
+
+
+class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
+    """Submit, inspect, watch, cancel, retry and delete pipelines; chat with the result."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        scheduler: Scheduler,
+        upload_inputs: InputUploader,
+        chat: ChatForwarder | None = None,
+    ) -> None:
+        self.state = state
+        self.scheduler = scheduler
+        self.upload_inputs = upload_inputs
+        self.forward_chat = chat
+
+    def _validate(self, request: pipeline_pb2.SubmitRequest, where: str) -> PipelineSpec:
+        if not request.spec_yaml.strip():
+            raise InvalidInput("spec_yaml is empty", where=f"{where}.spec_yaml")
+        return parse_spec(request.spec_yaml, source=where)
+
+    def _create(self, spec: PipelineSpec, priority: int) -> PipelineView:
+        inputs = {k: vars(v) for k, v in self.upload_inputs(spec).items()}
+        pipeline_id = self.state.create(
+            spec.metadata.name, spec.model_dump_json(), priority, spec.metadata.labels, inputs
+        )
+        return self.state.get(pipeline_id)
+
+    def Submit(self, request: pipeline_pb2.SubmitRequest, context: Any) -> pipeline_pb2.Pipeline:
+        spec = self._validate(request, "spec")
+        return pipeline_to_proto(self._create(spec, request.priority))
+
+    def SubmitBatch(
+        self, request: pipeline_pb2.SubmitBatchRequest, context: Any
+    ) -> pipeline_pb2.SubmitBatchResponse:
+        # Validate every spec before creating any: a batch is accepted whole or not at all.
+        specs = [self._validate(r, f"pipelines[{i}]") for i, r in enumerate(request.pipelines)]
+        views = [self._create(s, r.priority) for s, r in zip(specs, request.pipelines, strict=True)]
+        return pipeline_pb2.SubmitBatchResponse(pipelines=[pipeline_to_proto(v) for v in views])
+
+    def Get(self, request: pipeline_pb2.GetRequest, context: Any) -> pipeline_pb2.Pipeline:
+        return pipeline_to_proto(self.state.get(request.id))
+
+    def List(self, request: pipeline_pb2.ListRequest, context: Any) -> pipeline_pb2.ListResponse:
+        try:
+            offset = int(request.page_token or "0")
+        except ValueError as exc:
+            raise InvalidInput(
+                "page_token is not one this server issued", where="page_token"
+            ) from exc
+        phase = _FROM_PROTO.get(request.phase)
+        views, more = self.state.list_pipelines(
+            phase, request.name_prefix, dict(request.labels), offset, request.page_size or 50
+        )
+        next_token = str(offset + len(views)) if more else ""
+        return pipeline_pb2.ListResponse(
+            pipelines=[pipeline_to_proto(v) for v in views], next_page_token=next_token
+        )
+
+    def Watch(
+        self, request: pipeline_pb2.WatchRequest, context: grpc.ServicerContext
+    ) -> Iterator[pipeline_pb2.PipelineEvent]:
+        seq = request.after_seq
+        view = self.state.get(request.id)
+        while context.is_active():
+            events = self.state.events(request.id, after_seq=seq)
+            view = self.state.get(request.id)
+            for event in events:
+                yield event_to_proto(event, view.phase)
+                seq = event.seq
+            if not events and view.phase.terminal and not self.scheduler_busy(request.id):
+                return
+            if not events:
+                self.state.wait_for_change(1.0)
+
+    def scheduler_busy(self, pipeline_id: str) -> bool:
+        return any(pid == pipeline_id for pid, _ in list(self.scheduler._active))
+
+    def Cancel(
+        self, request: pipeline_pb2.CancelPipelineRequest, context: Any
+    ) -> pipeline_pb2.Pipeline:
+        self.scheduler.cancel(request.id)
+        return pipeline_to_proto(self.state.get(request.id))
+
+    def Retry(self, request: pipeline_pb2.RetryRequest, context: Any) -> pipeline_pb2.Pipeline:
+        self.scheduler.retry_pipeline(request.id)
+        return pipeline_to_proto(self.state.get(request.id))
+
+    def Delete(
+        self, request: pipeline_pb2.DeleteRequest, context: Any
+    ) -> pipeline_pb2.DeleteResponse:
+        view = self.state.get(request.id)
+        if not view.phase.terminal:
+            raise FailedPrecondition(
+                f"pipeline {request.id} is {view.phase.value}", hint="cancel it first, then delete"
+            )
+        self.state.delete(request.id)
+        return pipeline_pb2.DeleteResponse()
+
+    def Chat(
+        self, request: pipeline_pb2.PipelineChatRequest, context: Any
+    ) -> Iterator[workers_pb2.ChatChunk]:
+        view = self.state.get(request.id)
+        publish = view.stage("publish")
+        model = publish.summary.get("model")
+        if publish.phase is not Phase.SUCCEEDED or not model:
+            raise FailedPrecondition(
+                f"pipeline {request.id} has not published a model yet (publish is "
+                f"{publish.phase.value})",
+                hint="wait for the pipeline to succeed (`tuneship watch ID`)",
+            )
+        if self.forward_chat is None:
+            raise NotFound("this controller has no serving service configured")
+        forwarded = workers_pb2.ChatRequest(
+            model=str(model), messages=request.messages, options=request.options
+        )
+        yield from self.forward_chat(forwarded)

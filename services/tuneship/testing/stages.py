@@ -1,0 +1,61 @@
+"""Scripted stage runners for controller tests.
+
+They run behind the real ``StageServicer`` on real gRPC servers, so everything between
+the controller and a worker is exercised; only the stage's work is replaced by a script
+(steps with a delay, failures on chosen attempts) that finishes in milliseconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from tuneship.common import errors
+from tuneship.common.events import EventSink, Log, Progress
+from tuneship.common.jobs import Artifact, StageJob, StageOutcome
+
+
+@dataclass
+class ScriptedStage:
+    """A stage that reports ``steps`` progress events ``step_s`` apart, then succeeds.
+
+    ``failures`` maps an attempt number to the error type name to raise on it
+    (e.g. ``{1: "Unavailable"}``); ``always`` raises that error on every attempt.
+    ``calls`` records each started task id; ``peak`` the most runs at once.
+    """
+
+    name: str
+    steps: int = 3
+    step_s: float = 0.01
+    failures: dict[int, str] = field(default_factory=dict)
+    always: str | None = None
+    calls: list[str] = field(default_factory=list)
+    peak: int = 0
+    _running: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, job: StageJob, sink: EventSink) -> StageOutcome:
+        with self._lock:
+            self.calls.append(job.task_id)
+            self._running += 1
+            self.peak = max(self.peak, self._running)
+        try:
+            return self._work(job, sink)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def _work(self, job: StageJob, sink: EventSink) -> StageOutcome:
+        sink.emit(Log(self.name, f"{self.name} got inputs {sorted(job.inputs)}"))
+        failure = self.always or self.failures.get(job.attempt)
+        if failure:
+            raise getattr(errors, failure)(f"scripted {failure} on attempt {job.attempt}")
+        for step in range(1, self.steps + 1):
+            time.sleep(self.step_s)
+            sink.emit(Progress(self.name, step, self.steps))
+        summary: dict[str, object] = {"attempt": job.attempt}
+        if self.name == "publish":
+            summary["model"] = f"{job.pipeline}:latest"
+        key = f"{job.output_prefix}{self.name}/manifest.json"
+        return StageOutcome({self.name: Artifact(key, "0" * 64, 1)}, summary)

@@ -1,0 +1,270 @@
+"""The controller over real gRPC: ordering, retries, limits, cancel, re-attach, Watch.
+
+Stage workers are the real StageServicer on real gRPC servers; their work is scripted
+(tuneship.testing.stages) so these tests finish in seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from tuneship.common.jobs import Artifact
+from tuneship.common.wire import Server, StageServicer, stage_service, start_server
+from tuneship.controller.app import Controller, ControllerSettings, start_controller
+from tuneship.controller.machine import STAGES
+from tuneship.controller.scheduler import RetryPolicy
+from tuneship.testing.stages import ScriptedStage
+from tuneship.v1 import pipeline_pb2, pipeline_pb2_grpc, workers_pb2
+
+pytestmark = pytest.mark.integration
+
+SPEC = """apiVersion: tuneship/v1
+metadata: {{name: {name}}}
+model: {{base: s3://models/tiny}}
+dataset: {{train: s3://data/train.jsonl}}
+"""
+
+
+@dataclass
+class Cluster:
+    stages: dict[str, ScriptedStage]
+    servicers: dict[str, StageServicer]
+    workers: list[Server]
+    controller: Controller
+    stub: pipeline_pb2_grpc.PipelineServiceStub
+
+    def wait(self, pipeline_id: str, *phases: int, timeout_s: float = 20) -> pipeline_pb2.Pipeline:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            got = self.stub.Get(pipeline_pb2.GetRequest(id=pipeline_id))
+            if got.phase in phases:
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"{pipeline_id} stayed {pipeline_pb2.Phase.Name(got.phase)}: {got}")
+
+
+def upload_nothing(spec) -> dict[str, Artifact]:
+    return {
+        "base": Artifact("inputs/base/manifest.json"),
+        "train": Artifact("inputs/t/manifest.json"),
+    }
+
+
+def start_cluster(
+    tmp_path: Path,
+    stages: dict[str, ScriptedStage],
+    capacity: dict[str, int],
+    limits: dict[str, int] | None = None,
+    heartbeat_s: float = 30,
+) -> Cluster:
+    servicers, workers = {}, []
+    for name in STAGES:
+        servicer = StageServicer(
+            name, stages[name], capacity=capacity.get(name, 1), keepalive_s=0.5
+        )
+        extra = {"Chat": chat_echo} if name == "publish" else None
+        add, impl, service = stage_service(servicer, extra)
+        servicers[name] = servicer
+        workers.append(start_server([(add, impl)], [service]))
+    settings = ControllerSettings(
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        workers={name: w.address for name, w in zip(STAGES, workers, strict=True)},
+        limits=limits or dict.fromkeys(STAGES, 1),
+        retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2),
+        heartbeat_timeout_s=heartbeat_s,
+    )
+    controller = start_controller(settings, upload_nothing)
+    stub = pipeline_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(controller.address))
+    return Cluster(stages, servicers, workers, controller, stub)
+
+
+def chat_echo(request: workers_pb2.ChatRequest, context) -> Iterator[workers_pb2.ChatChunk]:
+    yield workers_pb2.ChatChunk(content=f"{request.model} heard {request.messages[-1].content}")
+    yield workers_pb2.ChatChunk(done=True, done_reason="stop")
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator:
+    made: list[Cluster] = []
+
+    def make(**overrides) -> Cluster:
+        stages = {name: ScriptedStage(name) for name in STAGES}
+        stages.update(overrides.pop("stages", {}))
+        cluster = start_cluster(tmp_path, stages, **{"capacity": {}, **overrides})
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.controller.stop()
+        for worker in cluster.workers:
+            worker.stop(0)
+
+
+def submit(cluster: Cluster, name: str, priority: int = 0) -> str:
+    request = pipeline_pb2.SubmitRequest(spec_yaml=SPEC.format(name=name), priority=priority)
+    return cluster.stub.Submit(request).id
+
+
+def test_pipeline_runs_stages_in_order_and_chat_reaches_serving(cluster_factory) -> None:
+    cluster = cluster_factory()
+    pid = submit(cluster, "one")
+    done = cluster.wait(pid, pipeline_pb2.SUCCEEDED)
+    assert [s.stage for s in done.stages] == list(STAGES)
+    assert all(s.phase == pipeline_pb2.SUCCEEDED and s.attempts == 1 for s in done.stages)
+    assert [s.started for s in done.stages] == sorted(s.started for s in done.stages)
+    assert done.stages[1].outputs["merge"].key.endswith("merge/manifest.json")
+    chunks = list(cluster.stub.Chat(pipeline_pb2.PipelineChatRequest(
+        id=pid, messages=[workers_pb2.ChatMessage(role="user", content="ahoy")])))  # fmt: skip
+    assert chunks[0].content == f"{pid}:latest heard ahoy" and chunks[-1].done
+
+
+def test_transient_failures_are_retried_with_backoff(cluster_factory) -> None:
+    flaky = ScriptedStage("merge", failures={1: "Unavailable", 2: "Busy"})
+    cluster = cluster_factory(stages={"merge": flaky})
+    pid = submit(cluster, "flaky")
+    done = cluster.wait(pid, pipeline_pb2.SUCCEEDED)
+    merge = next(s for s in done.stages if s.stage == "merge")
+    assert merge.attempts == 3
+    assert flaky.calls == [f"{pid}.merge.1", f"{pid}.merge.2", f"{pid}.merge.3"]
+
+
+def test_invalid_input_fails_at_once_and_retry_resumes_from_that_stage(cluster_factory) -> None:
+    broken = ScriptedStage("export", failures={1: "InvalidInput"})
+    cluster = cluster_factory(stages={"export": broken})
+    pid = submit(cluster, "broken")
+    failed = cluster.wait(pid, pipeline_pb2.FAILED)
+    assert len(broken.calls) == 1
+    assert "export" in failed.error and "InvalidInput" in failed.error
+    train_calls = len(cluster.stages["train"].calls)
+    cluster.stub.Retry(pipeline_pb2.RetryRequest(id=pid))
+    done = cluster.wait(pid, pipeline_pb2.SUCCEEDED)
+    assert broken.calls == [f"{pid}.export.1", f"{pid}.export.2"]  # a new task, not a replay
+    assert next(s for s in done.stages if s.stage == "export").attempts == 2
+    assert len(cluster.stages["train"].calls) == train_calls  # finished stages are not rerun
+
+
+def test_concurrency_limits_are_respected_in_a_batch(cluster_factory) -> None:
+    slow_train = ScriptedStage("train", steps=5, step_s=0.05)
+    cluster = cluster_factory(
+        stages={"train": slow_train},
+        capacity={"train": 2, "merge": 1},
+        limits={"train": 2, "merge": 1, "export": 1, "publish": 1},
+    )
+    batch = pipeline_pb2.SubmitBatchRequest(
+        pipelines=[
+            pipeline_pb2.SubmitRequest(spec_yaml=SPEC.format(name=f"b{i}")) for i in range(4)
+        ]
+    )
+    ids = [p.id for p in cluster.stub.SubmitBatch(batch).pipelines]
+    for pid in ids:
+        cluster.wait(pid, pipeline_pb2.SUCCEEDED, timeout_s=30)
+    assert slow_train.peak == 2  # observed on the worker: two at once, never three
+    assert cluster.servicers["train"].tasks.peak_running == 2
+    assert cluster.stages["merge"].peak == 1
+
+
+def test_batch_with_a_bad_spec_creates_nothing(cluster_factory) -> None:
+    cluster = cluster_factory()
+    good = pipeline_pb2.SubmitRequest(spec_yaml=SPEC.format(name="ok"))
+    bad = pipeline_pb2.SubmitRequest(spec_yaml="apiVersion: tuneship/v1\nmetadata: {name: x}\n")
+    with pytest.raises(grpc.RpcError) as caught:
+        cluster.stub.SubmitBatch(pipeline_pb2.SubmitBatchRequest(pipelines=[good, bad]))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "pipelines[1]" in caught.value.details() and "model" in caught.value.details()
+    assert len(cluster.stub.List(pipeline_pb2.ListRequest()).pipelines) == 0
+
+
+def test_cancel_stops_the_running_stage(cluster_factory) -> None:
+    long_train = ScriptedStage("train", steps=400, step_s=0.05)
+    cluster = cluster_factory(stages={"train": long_train})
+    pid = submit(cluster, "cancel-me")
+    cluster.wait(pid, pipeline_pb2.RUNNING)
+    while not long_train.calls:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    cluster.stub.Cancel(pipeline_pb2.CancelPipelineRequest(id=pid))
+    cancelled = cluster.wait(pid, pipeline_pb2.CANCELLED)
+    task = cluster.servicers["train"].tasks.get(f"{pid}.train.1")
+    deadline = time.monotonic() + 5
+    while task.state.value == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert task.state.value == "cancelled"  # the worker stopped it, not just the controller
+    assert cancelled.stages[1].phase == pipeline_pb2.CANCELLED
+    assert not cluster.stages["merge"].calls
+
+
+def test_controller_restart_reattaches_instead_of_duplicating(cluster_factory, tmp_path) -> None:
+    slow_train = ScriptedStage("train", steps=20, step_s=0.05)
+    cluster = cluster_factory(stages={"train": slow_train})
+    pid = submit(cluster, "restart")
+    while not slow_train.calls:
+        time.sleep(0.02)
+    cluster.controller.stop()  # the worker keeps running its task
+    settings = ControllerSettings(
+        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        workers=cluster.controller.workers.addresses,
+        retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.05),
+    )
+    cluster.controller = start_controller(settings, upload_nothing)
+    cluster.stub = pipeline_pb2_grpc.PipelineServiceStub(
+        grpc.insecure_channel(cluster.controller.address)
+    )
+    done = cluster.wait(pid, pipeline_pb2.SUCCEEDED)
+    assert slow_train.calls == [f"{pid}.train.1"]  # re-attached by task_id: one run only
+    assert done.stages[0].attempts == 1
+
+
+def test_watch_joined_late_replays_everything_in_order(cluster_factory) -> None:
+    cluster = cluster_factory()
+    pid = submit(cluster, "watched")
+    cluster.wait(pid, pipeline_pb2.SUCCEEDED)
+    events = list(cluster.stub.Watch(pipeline_pb2.WatchRequest(id=pid), timeout=10))
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs) and seqs[0] == 1
+    messages = [e.message for e in events if e.message]
+    assert messages[0] == "submitted" and messages[-1] == "pipeline succeeded"
+    progress = [e.stage_event for e in events if e.stage_event.WhichOneof("kind") == "progress"]
+    assert {p.stage for p in progress} == set(STAGES)
+    tail = list(
+        cluster.stub.Watch(pipeline_pb2.WatchRequest(id=pid, after_seq=seqs[-2]), timeout=10)
+    )
+    assert [e.seq for e in tail] == [seqs[-1]]
+
+
+def test_silent_worker_hits_the_heartbeat_timeout(cluster_factory) -> None:
+    stalled = ScriptedStage("train", steps=1, step_s=0.0)
+    cluster = cluster_factory(stages={"train": stalled}, heartbeat_s=1.0, capacity={"train": 2})
+    for servicer in cluster.servicers.values():
+        servicer.keepalive_s = 30  # no keepalives: a silent stream
+    original = stalled._work
+
+    def hang_first(job, sink):
+        if job.attempt == 1:
+            time.sleep(3)
+        return original(job, sink)
+
+    stalled._work = hang_first  # type: ignore[method-assign]
+    pid = submit(cluster, "silent")
+    done = cluster.wait(pid, pipeline_pb2.SUCCEEDED, timeout_s=30)
+    assert done.stages[0].attempts == 2
+
+
+def test_errors_carry_status_codes(cluster_factory) -> None:
+    cluster = cluster_factory()
+    with pytest.raises(grpc.RpcError) as missing:
+        cluster.stub.Get(pipeline_pb2.GetRequest(id="nope"))
+    assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+    pid = submit(cluster, "done")
+    cluster.wait(pid, pipeline_pb2.SUCCEEDED)
+    with pytest.raises(grpc.RpcError) as illegal:
+        cluster.stub.Cancel(pipeline_pb2.CancelPipelineRequest(id=pid))
+    assert illegal.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    cluster.stub.Delete(pipeline_pb2.DeleteRequest(id=pid))
+    with pytest.raises(grpc.RpcError):
+        cluster.stub.Get(pipeline_pb2.GetRequest(id=pid))
