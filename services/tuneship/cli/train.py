@@ -122,7 +122,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _fail(error: TuneshipError) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(error.render())}", highlight=False)
+    Console(stderr=True).print(
+        f"[bold red]error:[/] {escape(error.render())}", highlight=False, soft_wrap=True
+    )
     return typer.Exit(code=2)
 
 
