@@ -33,6 +33,8 @@ class LineSink:
             style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
             self.out.print(f"[{style}]{event.stage}: {escape(event.message)}[/]")
         elif isinstance(event, ev.Progress):
+            if event.total == 0 and event.step % 50 != 1:
+                return  # open-ended counts (tensors planned): a line now and then
             total = f"/{event.total}" if event.total else ""
             line = f"{event.stage} {event.step}{total} {event.unit} {event.message}".strip()
             if event.message != self.last or event.total in (0, event.step):

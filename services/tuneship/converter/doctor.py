@@ -270,7 +270,12 @@ def check_gguf(path: Path) -> DoctorReport:
         )
     types = ", ".join(f"{v} {k}" for k, v in sorted(info.tensor_types.items()))
     report.add("tensors", "ok", f"{types}; {info.bits_per_weight:.2f} bits per weight")
-    for check in ("vocab", "special_tokens", "chat_template"):
+    consistent = {
+        "vocab": f"{info.n_tokens} tokens = {info.embedding_rows} token_embd rows",
+        "special_tokens": ", ".join(f"{k}={v}" for k, v in info.special_ids.items()),
+        "chat_template": "present, no training-only tags",
+    }
+    for check, message in consistent.items():
         if not any(f.check == check for f in report.findings):
-            report.add(check, "ok", "consistent")
+            report.add(check, "ok", message)
     return report

@@ -1,0 +1,53 @@
+"""``ConverterService``: convert, quantize, verify and evaluate behind gRPC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tuneship.common.events import EventSink
+from tuneship.common.jobs import StageJob, StageOutcome
+from tuneship.common.stagework import StageContext, parse_job_spec, run_committed_stage
+from tuneship.common.toolchain import Toolchain
+from tuneship.common.wire import StageServicer, stage_service
+from tuneship.converter import export
+
+STAGE = "export"
+
+
+def run_export(
+    ctx: StageContext, toolchain: Toolchain, job: StageJob, sink: EventSink
+) -> StageOutcome:
+    """Fetch the merged model and held-out data, export, commit GGUFs and the report."""
+    spec = parse_job_spec(job)
+    versions = {"llama.cpp": toolchain.commit, "llama-cpp-python": toolchain.version}
+
+    def work(workdir: Path) -> tuple[Path, dict[str, Any]]:
+        model, _ = ctx.fetch(job, "model", workdir / "model", sink)
+        train_file, _ = ctx.fetch(job, "train", workdir / "data-train", sink)
+        eval_name = "eval" if "eval" in job.inputs else "train"
+        eval_file = train_file if eval_name == "train" else ctx.fetch(
+            job, "eval", workdir / "data-eval", sink)[0]  # fmt: skip
+        local = spec.model_copy(
+            update={"dataset": spec.dataset.model_copy(update={"train": str(train_file)})}
+        )
+        result = export(local, model, workdir / "out", sink, toolchain, eval_data=eval_file)
+        report = json.loads((result.out / "report.json").read_text())
+        return workdir / "out", {
+            "recommended": report.get("recommended") or "",
+            "quant_types": ",".join(sorted(result.ggufs)),
+        }
+
+    return run_committed_stage(
+        ctx, job, sink, stage=STAGE, section={"export": spec.export.model_dump(mode="json")},
+        input_names=["model", "train", "eval"], versions=versions, work=work,
+    )  # fmt: skip
+
+
+def converter_service(
+    ctx: StageContext, toolchain: Toolchain, capacity: int = 1
+) -> tuple[Any, Any, str, StageServicer]:
+    """(add function, servicer, service name, stage servicer) for a gRPC server."""
+    stage = StageServicer(STAGE, lambda job, sink: run_export(ctx, toolchain, job, sink), capacity)
+    return (*stage_service(stage), stage)
