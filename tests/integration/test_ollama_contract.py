@@ -173,3 +173,16 @@ def test_publish_moves_latest_only_when_the_smoke_test_passes(
     assert failed.value.result.smoke[0].done_reason == "length"
     assert "tiny:v2" not in server.models
     assert server.models["tiny:latest"] is server.models["tiny:v1"]
+
+
+def test_an_upload_interrupted_by_a_transient_error_is_sent_again_whole(
+    server: OllamaTestServer, backend: OllamaBackend, tiny_chatml_gguf: Path
+) -> None:
+    server.fail_next(1, status=503, method="POST")
+    digest = backend.upload(tiny_chatml_gguf)
+    assert server.blobs[digest] == tiny_chatml_gguf.read_bytes()
+    assert [m for m, p in server.requests if p == f"/api/blobs/{digest}"] == [
+        "HEAD",
+        "POST",
+        "POST",
+    ]

@@ -50,6 +50,17 @@ def file_digest(path: Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+class _FileBody:
+    """A file streamed in 1 MiB blocks, re-read from the start on each retry."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self.path.open("rb") as handle:
+            yield from iter(lambda: handle.read(1 << 20), b"")
+
+
 class OllamaBackend:
     """An Ollama server at ``base_url`` (e.g. ``http://127.0.0.1:11434``)."""
 
@@ -144,8 +155,8 @@ class OllamaBackend:
         path = f"/api/blobs/{digest}"
         if self._request("HEAD", path).status_code == 200:
             return digest
-        with gguf.open("rb") as handle:
-            response = self._request("POST", path, content=handle, timeout=self.upload_timeout_s)
+        body = _FileBody(gguf)
+        response = self._request("POST", path, content=body, timeout=self.upload_timeout_s)
         if response.status_code == 400:
             raise FailedPrecondition(
                 f"Ollama rejected the upload of {gguf.name}: {_error_text(response)}",

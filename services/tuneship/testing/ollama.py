@@ -71,7 +71,7 @@ class OllamaTestServer:
         self.requests: list[tuple[str, str]] = []
         self.chats: list[dict[str, Any]] = []
         self.uploads = 0
-        self._failures: list[int] = []
+        self._failures: list[tuple[int, str | None]] = []
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
@@ -96,13 +96,18 @@ class OllamaTestServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def fail_next(self, count: int, status: int = 503) -> None:
+    def fail_next(self, count: int, status: int = 503, method: str | None = None) -> None:
+        """Answer the next ``count`` requests (of ``method`` only, if given) with ``status``."""
         with self._lock:
-            self._failures.extend([status] * count)
+            self._failures.extend([(status, method)] * count)
 
-    def take_failure(self) -> int | None:
+    def take_failure(self, method: str) -> int | None:
         with self._lock:
-            return self._failures.pop(0) if self._failures else None
+            for index, (status, only) in enumerate(self._failures):
+                if only in (None, method):
+                    del self._failures[index]
+                    return status
+            return None
 
     def renders_jinja(self) -> bool:
         return _version_tuple(self.version) >= (0, 30, 0)

@@ -29,7 +29,20 @@ def make_handler(server: OllamaTestServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
 
         def _body(self) -> bytes:
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                return self._chunked_body()
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _chunked_body(self) -> bytes:
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
 
         def _json(self) -> dict[str, Any] | None:
             try:
@@ -40,7 +53,7 @@ def make_handler(server: OllamaTestServer) -> type[BaseHTTPRequestHandler]:
 
         def _begin(self) -> bool:
             server.requests.append((self.command, self.path))
-            status = server.take_failure()
+            status = server.take_failure(self.command)
             if status is not None:
                 self._body()
                 self._send(status, {"error": "injected failure"})
