@@ -39,7 +39,7 @@ def test_full_fine_tune_reads_weights_from_model_dir(tmp_path: Path) -> None:
 
 
 def test_missing_manifest_is_not_found(tmp_path: Path) -> None:
-    with pytest.raises(NotFound, match="training-manifest.json"):
+    with pytest.raises(NotFound, match=r"training-manifest\.json"):
         read_manifest(tmp_path)
 
 
