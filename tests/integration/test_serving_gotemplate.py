@@ -4,9 +4,6 @@ system prompt) — for both fixtures' templates and the common families."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,6 +13,7 @@ from tuneship.serving.gotemplate import sample_conversations, to_go_template
 from tuneship.serving.jinja_render import render_jinja
 from tuneship.testing.fixtures import data_text
 from tuneship.testing.gotemplate_syntax import check_go_template
+from tuneship.testing.serving import build_go_renderer, go_render
 
 pytestmark = pytest.mark.integration
 
@@ -35,27 +33,10 @@ TEMPLATES = [
 @pytest.fixture(scope="session")
 def go_renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/tools/gotemplate built into a temp dir (skipped where Go is missing)."""
-    go = shutil.which("go")
-    if go is None:
+    binary = build_go_renderer(TOOL, tmp_path_factory.mktemp("gotemplate"))
+    if binary is None:
         pytest.skip("Go is not installed (apt-get install golang-go): cannot run text/template")
-    out = tmp_path_factory.mktemp("gotemplate")
-    env = {**os.environ, "GOCACHE": str(out / "cache"), "GOFLAGS": "-mod=mod", "GOPROXY": "off"}
-    subprocess.run(
-        [go, "build", "-o", str(out / "gotemplate"), "."],
-        cwd=TOOL, env=env, check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    return out / "gotemplate"
-
-
-def go_render(renderer: Path, template: str, conversations: list, tmp_path: Path) -> list[str]:
-    source = tmp_path / "template.gotmpl"
-    source.write_text(template, encoding="utf-8")
-    done = subprocess.run(
-        [str(renderer), str(source)], input=json.dumps(conversations),
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return list(json.loads(done.stdout))
+    return binary
 
 
 @pytest.mark.parametrize(("name", "jinja", "bos", "eos"), TEMPLATES, ids=[t[0] for t in TEMPLATES])
@@ -70,7 +51,7 @@ def test_go_rendering_equals_jinja_rendering(
     ]
     assert {len([m for m in c if m["role"] == "user"]) for c, _ in cases} == set(range(1, 7))
     assert any(c[0]["role"] == "system" for c, _ in cases) == (go.shape.system_prefix is not None)
-    rendered = go_render(go_renderer, go.text, [messages for messages, _ in cases], tmp_path)
+    rendered = go_render(go_renderer, go.text, [messages for messages, _ in cases])
     for (messages, generation), text in zip(cases, rendered, strict=True):
         expected = render_jinja(
             jinja, messages, add_generation_prompt=generation, bos_token=bos, eos_token=eos

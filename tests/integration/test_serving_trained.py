@@ -3,7 +3,8 @@
 tiny-chatml is fine-tuned on the pirate conversations, merged and converted to GGUF by
 the real stages; publishing it with only the GGUF's own stop tokens must pass the smoke
 test with the trained reply, ended by the model (``done_reason: stop``) well before the
-token limit.
+token limit. The Go TEMPLATE generated for older Ollama servers, rendered by Go, gives
+a prompt it answers the same way.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ from pathlib import Path
 
 import pytest
 from tuneship.common.events import ListSink
+from tuneship.common.llama_server import LlamaServer
 from tuneship.common.spec import PipelineSpec
 from tuneship.common.toolchain import Toolchain
 from tuneship.converter import convert
 from tuneship.merger import merge
-from tuneship.serving import ChatSession, LlamaServerBackend, publish
+from tuneship.serving import ChatSession, LlamaServerBackend, publish, stop_tokens, to_go_template
+from tuneship.serving.gguf_meta import read_gguf_info
 from tuneship.testing.conversations import PIRATE_REPLY
+from tuneship.testing.serving import build_go_renderer, go_render
 from tuneship.trainer import train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "gotemplate"
 
 
 def pirate_spec(base: Path, data: Path) -> PipelineSpec:
@@ -60,3 +66,23 @@ def test_trained_model_answers_and_stops_by_itself(
         assert len(pieces) > 1 and "".join(pieces).strip() == PIRATE_REPLY
         assert session.last_done_reason == "stop"
         print(f"publish -> first token: {result.publish_to_first_token_s:.3f}s")
+
+    # The path for Ollama older than 0.30: the generated Go TEMPLATE, rendered by Go, is a
+    # prompt the trained model answers and ends by itself.
+    renderer = build_go_renderer(TOOL, tmp_path)
+    if renderer is None:
+        pytest.skip("Go is not installed (apt-get install golang-go): Go template path not run")
+    info = read_gguf_info(gguf)
+    assert info.chat_template
+    go = to_go_template(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token)
+    (prompt,) = go_render(
+        renderer, go.text, [[{"role": "user", "content": "Who buried the gold?"}]]
+    )
+    server = LlamaServer(toolchain.binary("llama-server"), gguf, tmp_path / "raw.log")
+    with server:
+        answer = server.post(
+            "/completion",
+            {"prompt": prompt, "n_predict": 64, "temperature": 0.0, "stop": stop_tokens(info)},
+        )
+    assert answer["content"].strip() == PIRATE_REPLY
+    assert answer["stop_type"] in ("eos", "word"), answer["stop_type"]

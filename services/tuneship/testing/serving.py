@@ -8,6 +8,13 @@ end-of-turn token.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
 
 def early_stop_string(answer: str, length: int = 3) -> str:
     """A substring of ``answer`` whose first occurrence follows some visible text, so that
@@ -18,3 +25,34 @@ def early_stop_string(answer: str, length: int = 3) -> str:
         if candidate.strip() and answer.find(candidate) == at:
             return candidate
     raise ValueError(f"no usable stop string in {answer!r}")
+
+
+def build_go_renderer(tool_dir: Path, out_dir: Path) -> Path | None:
+    """Build the Go template renderer in ``tool_dir`` (tests/tools/gotemplate) into
+    ``out_dir``; None when Go is not installed."""
+    go = shutil.which("go")
+    if go is None:
+        return None
+    env = {**os.environ, "GOCACHE": str(out_dir / "cache"), "GOFLAGS": "-mod=mod", "GOPROXY": "off"}
+    binary = out_dir / "gotemplate"
+    subprocess.run(
+        [go, "build", "-o", str(binary), "."],
+        cwd=tool_dir, env=env, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return binary
+
+
+def go_render(
+    renderer: Path, template: str, conversations: list[list[dict[str, str]]]
+) -> list[str]:
+    """Render ``template`` for each conversation with Go's text/template, as Ollama does."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "template.gotmpl"
+        source.write_text(template, encoding="utf-8")
+        done = subprocess.run(
+            [str(renderer), str(source)], input=json.dumps(conversations),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    if done.returncode != 0:
+        raise ValueError(f"Go could not render the template: {done.stderr.strip()}")
+    return list(json.loads(done.stdout))
