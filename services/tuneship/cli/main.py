@@ -10,6 +10,7 @@ from rich.console import Console
 
 from tuneship.cli import doctor as doctor_cmd
 from tuneship.cli import export as export_cmd
+from tuneship.cli import pipeline as pipeline_cmd
 from tuneship.cli import serve as serve_cmd
 from tuneship.cli import store as store_cmd
 from tuneship.cli import train as train_cmd
@@ -28,6 +29,7 @@ serve_cmd.register(app)
 store_cmd.register(app)
 train_cmd.register(app)
 export_cmd.register(app)
+pipeline_cmd.register(app)
 
 err = Console(stderr=True)
 
@@ -78,19 +80,6 @@ def fixtures_build(
     except ValueError as exc:
         raise fail(TuneshipError(str(exc), where="NAME")) from exc
     Console().print(f"built {name} (seed {seed}) in {out}")
-
-
-@app.command()
-def run(
-    spec: Annotated[Path | None, typer.Argument(help="Pipeline spec (YAML).")] = None,
-) -> None:
-    """Run a whole pipeline on this machine (embedded controller and services)."""
-    err.print(
-        "[bold yellow]not built yet:[/] the embedded pipeline (train → merge → convert → "
-        "quantize → serve) lands with the services issue. Today: `tuneship doctor --toolchain`, "
-        "`tuneship fixtures build`."
-    )
-    raise typer.Exit(code=3)
 
 
 def main() -> None:

@@ -227,12 +227,13 @@ class Scheduler:
 
     def _succeeded(self, pipeline_id: str, stage: str, outcome: StageOutcome) -> None:
         outputs = {k: vars(v) for k, v in outcome.outputs.items()}
+        note = " (reused a committed result)" if outcome.cached else ""
+        # Recorded before the stage moves on, so the log reads in the order things happened.
+        self._record(pipeline_id, stage, f"{stage} succeeded{note}", summary=outcome.summary)
         self.state.update_stage(
             pipeline_id, stage, phase=Phase.SUCCEEDED, finished=time.time(),
             outputs=outputs, summary=outcome.summary,
         )  # fmt: skip
-        note = " (reused a committed result)" if outcome.cached else ""
-        self._record(pipeline_id, stage, f"{stage} succeeded{note}", summary=outcome.summary)
         if stage == STAGES[-1]:
             self.state.set_pipeline(pipeline_id, Phase.SUCCEEDED)
             self._record(pipeline_id, "", "pipeline succeeded")

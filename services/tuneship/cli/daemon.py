@@ -1,0 +1,94 @@
+"""Long-lived component servers, configured from the environment (the container entry).
+
+Environment (read here, once, and passed down):
+
+- ``TUNESHIP_STORE`` and ``TUNESHIP_S3_*``: the artifact store (see docs/store.md).
+- ``TUNESHIP_WORK_DIR``: scratch space of a stage service (default ``/tmp/tuneship``).
+- ``TUNESHIP_CAPACITY``: tasks a stage service runs at once (default 1).
+- ``TUNESHIP_STATE_URL``: the controller's database (default SQLite under the data dir).
+- ``TUNESHIP_WORKERS``: ``train=host:port,merge=host:port,export=host:port,publish=host:port``.
+- ``TUNESHIP_LIMITS``: per-stage concurrency, e.g. ``train=4,merge=2`` (default 1 each).
+- ``OLLAMA_HOST``: the Ollama sidecar of the serving service.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Mapping
+from contextlib import ExitStack
+from pathlib import Path
+
+from tuneship.common.errors import InvalidInput
+from tuneship.common.settings import Settings
+from tuneship.common.store import StoreSettings, open_store
+from tuneship.common.toolchain import find_toolchain
+from tuneship.controller.app import ControllerSettings, start_controller
+from tuneship.controller.inputs import input_uploader
+from tuneship.controller.machine import STAGES
+
+
+def _pairs(text: str, what: str) -> dict[str, str]:
+    pairs = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not value:
+            raise InvalidInput(f"{item!r} is not name=value", where=what)
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def controller_settings(env: Mapping[str, str], host: str, port: int) -> ControllerSettings:
+    """The controller's settings from the environment."""
+    settings = Settings.from_env(env)
+    workers = _pairs(env.get("TUNESHIP_WORKERS", ""), "TUNESHIP_WORKERS")
+    missing = [s for s in STAGES if s not in workers]
+    if missing:
+        raise InvalidInput(
+            f"no address for {', '.join(missing)}", where="TUNESHIP_WORKERS",
+            hint="train=trainer:50051,merge=merger:50051,export=converter:50051,publish=serving:50051",
+        )  # fmt: skip
+    limits = {
+        k: int(v) for k, v in _pairs(env.get("TUNESHIP_LIMITS", ""), "TUNESHIP_LIMITS").items()
+    }
+    state = env.get("TUNESHIP_STATE_URL") or f"sqlite:///{settings.data_dir.resolve() / 'state.db'}"
+    return ControllerSettings(
+        state_url=state, workers=workers, limits={**dict.fromkeys(STAGES, 1), **limits},
+        host=host, port=port,
+    )  # fmt: skip
+
+
+def serve_component(component: str, host: str, port: int, env: Mapping[str, str]) -> None:
+    """Start ``component`` and block until SIGTERM/SIGINT."""
+    from tuneship.cli.embedded import COMPONENTS, component_server
+
+    if component not in ("controller", *COMPONENTS):
+        raise InvalidInput(f"unknown component {component!r}", where="COMPONENT",
+                           hint=f"one of controller, {', '.join(COMPONENTS)}")  # fmt: skip
+    settings = Settings.from_env(env)
+    store = open_store(StoreSettings.from_env(env))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with ExitStack() as stack:
+        if component == "controller":
+            controller = start_controller(
+                controller_settings(env, host, port), input_uploader(store)
+            )
+            stack.callback(controller.stop)
+        else:
+            backend = None
+            if component == "serving":
+                from tuneship.serving import OllamaBackend
+
+                backend = stack.enter_context(
+                    OllamaBackend(env.get("OLLAMA_HOST", "http://127.0.0.1:11434"))
+                )
+            toolchain = find_toolchain(settings).require_all() if component == "converter" else None
+            server, _ = component_server(
+                component, store, Path(env.get("TUNESHIP_WORK_DIR", "/tmp/tuneship")),
+                toolchain=toolchain, backend=backend, host=host, port=port,
+                capacity=int(env.get("TUNESHIP_CAPACITY", "1")),
+            )  # fmt: skip
+            stack.callback(server.stop)
+        stop.wait()

@@ -1,0 +1,211 @@
+"""A small Python client for the controller's ``PipelineService``.
+
+    client = PipelineClient("127.0.0.1:50051")
+    pipeline = client.submit(Path("spec.yaml"))
+    for event in client.watch(pipeline.id):
+        print(event.text)
+    print("".join(client.chat(pipeline.id, [{"role": "user", "content": "Hi"}])))
+
+Errors come back as tuneship errors (``NotFound``, ``InvalidInput``, ...), built from
+the gRPC status code, so callers handle the same types as in-process code.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tuneship.common import errors
+from tuneship.v1 import pipeline_pb2, pipeline_pb2_grpc, workers_pb2
+
+_ERRORS: dict[grpc.StatusCode, type[errors.TuneshipError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidInput,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Busy,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.CANCELLED: errors.Cancelled,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    grpc.StatusCode.ABORTED: errors.Aborted,
+}
+
+
+def _error(exc: grpc.RpcError, address: str) -> errors.TuneshipError:
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    kind = _ERRORS.get(code, errors.TuneshipError)
+    if code is grpc.StatusCode.UNAVAILABLE:
+        hint = "start it (`tuneship serve controller`) or check --controller"
+        return kind(f"controller at {address} is not reachable: {details}", hint=hint)
+    return kind(details or code.name)
+
+
+PHASES = {v: k.lower() for k, v in pipeline_pb2.Phase.items()}
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    name: str
+    phase: str
+    attempts: int
+    error: str
+    outputs: dict[str, str]
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """A pipeline as the controller reports it."""
+
+    id: str
+    name: str
+    phase: str
+    error: str
+    created: float
+    updated: float
+    stages: list[StageInfo] = field(default_factory=list)
+
+    def stage(self, name: str) -> StageInfo:
+        return next(s for s in self.stages if s.name == name)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "phase": self.phase, "error": self.error,
+            "created": self.created, "updated": self.updated,
+            "stages": [vars(s) for s in self.stages],
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One event of a pipeline: a transition, progress, metrics or a log line."""
+
+    seq: int
+    phase: str
+    stage: str
+    kind: str
+    text: str
+    data: dict[str, Any]
+
+
+def pipeline_info(message: pipeline_pb2.Pipeline) -> PipelineInfo:
+    stages = [
+        StageInfo(
+            s.stage, PHASES[s.phase], s.attempts, s.error,
+            {k: v.key for k, v in s.outputs.items()},
+            json.loads(s.summary_json) if s.summary_json else {},
+        )
+        for s in message.stages
+    ]  # fmt: skip
+    return PipelineInfo(message.id, message.name, PHASES[message.phase], message.error,
+                        message.created, message.updated, stages)  # fmt: skip
+
+
+def watch_event(message: pipeline_pb2.PipelineEvent) -> WatchEvent:
+    event = message.stage_event
+    kind = event.WhichOneof("kind") or "transition"
+    data: dict[str, Any] = {}
+    if kind == "progress":
+        p = event.progress
+        data = {"step": p.step, "total": p.total, "unit": p.unit,
+                "eta_s": None if p.eta_s < 0 else p.eta_s, "message": p.message}  # fmt: skip
+        text = f"{p.step}/{p.total} {p.unit} {p.message}".strip()
+    elif kind == "metrics":
+        data = dict(event.metrics.values)
+        text = " ".join(f"{k}={v:.4g}" for k, v in sorted(data.items()))
+    elif kind == "log":
+        data = {"level": event.log.level}
+        text = event.log.message
+    else:
+        if kind == "result" and event.result.summary_json:
+            data = {"summary": json.loads(event.result.summary_json)}
+        kind, text = "transition", message.message
+    return WatchEvent(message.seq, PHASES[message.phase], event.stage, kind, text, data)
+
+
+class PipelineClient:
+    """Talks to one controller."""
+
+    def __init__(self, address: str, timeout_s: float = 30.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(address)
+        self._stub = pipeline_pb2_grpc.PipelineServiceStub(self._channel)
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise _error(exc, self.address) from exc
+
+    def submit(self, spec: Path | str, priority: int = 0) -> PipelineInfo:
+        """Submit a spec (a path or the YAML text)."""
+        text = spec.read_text(encoding="utf-8") if isinstance(spec, Path) else spec
+        request = pipeline_pb2.SubmitRequest(spec_yaml=text, priority=priority)
+        return pipeline_info(self._call("Submit", request))
+
+    def submit_batch(
+        self, specs: builtins.list[str], priority: int = 0
+    ) -> builtins.list[PipelineInfo]:
+        requests = [pipeline_pb2.SubmitRequest(spec_yaml=s, priority=priority) for s in specs]
+        answer = self._call("SubmitBatch", pipeline_pb2.SubmitBatchRequest(pipelines=requests))
+        return [pipeline_info(p) for p in answer.pipelines]
+
+    def get(self, pipeline_id: str) -> PipelineInfo:
+        return pipeline_info(self._call("Get", pipeline_pb2.GetRequest(id=pipeline_id)))
+
+    def list(self, phase: str = "", name_prefix: str = "", page_size: int = 50,
+             page_token: str = "") -> tuple[builtins.list[PipelineInfo], str]:  # fmt: skip
+        """A page of pipelines and the token of the next page ("" at the end)."""
+        request = pipeline_pb2.ListRequest(
+            phase=phase.upper() if phase else "PHASE_UNSPECIFIED",
+            name_prefix=name_prefix, page_size=page_size, page_token=page_token,
+        )  # fmt: skip
+        answer = self._call("List", request)
+        return [pipeline_info(p) for p in answer.pipelines], answer.next_page_token
+
+    def watch(self, pipeline_id: str, after_seq: int = 0) -> Iterator[WatchEvent]:
+        """Every event after ``after_seq`` and then live ones, until the pipeline ends."""
+        request = pipeline_pb2.WatchRequest(id=pipeline_id, after_seq=after_seq)
+        try:
+            for message in self._stub.Watch(request):
+                yield watch_event(message)
+        except grpc.RpcError as exc:
+            raise _error(exc, self.address) from exc
+
+    def cancel(self, pipeline_id: str) -> PipelineInfo:
+        return pipeline_info(
+            self._call("Cancel", pipeline_pb2.CancelPipelineRequest(id=pipeline_id))
+        )
+
+    def retry(self, pipeline_id: str) -> PipelineInfo:
+        return pipeline_info(self._call("Retry", pipeline_pb2.RetryRequest(id=pipeline_id)))
+
+    def delete(self, pipeline_id: str) -> None:
+        self._call("Delete", pipeline_pb2.DeleteRequest(id=pipeline_id))
+
+    def chat(self, pipeline_id: str, messages: builtins.list[dict[str, str]],
+             **options: float) -> Iterator[str]:  # fmt: skip
+        """Stream the answer of the model a pipeline published."""
+        request = pipeline_pb2.PipelineChatRequest(
+            id=pipeline_id,
+            messages=[
+                workers_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages
+            ],
+            options=options,
+        )
+        try:
+            for chunk in self._stub.Chat(request, timeout=300):
+                if chunk.content:
+                    yield chunk.content
+        except grpc.RpcError as exc:
+            raise _error(exc, self.address) from exc
+
+    def close(self) -> None:
+        self._channel.close()
