@@ -73,9 +73,11 @@ def verify(
     log = work / f"{gguf.stem}.server.log"
     server = LlamaServer(toolchain.binary("llama-server"), gguf, log, context=context)
     with server:
+        rendered = []
         for index, conversation in enumerate(samples):
             expected = _hf_ids(tokenizer, template, conversation)
             prompt = server.apply_template(conversation)
+            rendered.append(prompt)
             got = [int(t) for t in server.post(
                 "/tokenize", {"content": prompt, "add_special": True, "parse_special": True}
             )["tokens"]]  # fmt: skip
@@ -87,18 +89,35 @@ def verify(
                     hint="llama.cpp formats or tokenizes this chat differently from the "
                     "training tokenizer; `tuneship doctor` on the GGUF shows its tokenizer flags",
                 )
-        server.chat(samples[1], max_tokens=4, temperature=0)  # warm-up, not measured
-        answer = server.chat(samples[1], max_tokens=32, temperature=0, ignore_eos=True)
+        answer = server.chat(samples[1], max_tokens=32, temperature=0)
+        if answer.get("usage", {}).get("completion_tokens", 0) < 1:
+            raise FailedPrecondition(f"{gguf.name} loaded but generated nothing", where=str(gguf))
+        prompt_tps, generation_tps = measure_speed(server, "".join(rendered), context)
     text = str(answer["choices"][0]["message"].get("content") or "")
-    if answer.get("usage", {}).get("completion_tokens", 0) < 1:
-        raise FailedPrecondition(f"{gguf.name} loaded but generated no tokens", where=str(gguf))
-    timings = answer.get("timings", {})
     events.emit(Log(STAGE, f"{gguf.name}: loads, answers, parity ok on {len(samples)} chats"))
-    return VerifyResult(
-        gguf, text, len(samples),
-        float(timings.get("prompt_per_second", 0.0)),
-        float(timings.get("predicted_per_second", 0.0)),
-    )  # fmt: skip
+    return VerifyResult(gguf, text, len(samples), prompt_tps, generation_tps)
+
+
+def measure_speed(
+    server: LlamaServer, text: str, context: int, runs: int = 3
+) -> tuple[float, float]:
+    """Best-of-``runs`` prompt and generation tokens/s (a shared machine only slows runs down).
+
+    The prompt is ``text`` cut to half the context; 64 tokens are generated past eos.
+    """
+    ids = server.tokenize(text)[: context // 2]
+    best = (0.0, 0.0)
+    for _ in range(runs):
+        done = server.post("/completion", {
+            "prompt": ids, "n_predict": 64, "ignore_eos": True, "cache_prompt": False,
+            "temperature": 0,
+        })  # fmt: skip
+        timings = done.get("timings", {})
+        best = (
+            max(best[0], float(timings.get("prompt_per_second", 0.0))),
+            max(best[1], float(timings.get("predicted_per_second", 0.0))),
+        )
+    return best
 
 
 def _hf_ids(tokenizer: Any, template: str | None, conversation: Conversation) -> list[int]:

@@ -14,6 +14,7 @@ from tuneship.common.errors import NotFound
 from tuneship.common.events import EventSink, Log, Progress
 from tuneship.common.spec import PipelineSpec
 from tuneship.merger.manifest import TrainManifest, read_manifest
+from tuneship.merger.nf4 import round_trip_linear_layers
 from tuneship.merger.vocab import VocabReport, reconcile_rows, write_sentencepiece_added_tokens
 
 STAGE = "merge"
@@ -50,7 +51,7 @@ def merge(
     dtype = spec.merge.dtype
     tokenizer = _load_tokenizer(manifest)
     events.emit(Progress(STAGE, 0, len(STEPS), message=f"loading base in {dtype}"))
-    model, notes = _merged_model(manifest, base, dtype, events)
+    model, notes = _merged_model(manifest, base, dtype, spec.merge.qlora_base, events)
     events.emit(Progress(STAGE, 2, len(STEPS), message="reconciling vocabulary"))
     vocab = reconcile_rows(model, tokenizer)
     if vocab.rows_merged != vocab.rows_saved:
@@ -94,7 +95,7 @@ def _load_tokenizer(manifest: TrainManifest) -> Any:
 
 
 def _merged_model(
-    manifest: TrainManifest, base: Path, dtype: str, events: EventSink
+    manifest: TrainManifest, base: Path, dtype: str, qlora_base: str, events: EventSink
 ) -> tuple[Any, list[str]]:
     from transformers import AutoModelForCausalLM
 
@@ -114,11 +115,12 @@ def _merged_model(
     if int(model.get_input_embeddings().weight.shape[0]) != rows_after:
         # Same shape as in training, so the adapter's saved embedding rows load as-is.
         model.resize_token_embeddings(rows_after, mean_resizing=False)
-    if manifest.method == "qlora":
-        notes.append(
-            "qlora adapter merged onto the full-precision base, not onto the 4-bit "
-            "weights it was trained against (see docs/export.md)"
-        )
+    if manifest.method == "qlora" and qlora_base == "dequantized":
+        layers = round_trip_linear_layers(model)
+        notes.append(f"qlora: {layers} linear layers rounded through NF4 before merging, "
+                     "as the adapter saw them in training")  # fmt: skip
+    elif manifest.method == "qlora":
+        notes.append("qlora: merged onto the original 16-bit weights (merge.qlora_base)")
         events.emit(Log(STAGE, notes[-1], level="warning"))
     events.emit(Progress(STAGE, 1, len(STEPS), message="applying adapter"))
     peft_model = PeftModel.from_pretrained(model, manifest.weights_dir)

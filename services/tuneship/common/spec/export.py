@@ -26,6 +26,11 @@ class MergeSpec(Section):
 
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     max_shard_size: str = "2GB"
+    qlora_base: Literal["dequantized", "original"] = Field(
+        "dequantized",
+        description="QLoRA only: merge onto the NF4-rounded base the adapter was trained "
+        "against (dequantized) or onto the original 16-bit weights.",
+    )
 
 
 class ExportSpec(Section):
