@@ -125,3 +125,14 @@ def test_training_tags_are_a_warning_in_hf_and_an_error_in_a_gguf(
     done, fixed = fix_hf(model_dir)
     assert not has_training_tags(template.read_text()) and done
     assert all(f.severity == "ok" for f in fixed.findings if f.check == "chat_template")
+
+
+def test_gguf_without_merge_scores_is_flagged_and_tuneship_convert_restores_them(
+    tiny_chatml: Path, tiny_chatml_gguf: Path, toolchain: Toolchain, tmp_path: Path
+) -> None:
+    plain = check_gguf(tiny_chatml_gguf)
+    assert any("placeholder" in f.message for f in plain.findings if f.severity == "warning")
+    ours = convert(tiny_chatml, tmp_path / "chatml.gguf", toolchain=toolchain, events=ListSink())
+    report = check_gguf(ours.gguf)
+    assert all(f.severity == "ok" for f in report.findings), report.findings
+    assert report.facts["add_bos"] is False  # ChatML has no BOS; llama.cpp must not add one

@@ -229,7 +229,7 @@ def check_gguf(path: Path) -> DoctorReport:
     report.facts.update(
         architecture=info.architecture, n_tokens=info.n_tokens,
         embedding_rows=info.embedding_rows, output_rows=info.output_rows,
-        special_ids=info.special_ids, tensor_types=info.tensor_types,
+        special_ids=info.special_ids, tensor_types=info.tensor_types, add_bos=info.add_bos,
         bits_per_weight=round(info.bits_per_weight, 3), size_bytes=info.size_bytes,
     )  # fmt: skip
     reconvert = "re-create the GGUF with `tuneship convert` from a model that `doctor` passes"
@@ -253,6 +253,13 @@ def check_gguf(path: Path) -> DoctorReport:
                 "special_tokens", "error",
                 f"{name} id {token_id} is outside the {info.n_tokens} tokens", fix=reconvert,
             )  # fmt: skip
+    if info.placeholder_scores:
+        report.add(
+            "vocab", "warning",
+            "every token score is the same placeholder: llama.cpp merges BPE pairs in an "
+            "arbitrary order and tokenizes differently from the training tokenizer",
+            fix="re-create the GGUF with `tuneship convert` (it restores the merge order)",
+        )  # fmt: skip
     if "eos" not in info.special_ids:
         report.add("special_tokens", "error", "tokenizer.ggml.eos_token_id is missing",
                    fix=reconvert)  # fmt: skip

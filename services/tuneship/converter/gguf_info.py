@@ -37,6 +37,7 @@ class GgufInfo:
     special_ids: dict[str, int]
     add_bos: bool | None
     chat_template: str | None
+    placeholder_scores: bool
     tensor_types: dict[str, int] = field(default_factory=dict)
     n_params: int = 0
     tensor_bytes: int = 0
@@ -81,6 +82,7 @@ def read_gguf(path: Path) -> GgufInfo:
         special_ids=specials,
         add_bos=value("tokenizer.ggml.add_bos_token"),
         chat_template=value("tokenizer.chat_template"),
+        placeholder_scores=_placeholder_scores(reader, value("tokenizer.ggml.model")),
         tensor_types=dict(Counter(t.tensor_type.name for t in reader.tensors)),
         n_params=sum(int(t.n_elements) for t in reader.tensors),
         tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
@@ -99,3 +101,12 @@ def _field_reader(reader: Any) -> Any:
             return None
 
     return value
+
+
+def _placeholder_scores(reader: Any, tokenizer_model: str | None) -> bool:
+    """A SentencePiece-style vocabulary whose merge scores are all the same placeholder."""
+    field = reader.fields.get("tokenizer.ggml.scores")
+    if tokenizer_model != "llama" or field is None or len(field.data) < 2:
+        return False
+    scores = {float(field.parts[i][0]) for i in field.data}
+    return len(scores) == 1
