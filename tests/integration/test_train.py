@@ -109,7 +109,10 @@ def test_manifest_tokenizer_and_metrics(trained) -> None:
     assert manifest["vocab"]["decision"] == "added"
     assert manifest["vocab"]["embedding_rows_after"] == 1088
     assert manifest["mask"]["trained_tokens"] > 0 and manifest["mask"]["train_on"] == "assistant"
-    assert manifest["metrics"]["steps"] == 80 and manifest["metrics"]["padding_fraction"] == 0.0
+    assert manifest["metrics"]["steps"] == 80
+    # sdpa on CPU computes a packed row densely: similar lengths padded together is cheaper
+    assert manifest["metrics"]["batching"] == "padded-length-grouped"
+    assert 0.0 < manifest["metrics"]["padding_fraction"] < 0.2
     assert set(manifest["versions"]) >= {"torch", "transformers", "trl", "peft"}
     tokenizer = AutoTokenizer.from_pretrained(result.out / "tokenizer")
     assert tokenizer.pad_token == "<pad>" and tokenizer.pad_token_id == 1024

@@ -1,12 +1,17 @@
-"""Batches without padding where attention keeps examples apart; length-grouped otherwise.
+"""Batching: padding-free where attention works per example; length-grouped otherwise.
 
 Padding-free: the examples of a batch are concatenated into one row and
 ``position_ids`` restart at 0 for each. With no attention mask, transformers builds a
-block-diagonal causal mask from those positions for every attention implementation
-(eager, sdpa, flash), so no token attends across examples. Whether a given model does
-this is checked by a probe (packed logits must equal per-example logits) before
-training; a model that fails it gets padded, length-grouped batches instead. The mask
-is only derived when no KV cache is in play, so these batches turn the cache off.
+block-diagonal causal mask from those positions for every attention implementation, so
+no token attends across examples (a probe checks it: packed logits must equal
+per-example logits). The mask is only derived when no KV cache is in play, so these
+batches turn the cache off.
+
+Keeping examples apart is not the same as saving work: eager and sdpa attention
+compute the whole packed row (its length squared) and mask most of it away, which costs
+more than the padding it saves. Only the flash-attention kernels attend per example
+(variable-length), so padding-free is used with those; everything else (sdpa on CPU
+in particular) gets padded batches of similar lengths, which leave little padding.
 """
 
 from __future__ import annotations
@@ -108,3 +113,11 @@ def keeps_examples_apart(model: Any, vocab_rows: int) -> bool:
         model.train(was_training)
     scale = alone.abs().max().clamp(min=1.0)
     return bool(((alone - together).abs().max() / scale) < 1e-2)
+
+
+def choose_batching(model: Any, packing: bool, vocab_rows: int) -> str:
+    """``padding-free`` or ``padded-length-grouped`` for this model (see module doc)."""
+    implementation = str(getattr(model.config, "_attn_implementation", "") or "")
+    if packing and "flash" in implementation and keeps_examples_apart(model, vocab_rows):
+        return "padding-free"
+    return "padded-length-grouped"

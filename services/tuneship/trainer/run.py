@@ -23,7 +23,7 @@ from tuneship.trainer.batching import (
     PaddedCollator,
     PaddingFreeCollator,
     TokenCount,
-    keeps_examples_apart,
+    choose_batching,
 )
 from tuneship.trainer.data import load_conversations
 from tuneship.trainer.manifest import build_manifest
@@ -90,14 +90,15 @@ def train(
     encode_all(prepared, spec, events)
 
     model = _with_method(model, spec.train)
-    packed = spec.train.packing and keeps_examples_apart(model, pad.embedding_rows_after)
+    batching = choose_batching(model, spec.train.packing, pad.embedding_rows_after)
+    packed = batching == "padding-free"
     count = TokenCount()
     collator: Any = (
         PaddingFreeCollator(count) if packed else PaddedCollator(pad.pad_token_id, count)
     )
-    events.emit(Log(STAGE, "batches: " + ("padding-free" if packed else "padded, by length")))
-    started = time.monotonic()
+    events.emit(Log(STAGE, f"batches: {batching}"))
     trainer = _trainer(model, prepared, spec.train, partial, collator, events, count, packed)
+    started = time.monotonic()
     trainer.train(resume_from_checkpoint=last_checkpoint(partial / "checkpoints"))
     seconds = time.monotonic() - started
     eval_loss = trainer.evaluate()["eval_loss"] if prepared.eval else None
@@ -109,7 +110,7 @@ def train(
         "train_tokens_per_s": count.real / seconds if seconds > 0 else 0.0,
         "padding_fraction": count.padding_fraction,
         "steps": int(trainer.state.global_step),
-        "batching": "padding-free" if packed else "padded-length-grouped",
+        "batching": batching,
     }
     manifest = build_manifest(spec, base, prepared, pad, measured)
     _finish(model, tokenizer, base, spec.train, pad, manifest, rows, partial, out)

@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tuneship.trainer.batching import PaddedCollator, PaddingFreeCollator, keeps_examples_apart
+from tuneship.trainer.batching import (
+    PaddedCollator,
+    PaddingFreeCollator,
+    choose_batching,
+    keeps_examples_apart,
+)
 from tuneship.trainer.masking import IGNORE
 
 pytestmark = pytest.mark.unit
@@ -53,3 +58,12 @@ def test_packed_logits_equal_separate_logits_on_cpu(
         second = model(input_ids=torch.tensor([FEATURES[1]["input_ids"]])).logits
     torch.testing.assert_close(packed[:, :4], first, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(packed[:, 4:], second, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_attention_gets_length_grouped_batches(tiny_chatml: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_chatml)
+    assert model.config._attn_implementation in ("sdpa", "eager")
+    assert choose_batching(model, True, 1024) == "padded-length-grouped"
+    assert choose_batching(model, False, 1024) == "padded-length-grouped"

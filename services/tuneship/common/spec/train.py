@@ -34,8 +34,8 @@ class TrainSpec(Section):
     weight_decay: float = Field(0.0, ge=0.0)
     packing: bool = Field(
         True,
-        description="Padding-free batches when attention keeps examples apart (checked), "
-        "else padded length-grouped batches.",
+        description="Padding-free batches with flash-attention kernels (checked to keep "
+        "examples apart); padded length-grouped batches otherwise or when false.",
     )
     pad_to_multiple_of: int = Field(64, gt=0, description="Embedding rows when <pad> is added.")
     save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps.")

@@ -1,0 +1,157 @@
+"""Training throughput: tuneship's trainer vs TRL ``SFTTrainer`` defaults, same everything else.
+
+Same model (tiny-chatml, built offline), same multi-turn conversations with a spread of
+lengths, same LoRA, batch size, steps, seed and machine, in one process. TRL runs twice:
+with its defaults as a user gets them (pad to the longest example, no packing,
+activation checkpointing on), and with activation checkpointing off so that only the
+batching differs. ``ratio`` compares with the defaults, ``ratio_batching_only`` with
+the second.
+
+Throughput is real (non-pad) tokens per second of the training loop. Writes
+``bench/results/train_throughput.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tuneship.common.events import NullSink
+from tuneship.common.spec import PipelineSpec
+from tuneship.testing.conversations import sample_conversations, write_jsonl
+from tuneship.testing.fixtures import build_fixture
+from tuneship.trainer import train
+
+RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
+CONVERSATIONS, MAX_EXCHANGES, BATCH, STEPS, SEED = 1024, 10, 8, 24, 42
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
+
+
+class CountingCollator:
+    """Wraps a collator to count real and padded tokens of the batches it builds."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.real = 0
+        self.total = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> Any:
+        batch = self.inner(features)
+        self.real += int(batch["attention_mask"].sum())
+        self.total += batch["attention_mask"].numel()
+        return batch
+
+
+def run_tuneship(base: Path, data: Path, work: Path) -> dict[str, Any]:
+    spec = PipelineSpec.model_validate(
+        {
+            "apiVersion": "tuneship/v1",
+            "metadata": {"name": "bench"},
+            "model": {"base": str(base)},
+            "dataset": {"train": str(data), "eval_fraction": 0.0, "max_length": 4096},
+            "train": {
+                "max_steps": STEPS,
+                "per_device_train_batch_size": BATCH,
+                "save_steps": STEPS,
+                "seed": SEED,
+                "lora": LORA,
+            },
+        }
+    )
+    out = Path(tempfile.mkdtemp(prefix="tuneship-", dir=work)) / "out"
+    metrics = train(spec, base, out, NullSink(), resume=False).manifest["metrics"]
+    return {
+        "tokens_per_s": metrics["train_tokens_per_s"],
+        "padding_fraction": metrics["padding_fraction"],
+        "batching": metrics["batching"],
+    }
+
+
+def run_trl(base: Path, conversations: list, work: Path, checkpointing: bool) -> dict[str, Any]:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    config = SFTConfig(
+        output_dir=str(work / "trl"),
+        max_steps=STEPS,
+        per_device_train_batch_size=BATCH,
+        seed=SEED,
+        max_length=4096,
+        activation_checkpointing=checkpointing,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+        args=config,
+        train_dataset=Dataset.from_list([{"messages": c} for c in conversations]),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA),
+    )
+    counter = CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    started = time.monotonic()
+    trainer.train()
+    seconds = time.monotonic() - started
+    return {
+        "tokens_per_s": counter.real / seconds,
+        "padding_fraction": 1 - counter.real / counter.total,
+        "batching": "padded to longest, no packing",
+        "activation_checkpointing": checkpointing,
+    }
+
+
+def main() -> None:
+    torch.set_num_threads(torch.get_num_threads())
+    with tempfile.TemporaryDirectory(prefix="tuneship-bench-") as tmp:
+        work = Path(tmp)
+        base = build_fixture("tiny-chatml", work / "tiny-chatml")
+        conversations = sample_conversations(
+            CONVERSATIONS, SEED, kind="chat", max_exchanges=MAX_EXCHANGES
+        )
+        data = write_jsonl(work / "chat.jsonl", [{"messages": c} for c in conversations])
+        # alternate and keep the best of each: the machine may be shared
+        runs: list[tuple[dict, dict, dict]] = []
+        for _ in range(2):
+            runs.append(
+                (
+                    run_tuneship(base, data, work),
+                    run_trl(base, conversations, work, checkpointing=True),
+                    run_trl(base, conversations, work, checkpointing=False),
+                )
+            )
+        ours, theirs, plain = (
+            max((r[i] for r in runs), key=lambda r: r["tokens_per_s"]) for i in range(3)
+        )
+    result = {
+        "model": "tiny-chatml (LlamaForCausalLM, hidden 256, 2 layers, fp32)",
+        "dataset": f"{CONVERSATIONS} chat conversations, 1-{MAX_EXCHANGES} exchanges",
+        "steps": STEPS,
+        "batch_size": BATCH,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+        + ("cuda" if torch.cuda.is_available() else "cpu"),
+        "unit": "real (non-pad) tokens per second of the training loop, best of 2 runs each",
+        "tuneship": ours,
+        "trl_sft_defaults": theirs,
+        "trl_sft_no_checkpointing": plain,
+        "ratio": ours["tokens_per_s"] / theirs["tokens_per_s"],
+        "ratio_batching_only": ours["tokens_per_s"] / plain["tokens_per_s"],
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
