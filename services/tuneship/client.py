@@ -57,6 +57,8 @@ class StageInfo:
     error: str
     outputs: dict[str, str]
     summary: dict[str, Any]
+    started: float = 0.0
+    finished: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def pipeline_info(message: pipeline_pb2.Pipeline) -> PipelineInfo:
         StageInfo(
             s.stage, PHASES[s.phase], s.attempts, s.error,
             {k: v.key for k, v in s.outputs.items()},
-            json.loads(s.summary_json) if s.summary_json else {},
+            json.loads(s.summary_json) if s.summary_json else {}, s.started, s.finished,
         )
         for s in message.stages
     ]  # fmt: skip

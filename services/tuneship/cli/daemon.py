@@ -9,6 +9,8 @@ Environment (read here, once, and passed down):
 - ``TUNESHIP_WORKERS``: ``train=host:port,merge=host:port,export=host:port,publish=host:port``.
 - ``TUNESHIP_LIMITS``: per-stage concurrency, e.g. ``train=4,merge=2`` (default 1 each).
 - ``OLLAMA_HOST``: the Ollama sidecar of the serving service.
+- ``TUNESHIP_SERVING_BACKEND``: ``ollama`` (default, the sidecar) or ``llama-server``
+  (models served by the pinned llama.cpp in the serving process itself).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import threading
 from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from tuneship.common.errors import InvalidInput
 from tuneship.common.settings import Settings
@@ -51,7 +54,10 @@ def controller_settings(env: Mapping[str, str], host: str, port: int) -> Control
     limits = {
         k: int(v) for k, v in _pairs(env.get("TUNESHIP_LIMITS", ""), "TUNESHIP_LIMITS").items()
     }
-    state = env.get("TUNESHIP_STATE_URL") or f"sqlite:///{settings.data_dir.resolve() / 'state.db'}"
+    state = env.get("TUNESHIP_STATE_URL")
+    if not state:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        state = f"sqlite:///{settings.data_dir.resolve() / 'state.db'}"
     return ControllerSettings(
         state_url=state, workers=workers, limits={**dict.fromkeys(STAGES, 1), **limits},
         host=host, port=port,
@@ -79,11 +85,8 @@ def serve_component(component: str, host: str, port: int, env: Mapping[str, str]
         else:
             backend = None
             if component == "serving":
-                from tuneship.serving import OllamaBackend
-
-                backend = stack.enter_context(
-                    OllamaBackend(env.get("OLLAMA_HOST", "http://127.0.0.1:11434"))
-                )
+                kind = env.get("TUNESHIP_SERVING_BACKEND", "ollama")
+                backend = _serving_backend(kind, env, settings, stack)
             toolchain = find_toolchain(settings).require_all() if component == "converter" else None
             server, _ = component_server(
                 component, store, Path(env.get("TUNESHIP_WORK_DIR", "/tmp/tuneship")),
@@ -92,3 +95,17 @@ def serve_component(component: str, host: str, port: int, env: Mapping[str, str]
             )  # fmt: skip
             stack.callback(server.stop)
         stop.wait()
+
+
+def _serving_backend(
+    kind: str, env: Mapping[str, str], settings: Settings, stack: ExitStack
+) -> Any:
+    from tuneship.serving import LlamaServerBackend, OllamaBackend
+
+    if kind == "ollama":
+        return stack.enter_context(OllamaBackend(env.get("OLLAMA_HOST", "http://127.0.0.1:11434")))
+    if kind == "llama-server":
+        work = Path(env.get("TUNESHIP_WORK_DIR", "/tmp/tuneship")) / "serving"
+        return stack.enter_context(LlamaServerBackend(find_toolchain(settings), work))
+    raise InvalidInput(f"unknown serving backend {kind!r}", where="TUNESHIP_SERVING_BACKEND",
+                       hint="ollama or llama-server")  # fmt: skip

@@ -255,8 +255,8 @@ def submit(
         client = PipelineClient(controller)
         created = client.submit_batch(texts, priority) if len(texts) > 1 else [
             client.submit(texts[0], priority)]  # fmt: skip
-        for info in created:
-            out.print(json.dumps(info.as_dict()) if as_json else f"{info.id}\t{info.phase}")
+        for info in created:  # plain lines: scripts read them
+            typer.echo(json.dumps(info.as_dict()) if as_json else f"{info.id}\t{info.phase}")
         if watch and len(created) == 1:
             final = follow(client, created[0].id, err)
             raise typer.Exit(code=0 if final.phase == "succeeded" else 1)
@@ -293,7 +293,7 @@ def logs(
             if event.kind == "progress":
                 continue
             if as_json:
-                out.print(json.dumps(vars(event)), highlight=False)
+                typer.echo(json.dumps(vars(event)))
             else:
                 out.print(
                     f"{event.seq:>5} {event.stage or '-':<8} {escape(event.text)}", highlight=False
@@ -343,7 +343,7 @@ def list_cmd(
     except TuneshipError as exc:
         raise _fail(exc) from exc
     if as_json:
-        out.print(json.dumps({"pipelines": [i.as_dict() for i in items], "next_page": next_page}))
+        typer.echo(json.dumps({"pipelines": [i.as_dict() for i in items], "next_page": next_page}))
         return
     table = Table()
     for column in ("id", "phase", "stage", "updated", "error"):
@@ -367,7 +367,7 @@ def _one(action: str, pipeline_id: str, controller: str, as_json: bool) -> None:
         out.print(f"deleted {pipeline_id}")
         return
     if as_json:
-        out.print(json.dumps(info.as_dict()))
+        typer.echo(json.dumps(info.as_dict()))
         return
     out.print(f"{info.id}: {info.phase} {info.error}")
     for stage in info.stages:
@@ -417,9 +417,27 @@ def serve(
         raise _fail(exc) from exc
 
 
+def validate(
+    specs: Annotated[list[Path], typer.Argument(help="Spec files to check.")],
+) -> None:
+    """Check specs without running anything: every problem with file:line and field path."""
+    failed = False
+    for path in specs:
+        try:
+            spec = load_spec(path)
+        except TuneshipError as exc:
+            err.print(f"[bold red]{escape(str(path))}:[/] {escape(exc.render())}", highlight=False)
+            failed = True
+        else:
+            out.print(f"{path}: ok ({spec.metadata.name}, {spec.train.method}, "
+                      f"{', '.join(spec.export.quant_types)})")  # fmt: skip
+    raise typer.Exit(code=2 if failed else 0)
+
+
 def register(app: typer.Typer) -> None:
     """Add the pipeline commands to the ``tuneship`` app."""
     app.command("run")(run)
+    app.command("validate")(validate)
     app.command("submit")(submit)
     app.command("watch")(watch_cmd)
     app.command("logs")(logs)

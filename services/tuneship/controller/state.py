@@ -26,9 +26,10 @@ from sqlalchemy import (
     event,
     select,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from tuneship.common.errors import NotFound
+from tuneship.common.errors import NotFound, Unavailable
 from tuneship.controller.machine import STAGES, Phase, check_move
 
 
@@ -146,7 +147,14 @@ class StateStore:
         self.engine = create_engine(url, future=True)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError as exc:
+            raise Unavailable(
+                f"cannot open the state database: {exc.orig}",
+                where=self.engine.url.render_as_string(hide_password=True),
+                hint="check TUNESHIP_STATE_URL (its directory must exist and be writable)",
+            ) from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.RLock()  # SQLite allows one writer; keep it orderly
         self.changed = threading.Condition()
