@@ -176,3 +176,17 @@ def test_qlora_trains_on_a_gpu(tiny_chatml: Path, sample_data, tmp_path) -> None
     spec = make_spec(tiny_chatml, sample_data / "pirate", method="qlora", max_steps=4)
     result = train(spec, tiny_chatml, tmp_path / "o", ListSink())
     assert result.steps == 4 and (result.out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_full_fine_tune_writes_a_consistent_model(tiny_llama2: Path, sample_data, tmp_path) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    spec = make_spec(tiny_llama2, sample_data / "pirate", method="full", max_steps=3)
+    result = train(spec, tiny_llama2, tmp_path / "o", ListSink())
+    model_dir = result.out / "model"
+    assert (model_dir / "model.safetensors").is_file() and not list(model_dir.glob("*.bin"))
+    assert not (result.out / "adapter").exists()
+    config = AutoConfig.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(result.out / "tokenizer")
+    assert config.vocab_size == 1088 and len(tokenizer) == 1025
+    assert config.pad_token_id == tokenizer.pad_token_id == 1024
