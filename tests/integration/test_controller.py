@@ -268,3 +268,25 @@ def test_errors_carry_status_codes(cluster_factory) -> None:
     cluster.stub.Delete(pipeline_pb2.DeleteRequest(id=pid))
     with pytest.raises(grpc.RpcError):
         cluster.stub.Get(pipeline_pb2.GetRequest(id=pid))
+
+
+def test_every_server_answers_health_checks_and_reflection(cluster_factory) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    cluster = cluster_factory()
+    addresses = [cluster.controller.address, *(w.address for w in cluster.workers)]
+    services = set()
+    for address in addresses:
+        channel = grpc.insecure_channel(address)
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        [answer] = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([request])
+        )
+        services |= {s.name for s in answer.list_services_response.service}
+    assert {
+        "tuneship.v1.PipelineService", "tuneship.v1.TrainerService", "tuneship.v1.MergerService",
+        "tuneship.v1.ConverterService", "tuneship.v1.ServingService",
+    } <= services  # fmt: skip
