@@ -195,6 +195,13 @@ class PipelineClient:
     def chat(self, pipeline_id: str, messages: builtins.list[dict[str, str]],
              **options: float) -> Iterator[str]:  # fmt: skip
         """Stream the answer of the model a pipeline published."""
+        for text, _final in self.chat_pieces(pipeline_id, messages, **options):
+            if text:
+                yield text
+
+    def chat_pieces(self, pipeline_id: str, messages: builtins.list[dict[str, str]],
+                    **options: float) -> Iterator[tuple[str, dict[str, Any]]]:  # fmt: skip
+        """(text, final) pairs; the last has ``final["done_reason"]`` ("stop"/"length")."""
         request = pipeline_pb2.PipelineChatRequest(
             id=pipeline_id,
             messages=[
@@ -204,8 +211,8 @@ class PipelineClient:
         )
         try:
             for chunk in self._stub.Chat(request, timeout=300):
-                if chunk.content:
-                    yield chunk.content
+                final = {"done_reason": chunk.done_reason} if chunk.done else {}
+                yield chunk.content, final
         except grpc.RpcError as exc:
             raise _error(exc, self.address) from exc
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from tuneship.common.jobs import Artifact
-from tuneship.common.wire import Server, StageServicer, stage_service, start_server
-from tuneship.controller.app import Controller, ControllerSettings, start_controller
+from tuneship.controller.app import ControllerSettings, start_controller
 from tuneship.controller.machine import STAGES
 from tuneship.controller.scheduler import RetryPolicy
+from tuneship.testing.cluster import Cluster, start_cluster, upload_nothing
 from tuneship.testing.stages import ScriptedStage
 from tuneship.v1 import pipeline_pb2, pipeline_pb2_grpc, workers_pb2
 
@@ -28,64 +26,6 @@ metadata: {{name: {name}}}
 model: {{base: s3://models/tiny}}
 dataset: {{train: s3://data/train.jsonl}}
 """
-
-
-@dataclass
-class Cluster:
-    stages: dict[str, ScriptedStage]
-    servicers: dict[str, StageServicer]
-    workers: list[Server]
-    controller: Controller
-    stub: pipeline_pb2_grpc.PipelineServiceStub
-
-    def wait(self, pipeline_id: str, *phases: int, timeout_s: float = 20) -> pipeline_pb2.Pipeline:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            got = self.stub.Get(pipeline_pb2.GetRequest(id=pipeline_id))
-            if got.phase in phases:
-                return got
-            time.sleep(0.05)
-        raise AssertionError(f"{pipeline_id} stayed {pipeline_pb2.Phase.Name(got.phase)}: {got}")
-
-
-def upload_nothing(spec) -> dict[str, Artifact]:
-    return {
-        "base": Artifact("inputs/base/manifest.json"),
-        "train": Artifact("inputs/t/manifest.json"),
-    }
-
-
-def start_cluster(
-    tmp_path: Path,
-    stages: dict[str, ScriptedStage],
-    capacity: dict[str, int],
-    limits: dict[str, int] | None = None,
-    heartbeat_s: float = 30,
-) -> Cluster:
-    servicers, workers = {}, []
-    for name in STAGES:
-        servicer = StageServicer(
-            name, stages[name], capacity=capacity.get(name, 1), keepalive_s=0.5
-        )
-        extra = {"Chat": chat_echo} if name == "publish" else None
-        add, impl, service = stage_service(servicer, extra)
-        servicers[name] = servicer
-        workers.append(start_server([(add, impl)], [service]))
-    settings = ControllerSettings(
-        state_url=f"sqlite:///{tmp_path / 'state.db'}",
-        workers={name: w.address for name, w in zip(STAGES, workers, strict=True)},
-        limits=limits or dict.fromkeys(STAGES, 1),
-        retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2),
-        heartbeat_timeout_s=heartbeat_s,
-    )
-    controller = start_controller(settings, upload_nothing)
-    stub = pipeline_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(controller.address))
-    return Cluster(stages, servicers, workers, controller, stub)
-
-
-def chat_echo(request: workers_pb2.ChatRequest, context) -> Iterator[workers_pb2.ChatChunk]:
-    yield workers_pb2.ChatChunk(content=f"{request.model} heard {request.messages[-1].content}")
-    yield workers_pb2.ChatChunk(done=True, done_reason="stop")
 
 
 @pytest.fixture
@@ -101,9 +41,7 @@ def cluster_factory(tmp_path: Path) -> Iterator:
 
     yield make
     for cluster in made:
-        cluster.controller.stop()
-        for worker in cluster.workers:
-            worker.stop(0)
+        cluster.stop()
 
 
 def submit(cluster: Cluster, name: str, priority: int = 0) -> str:

@@ -434,6 +434,24 @@ def validate(
     raise typer.Exit(code=2 if failed else 0)
 
 
+class ControllerChat:
+    """The chat part of a serving backend, through a controller: the model a pipeline
+    published, named by the pipeline's id (``tuneship chat ID --controller ADDR``)."""
+
+    kind = "controller"
+
+    def __init__(self, client: PipelineClient) -> None:
+        self.client = client
+
+    def show(self, name: str) -> PipelineInfo:
+        return self.client.get(name)
+
+    def chat(self, name: str, messages: list[dict[str, str]], **options: float) -> Any:
+        from tuneship.serving.backend import ChatStream
+
+        return ChatStream(self.client.chat_pieces(name, messages, **options))
+
+
 def register(app: typer.Typer) -> None:
     """Add the pipeline commands to the ``tuneship`` app."""
     app.command("run")(run)

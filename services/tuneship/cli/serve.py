@@ -153,6 +153,10 @@ def chat(
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Token limit per answer.")] = 512,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    controller: Annotated[
+        str | None,
+        typer.Option("--controller", help="Chat through a controller; MODEL is a pipeline id."),
+    ] = None,
 ) -> None:
     """Chat in the terminal: answers stream; /reset forgets, /bye (or end of input) quits."""
     from tuneship.serving import ChatSession
@@ -162,7 +166,13 @@ def chat(
         options["temperature"] = temperature
     try:
         with ExitStack() as stack:
-            chosen = open_backend(backend, ollama_url, Settings.from_env(), stack)
+            if controller:
+                from tuneship.cli.pipeline import ControllerChat
+                from tuneship.client import PipelineClient
+
+                chosen: Any = ControllerChat(PipelineClient(controller))
+            else:
+                chosen = open_backend(backend, ollama_url, Settings.from_env(), stack)
             chosen.show(model)
             _repl(ChatSession(chosen, model, system=system, options=options))
     except TuneshipError as exc:

@@ -90,7 +90,9 @@ class ServingRpcs:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         if not messages:
             raise InvalidInput("a chat needs at least one message", where="ChatRequest.messages")
-        stream = self.backend.chat(request.model, messages, **dict(request.options))
+        # Options travel as doubles; integral ones (num_predict, seed) go back to ints.
+        options = {k: int(v) if float(v).is_integer() else v for k, v in request.options.items()}
+        stream = self.backend.chat(request.model, messages, **options)
         for piece in stream:
             yield workers_pb2.ChatChunk(content=piece)
         yield workers_pb2.ChatChunk(done=True, done_reason=stream.done_reason or "stop")

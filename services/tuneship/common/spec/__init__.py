@@ -7,6 +7,7 @@ against the spec file's directory.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,8 +141,11 @@ def load_spec(path: Path) -> PipelineSpec:
     return parse_spec(text, str(path), path.resolve().parent)
 
 
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:")  # s3://, hf://, store:...
+
+
 def _local(value: str | None, base_dir: Path) -> str | None:
-    if value is None or "://" in value or Path(value).is_absolute():
+    if value is None or _SCHEME.match(value) or Path(value).is_absolute():
         return value
     return str((base_dir / value).resolve())
 
