@@ -75,19 +75,8 @@ def train(
     if not resume:
         shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True, exist_ok=True)
-
-    tokenizer, template, mask = prepare_tokenizer(spec, base)
-    model = model_io.load_model(base, spec.model, spec.train)
-    pad = apply_pad(
-        tokenizer,
-        model,
-        forbidden_pad_ids(tokenizer, model, mask.end_of_turn_ids()),
-        template.text,
-        spec.train.pad_to_multiple_of,
-    )
-    events.emit(Log(STAGE, f"pad token: {pad.pad_token!r} (id {pad.pad_token_id}, {pad.decision})"))
-    prepared = PreparedData(tokenizer, template, mask, load_conversations(spec.dataset))
-    encode_all(prepared, spec, events)
+    prepared, model, pad = _load(spec, base, events)
+    tokenizer = prepared.tokenizer
 
     model = _with_method(model, spec.train)
     batching = choose_batching(model, spec.train.packing, pad.embedding_rows_after)
@@ -116,6 +105,25 @@ def train(
     _finish(model, tokenizer, base, spec.train, pad, manifest, rows, partial, out)
     events.emit(Log(STAGE, f"trained {measured['steps']} steps; output in {out}"))
     return TrainResult(out, manifest)
+
+
+def _load(
+    spec: PipelineSpec, base: Path, events: EventSink
+) -> tuple[PreparedData, Any, PadDecision]:
+    """Tokenizer, template, model with its pad token, and the masked examples."""
+    tokenizer, template, mask = prepare_tokenizer(spec, base)
+    model = model_io.load_model(base, spec.model, spec.train)
+    pad = apply_pad(
+        tokenizer,
+        model,
+        forbidden_pad_ids(tokenizer, model, mask.end_of_turn_ids()),
+        template.text,
+        spec.train.pad_to_multiple_of,
+    )
+    events.emit(Log(STAGE, f"pad token: {pad.pad_token!r} (id {pad.pad_token_id}, {pad.decision})"))
+    prepared = PreparedData(tokenizer, template, mask, load_conversations(spec.dataset))
+    encode_all(prepared, spec, events)
+    return prepared, model, pad
 
 
 def _with_method(model: Any, train: TrainSpec) -> Any:
