@@ -77,10 +77,23 @@ def local_base(spec: PipelineSpec) -> Path:
     return Path(spec.model.base)
 
 
+def quiet_libraries() -> None:
+    """Progress and advice go through tuneship's own output, not the libraries' bars."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*save_embedding_layers.*")
+
+
 def run_train(spec_path: Path, out: Path, resume: bool, console: Console) -> dict[str, Any]:
     """Train from a spec file; returns the training manifest."""
     from tuneship.trainer import train
 
+    quiet_libraries()
     spec = load_spec(spec_path)
     with RichTrainSink(console) as sink:
         result = train(spec, local_base(spec), out.resolve(), sink, resume=resume)
@@ -97,6 +110,7 @@ def run_inspect(spec_path: Path, count: int, as_json: bool, console: Console) ->
     """Print ``count`` rendered examples with the trained tokens highlighted (or JSON)."""
     from tuneship.trainer import inspect_data
 
+    quiet_libraries()
     spec = load_spec(spec_path)
     report = inspect_data(spec, local_base(spec), count)
     if as_json:
