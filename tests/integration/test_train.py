@@ -190,3 +190,18 @@ def test_full_fine_tune_writes_a_consistent_model(tiny_llama2: Path, sample_data
     tokenizer = AutoTokenizer.from_pretrained(result.out / "tokenizer")
     assert config.vocab_size == 1088 and len(tokenizer) == 1025
     assert config.pad_token_id == tokenizer.pad_token_id == 1024
+
+
+def test_padding_free_batches_train_through_the_trainer(
+    tiny_chatml: Path, sample_data, tmp_path, monkeypatch
+) -> None:
+    """The path flash-attention GPUs take, run here on sdpa (correct, just not faster)."""
+    from tuneship.trainer import run
+
+    monkeypatch.setattr(run, "choose_batching", lambda *args: "padding-free")
+    spec = make_spec(tiny_chatml, sample_data / "pirate", **{**PIRATE_TRAIN, "max_steps": 30})
+    result = train(spec, tiny_chatml, tmp_path / "o", ListSink())
+    metrics = result.manifest["metrics"]
+    assert metrics["batching"] == "padding-free" and metrics["padding_fraction"] == 0.0
+    rows = [json.loads(line) for line in (result.out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"] / 2
