@@ -62,6 +62,18 @@ def test_merge_convert_quantize_evaluate_doctor(
     done = run(["doctor", str(q4)])
     assert done.returncode == 0 and "1025 tokens = 1025 token_embd rows" in done.stdout
 
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "apiVersion: tuneship/v1\nmetadata: {name: pirate}\nmodel: {base: unused}\n"
+        f"dataset: {{train: {sample_data / 'pirate' / 'train.jsonl'}, eval: {eval_data}}}\n"
+        "export: {quant_types: [q4_k_m, iq4_xs], max_kld: 0.5}\n"
+    )
+    done = run(["export", str(merged), str(tmp_path / "export"), "--spec", str(spec)])
+    assert done.returncode == 0, done.stderr
+    assert "recommended:" in done.stdout
+    names = {p.name for p in (tmp_path / "export").iterdir()}
+    assert {"pirate-f16.gguf", "pirate-q4_k_m.gguf", "pirate-iq4_xs.gguf", "report.md"} <= names
+
 
 def test_doctor_fix_then_convert_the_field_notes_failure(tiny_llama2: Path, tmp_path: Path) -> None:
     import shutil
