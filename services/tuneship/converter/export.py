@@ -56,6 +56,12 @@ def export(
     """
     ex = spec.export
     check_types(ex.quant_types, imatrix_policy=ex.imatrix)
+    if ex.outtype == "q8_0" and any(t != "q8_0" for t in ex.quant_types):
+        raise InvalidInput(
+            "quantizing from a q8_0 GGUF would quantize twice and lose quality",
+            where="export.outtype",
+            hint="use outtype f16 or bf16 as the baseline, and q8_0 as one of the quant_types",
+        )
     held_out = load_conversations(_require(eval_data, "eval_data"))
     train_path = Path(spec.dataset.train)
     train = load_conversations(train_path) if train_path.is_file() else held_out

@@ -43,3 +43,17 @@ def test_spec_accepts_llama_cpp_names_in_any_case_and_rejects_others() -> None:
     assert ExportSpec(quant_types=["Q4_K_M", "q8_0", "q4_k_m"]).quant_types == ["q4_k_m", "q8_0"]
     with pytest.raises(ValidationError, match="q9_k"):
         ExportSpec(quant_types=["q9_k"])
+
+
+def test_export_refuses_to_quantize_from_a_q8_0_baseline(tmp_path: Path) -> None:
+    from tuneship.common.spec import parse_spec
+    from tuneship.converter import export
+
+    spec = parse_spec(
+        "apiVersion: tuneship/v1\nmetadata: {name: m}\nmodel: {base: b}\ndataset: {train: t}\n"
+        "export: {outtype: q8_0, quant_types: [q4_k_m]}\n"
+    )
+    with pytest.raises(InvalidInput) as caught:
+        export(spec, tmp_path, tmp_path / "out", NullSink(), Toolchain("0", "none", ()),
+               eval_data=None)  # fmt: skip
+    assert caught.value.where == "export.outtype"
