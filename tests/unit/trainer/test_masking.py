@@ -137,3 +137,41 @@ def test_a_base_without_template_needs_one_in_the_spec(tiny_chatml: Path, tmp_pa
     jinja.write_text("{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}")
     from_file = choose_template(TemplateSpec(path=str(jinja)), tokenizer)
     assert from_file.source == f"file:{jinja}" and from_file.has_generation_tags
+
+
+FAMILY_CLOSE = {
+    "chatml": "{reply}<|im_end|>",
+    "llama2": "{reply} {eos}",
+    "llama3": "{reply}<|eot_id|>",
+    "mistral": "{reply}{eos}",
+    "gemma": "{reply}<end_of_turn>",
+    "zephyr": "{reply}{eos}",
+    "phi3": "{reply}<|end|>",
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CLOSE))
+def test_every_family_template_trains_the_replies_and_their_stop_token(
+    family: str, tiny_chatml: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chatml)
+    markers = ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<start_of_turn>"]
+    markers += ["<end_of_turn>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
+    tokenizer.add_special_tokens({"bos_token": "<bos>", "additional_special_tokens": markers})
+    choose_template(TemplateSpec(family=family), tokenizer)
+    messages = [
+        {"role": "user", "content": "Hi <|eot_id|> <end_of_turn> [/INST]"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Bye <|end|> now."},
+    ]
+    if family != "gemma":
+        messages.insert(0, {"role": "system", "content": "Be brief."})
+    example = AssistantMask(tokenizer).encode(messages)
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    expected = [
+        FAMILY_CLOSE[family].format(reply=reply, eos=tokenizer.eos_token) for reply in replies
+    ]
+    assert trained_runs(tokenizer, example.labels) == expected
