@@ -77,8 +77,10 @@ def load_conversations(spec: DatasetSpec) -> ConversationSet:
     """
     digest = hashlib.sha256()
     skipped: list[Skipped] = []
-    train = _read_valid(Path(spec.train), spec, skipped, digest)
-    evaluation = _read_valid(Path(spec.eval), spec, skipped, digest) if spec.eval else []
+    train = _read_valid(Path(spec.train), "dataset.train", spec, skipped, digest)
+    evaluation = (
+        _read_valid(Path(spec.eval), "dataset.eval", spec, skipped, digest) if spec.eval else []
+    )
     train, duplicates = _dedupe(train) if spec.dedupe else (train, 0)
     if not spec.eval:
         train, evaluation = _split(train, spec.eval_fraction, spec.seed)
@@ -92,10 +94,10 @@ def load_conversations(spec: DatasetSpec) -> ConversationSet:
 
 
 def _read_valid(
-    path: Path, spec: DatasetSpec, skipped: list[Skipped], digest: Any
+    path: Path, field: str, spec: DatasetSpec, skipped: list[Skipped], digest: Any
 ) -> list[Conversation]:
     if not path.is_file():
-        raise NotFound(f"dataset file not found: {path}", where="dataset.train")
+        raise NotFound(f"dataset file not found: {path}", where=field)
     digest.update(path.read_bytes())
     valid = []
     for where, record in _records(path):
