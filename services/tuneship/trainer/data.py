@@ -94,10 +94,10 @@ def load_conversations(spec: DatasetSpec) -> ConversationSet:
 
 
 def _read_valid(
-    path: Path, field: str, spec: DatasetSpec, skipped: list[Skipped], digest: Any
+    path: Path, spec_field: str, spec: DatasetSpec, skipped: list[Skipped], digest: Any
 ) -> list[Conversation]:
     if not path.is_file():
-        raise NotFound(f"dataset file not found: {path}", where=field)
+        raise NotFound(f"dataset file not found: {path}", where=spec_field)
     digest.update(path.read_bytes())
     valid = []
     for where, record in _records(path):
