@@ -8,10 +8,15 @@ from tuneship.common.jobs import Artifact
 from tuneship.common.wire import Server, start_server
 from tuneship.controller.machine import STAGES
 from tuneship.controller.scheduler import RetryPolicy, Scheduler
-from tuneship.controller.servicer import ChatForwarder, InputUploader, PipelineServicer
+from tuneship.controller.servicer import (
+    SERVICE_NAME,
+    ChatForwarder,
+    InputUploader,
+    PipelineServicer,
+    add_to_server,
+)
 from tuneship.controller.state import PipelineView, StateStore
 from tuneship.controller.wire_clients import GrpcWorkers
-from tuneship.v1 import pipeline_pb2_grpc
 
 # Which earlier outputs and pipeline inputs each stage reads, by input name.
 STAGE_INPUTS: dict[str, dict[str, str]] = {
@@ -86,8 +91,8 @@ def start_controller(
     forward = chat or (workers.chat if "publish" in settings.workers else None)
     servicer = PipelineServicer(state, scheduler, upload_inputs, forward)
     server = start_server(
-        [(pipeline_pb2_grpc.add_PipelineServiceServicer_to_server, servicer)],
-        ["tuneship.v1.PipelineService"],
+        [(add_to_server, servicer)],
+        [SERVICE_NAME],
         host=settings.host,
         port=settings.port,
     )

@@ -16,6 +16,9 @@ from tuneship.controller.scheduler import Scheduler
 from tuneship.controller.state import EventView, PipelineView, StateStore
 from tuneship.v1 import pipeline_pb2, pipeline_pb2_grpc, stage_pb2, workers_pb2
 
+SERVICE_NAME = "tuneship.v1.PipelineService"
+add_to_server = pipeline_pb2_grpc.add_PipelineServiceServicer_to_server
+
 InputUploader = Callable[[PipelineSpec], dict[str, Artifact]]
 ChatForwarder = Callable[[workers_pb2.ChatRequest], Iterator[workers_pb2.ChatChunk]]
 
