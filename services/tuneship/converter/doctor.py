@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tuneship.common.errors import NotFound
-from tuneship.converter.gguf_info import read_gguf
+from tuneship.converter.gguf_info import GgufInfo, read_gguf
 from tuneship.converter.template import has_training_tags, read_chat_template
 
 Severity = Literal["error", "warning", "ok"]
@@ -222,6 +222,9 @@ def _check_template(report: DoctorReport, template: str | None) -> None:
         report.add("chat_template", "ok", "present, no training-only tags")
 
 
+RECONVERT = "re-create the GGUF with `tuneship convert` from a model that `doctor` passes"
+
+
 def check_gguf(path: Path) -> DoctorReport:
     """Token count vs tensor rows, special ids, template, architecture and tensor types."""
     info = read_gguf(path)
@@ -232,49 +235,12 @@ def check_gguf(path: Path) -> DoctorReport:
         special_ids=info.special_ids, tensor_types=info.tensor_types, add_bos=info.add_bos,
         bits_per_weight=round(info.bits_per_weight, 3), size_bytes=info.size_bytes,
     )  # fmt: skip
-    reconvert = "re-create the GGUF with `tuneship convert` from a model that `doctor` passes"
     if not info.architecture:
-        report.add("architecture", "error", "general.architecture is missing", fix=reconvert)
+        report.add("architecture", "error", "general.architecture is missing", fix=RECONVERT)
     else:
         report.add("architecture", "ok", info.architecture)
-    for name, rows in (("token_embd", info.embedding_rows), ("output", info.output_rows)):
-        if rows is not None and rows != info.n_tokens:
-            report.add(
-                "vocab", "error",
-                f"the GGUF lists {info.n_tokens} tokens but {name}.weight has {rows} rows; "
-                "llama.cpp refuses it ('wrong shape')",
-                fix=reconvert,
-            )  # fmt: skip
-    if info.embedding_rows is None:
-        report.add("vocab", "error", "no token_embd.weight tensor", fix=reconvert)
-    for name, token_id in info.special_ids.items():
-        if not 0 <= token_id < info.n_tokens:
-            report.add(
-                "special_tokens", "error",
-                f"{name} id {token_id} is outside the {info.n_tokens} tokens", fix=reconvert,
-            )  # fmt: skip
-    if info.placeholder_scores:
-        report.add(
-            "vocab", "warning",
-            "every token score is the same placeholder: llama.cpp merges BPE pairs in an "
-            "arbitrary order and tokenizes differently from the training tokenizer",
-            fix="re-create the GGUF with `tuneship convert` (it restores the merge order)",
-        )  # fmt: skip
-    if "eos" not in info.special_ids:
-        report.add("special_tokens", "error", "tokenizer.ggml.eos_token_id is missing",
-                   fix=reconvert)  # fmt: skip
-    pad, eos = info.special_ids.get("pad"), info.special_ids.get("eos")
-    if pad is not None and pad == eos:
-        report.add("special_tokens", "warning", f"pad and eos are the same token (id {pad})")
-    if info.chat_template is None:
-        report.add("chat_template", "error", "tokenizer.chat_template is missing", fix=reconvert)
-    elif has_training_tags(info.chat_template):
-        report.add(
-            "chat_template",
-            "error",
-            "the template has training-only {% generation %} tags",
-            fix=reconvert,
-        )
+    _check_gguf_vocab(report, info)
+    _check_gguf_specials_and_template(report, info)
     types = ", ".join(f"{v} {k}" for k, v in sorted(info.tensor_types.items()))
     report.add("tensors", "ok", f"{types}; {info.bits_per_weight:.2f} bits per weight")
     consistent = {
@@ -286,3 +252,43 @@ def check_gguf(path: Path) -> DoctorReport:
         if not any(f.check == check for f in report.findings):
             report.add(check, "ok", message)
     return report
+
+
+def _check_gguf_vocab(report: DoctorReport, info: GgufInfo) -> None:
+    for name, rows in (("token_embd", info.embedding_rows), ("output", info.output_rows)):
+        if rows is not None and rows != info.n_tokens:
+            report.add(
+                "vocab", "error",
+                f"the GGUF lists {info.n_tokens} tokens but {name}.weight has {rows} rows; "
+                "llama.cpp refuses it ('wrong shape')",
+                fix=RECONVERT,
+            )  # fmt: skip
+    if info.embedding_rows is None:
+        report.add("vocab", "error", "no token_embd.weight tensor", fix=RECONVERT)
+    if info.placeholder_scores:
+        report.add(
+            "vocab", "warning",
+            "every token score is the same placeholder: llama.cpp merges BPE pairs in an "
+            "arbitrary order and tokenizes differently from the training tokenizer",
+            fix="re-create the GGUF with `tuneship convert` (it restores the merge order)",
+        )  # fmt: skip
+
+
+def _check_gguf_specials_and_template(report: DoctorReport, info: GgufInfo) -> None:
+    for name, token_id in info.special_ids.items():
+        if not 0 <= token_id < info.n_tokens:
+            report.add(
+                "special_tokens", "error",
+                f"{name} id {token_id} is outside the {info.n_tokens} tokens", fix=RECONVERT,
+            )  # fmt: skip
+    if "eos" not in info.special_ids:
+        report.add("special_tokens", "error", "tokenizer.ggml.eos_token_id is missing",
+                   fix=RECONVERT)  # fmt: skip
+    pad, eos = info.special_ids.get("pad"), info.special_ids.get("eos")
+    if pad is not None and pad == eos:
+        report.add("special_tokens", "warning", f"pad and eos are the same token (id {pad})")
+    if info.chat_template is None:
+        report.add("chat_template", "error", "tokenizer.chat_template is missing", fix=RECONVERT)
+    elif has_training_tags(info.chat_template):
+        message = "the template has training-only {% generation %} tags"
+        report.add("chat_template", "error", message, fix=RECONVERT)

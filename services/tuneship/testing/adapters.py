@@ -83,35 +83,41 @@ def build_train_out(
         model = _wrap_lora(model, rank, seed, resized=decision == "added")
     if train_steps:
         _train(model, tokenizer, train_steps, seed)
-    rows_after = model.get_input_embeddings().weight.shape[0]
+    vocab = {
+        "decision": decision,
+        "pad_token": tokenizer.pad_token,
+        "pad_token_id": tokenizer.pad_token_id,
+        "tokenizer_size_before": size_before,
+        "tokenizer_size_after": len(tokenizer),
+        "embedding_rows_before": rows_before,
+        "embedding_rows_after": model.get_input_embeddings().weight.shape[0],
+        "pad_to_multiple_of": multiple,
+    }
+    manifest = {
+        "method": method,
+        "base_model": {"path": str(base), "sha256": _sha256(base / "model.safetensors")},
+        "template": {"source": "base", "has_generation_tags": True},
+        "vocab": vocab,
+        "dataset": {"kind": "pirate", "seed": seed},
+        "metrics": {"train_steps": train_steps},
+    }
+    return _save(out, base, model, tokenizer, manifest)
+
+
+def _save(out: Path, base: Path, model: Any, tokenizer: Any, manifest: dict[str, Any]) -> Path:
+    """Write the trainer's layout beside ``out`` and swap it into place when complete."""
+    full = manifest["method"] == "full"
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        weights = work / ("model" if method == "full" else "adapter")
-        if method == "full":
-            model.save_pretrained(weights)
+        if full:
+            model.save_pretrained(work / "model")
         else:
-            model.save_pretrained(weights, save_embedding_layers=decision == "added")
+            resized = manifest["vocab"]["decision"] == "added"
+            model.save_pretrained(work / "adapter", save_embedding_layers=resized)
         tokenizer.save_pretrained(work / "tokenizer")
         if (base / "tokenizer.model").is_file():
             shutil.copy2(base / "tokenizer.model", work / "tokenizer" / "tokenizer.model")
-        manifest = {
-            "method": method,
-            "base_model": {"path": str(base), "sha256": _sha256(base / "model.safetensors")},
-            "template": {"source": "base", "has_generation_tags": True},
-            "vocab": {
-                "decision": decision,
-                "pad_token": tokenizer.pad_token,
-                "pad_token_id": tokenizer.pad_token_id,
-                "tokenizer_size_before": size_before,
-                "tokenizer_size_after": len(tokenizer),
-                "embedding_rows_before": rows_before,
-                "embedding_rows_after": rows_after,
-                "pad_to_multiple_of": multiple,
-            },
-            "dataset": {"kind": "pirate", "seed": seed},
-            "metrics": {"train_steps": train_steps},
-        }
         (work / "training-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
