@@ -102,8 +102,10 @@ def _chart(report: ExportReport, path: Path) -> None:
         axis.annotate(r.quant_type, (r.size_bytes / 1e6, r.kld_mean),
                       textcoords="offset points", xytext=(4, 4))  # fmt: skip
     axis.axhline(report.max_kld, linestyle="--", color="gray", label=f"budget {report.max_kld}")
+    # KLDs of usable types sit orders of magnitude below the budget: a log scale shows both.
+    axis.set_yscale("symlog", linthresh=1e-6)
     axis.set_xlabel("file size (MB)")
-    axis.set_ylabel("mean KL divergence vs baseline")
+    axis.set_ylabel("mean KL divergence vs baseline (log)")
     axis.set_title(f"{report.model}: size vs quality")
     axis.legend()
     figure.tight_layout()
