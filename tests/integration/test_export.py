@@ -164,3 +164,15 @@ def test_iq_type_refused_when_imatrix_is_never(
         export(spec, merged["tiny_llama2"].out, tmp_path / "out", ListSink(), toolchain,
                eval_data=sample_data / "pirate" / "eval.jsonl")  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("outtype", ["bf16", "f32", "q8_0"])
+def test_other_outtypes_convert_load_and_keep_parity(
+    outtype: str, merged: dict[str, MergeResult], toolchain: Toolchain, tmp_path: Path
+) -> None:
+    model = merged["tiny_llama2"].out
+    result = convert(model, tmp_path / f"m-{outtype}.gguf", toolchain=toolchain,
+                     events=ListSink(), outtype=outtype)  # fmt: skip
+    info = read_gguf(result.gguf)
+    assert outtype.upper() in info.tensor_types
+    verify(result.gguf, model, toolchain=toolchain, events=ListSink(), work=tmp_path)
