@@ -45,14 +45,16 @@ def export(
     toolchain: Toolchain,
     *,
     eval_data: Path | None,
+    train_data: Path | None = None,
 ) -> ExportResult:
     """Export the merged HF model ``model`` into ``out`` as the spec's GGUFs plus a report.
 
     ``eval_data`` (JSONL conversations) is the held-out set for perplexity and KL
-    divergence; the importance matrix is computed from ``spec.dataset.train`` when it is
-    a local file, else from ``eval_data``. ``out`` is replaced once everything is
-    written. Errors: ``InvalidInput`` (types, data), ``FailedPrecondition`` (a model
-    that cannot be converted, a GGUF that fails to load or to match the template).
+    divergence; the importance matrix is computed from ``train_data`` (default:
+    ``spec.dataset.train`` when it is a local file), else from ``eval_data``. ``out`` is
+    replaced once everything is written. Errors: ``InvalidInput`` (types, data),
+    ``FailedPrecondition`` (a model that cannot be converted, a GGUF that fails to load
+    or to match the template).
     """
     ex = spec.export
     check_types(ex.quant_types, imatrix_policy=ex.imatrix)
@@ -63,7 +65,7 @@ def export(
             hint="use outtype f16 or bf16 as the baseline, and q8_0 as one of the quant_types",
         )
     held_out = load_conversations(_require(eval_data, "eval_data"))
-    train_path = Path(spec.dataset.train)
+    train_path = train_data or Path(spec.dataset.train)
     train = load_conversations(train_path) if train_path.is_file() else held_out
     name = spec.metadata.name
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +108,7 @@ def _run(
         imatrix = compute_imatrix(
             base_gguf, scratch / "imatrix.txt", work / f"{name}.imatrix.gguf",
             toolchain=toolchain, events=events, context=context_for(tokens, ex.eval_context),
+            chunks=ex.imatrix_chunks,
         )  # fmt: skip
     events.emit(Progress(STAGE, 2, steps, message=f"quantizing {', '.join(ex.quant_types)}"))
     quants = quantize(base_gguf, work, ex.quant_types, toolchain=toolchain, events=events,

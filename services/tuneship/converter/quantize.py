@@ -111,13 +111,15 @@ def compute_imatrix(
     events: EventSink,
     context: int = 256,
     threads: int | None = None,
+    chunks: int | None = None,
 ) -> Path:
     """Compute an importance matrix for ``gguf`` over ``text`` with ``llama-imatrix``."""
     events.emit(Log("imatrix", f"computing importance matrix over {text.name} (ctx {context})"))
     argv = [
         str(toolchain.binary("llama-imatrix")), "-m", str(gguf), "-f", str(text),
         "-c", str(context), "-b", str(context), "--parse-special", "--no-ppl",
-        "-t", str(threads or os.cpu_count() or 1), "-o",
+        "-t", str(threads or os.cpu_count() or 1),
+        *(["--chunks", str(chunks)] if chunks else []), "-o",
     ]  # fmt: skip
     _run_atomic(argv, out, [])
     return out

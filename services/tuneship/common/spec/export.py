@@ -43,6 +43,9 @@ class ExportSpec(Section):
     eval_context: int = Field(
         256, ge=32, description="Largest context (tokens) for perplexity and imatrix chunks."
     )
+    imatrix_chunks: int = Field(
+        128, gt=0, description="At most this many contexts of training text for the imatrix."
+    )
     verify: bool = Field(True, description="Load every GGUF in llama.cpp and check parity.")
 
     @field_validator("quant_types")
