@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tuneship.common import layout
 from tuneship.common.events import Event, Log, Metrics, Progress
 from tuneship.common.jobs import Artifact, StageJob, StageOutcome
 from tuneship.controller.machine import STAGES, Phase
@@ -94,7 +95,7 @@ class Scheduler:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     heartbeat_timeout_s: float = 60.0
     poll_s: float = 0.5
-    output_prefix: Callable[[str, str], str] = lambda pipeline, stage: f"pipelines/{pipeline}/"
+    output_prefix: Callable[[str, str], str] = layout.stage_prefix
     _active: dict[tuple[str, str], _Active] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)

@@ -29,10 +29,15 @@ def run_export(
         eval_name = "eval" if "eval" in job.inputs else "train"
         eval_file = train_file if eval_name == "train" else ctx.fetch(
             job, "eval", workdir / "data-eval", sink)[0]  # fmt: skip
-        local = spec.model_copy(
-            update={"dataset": spec.dataset.model_copy(update={"train": str(train_file)})}
+        result = export(
+            spec,
+            model,
+            workdir / "out",
+            sink,
+            toolchain,
+            eval_data=eval_file,
+            train_data=train_file,
         )
-        result = export(local, model, workdir / "out", sink, toolchain, eval_data=eval_file)
         report = json.loads((result.out / "report.json").read_text())
         return workdir / "out", {
             "recommended": report.get("recommended") or "",

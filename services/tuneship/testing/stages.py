@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from tuneship.common import errors
+from tuneship.common import errors, layout
 from tuneship.common.events import EventSink, Log, Progress
 from tuneship.common.jobs import Artifact, StageJob, StageOutcome
 
@@ -57,5 +57,5 @@ class ScriptedStage:
         summary: dict[str, object] = {"attempt": job.attempt}
         if self.name == "publish":
             summary["model"] = f"{job.pipeline}:latest"
-        key = f"{job.output_prefix}{self.name}/manifest.json"
+        key = layout.join(job.output_prefix, layout.MANIFEST)
         return StageOutcome({self.name: Artifact(key, "0" * 64, 1)}, summary)
