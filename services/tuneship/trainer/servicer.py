@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tuneship.common.events import EventSink
+from tuneship.common import layout
+from tuneship.common.events import Event, EventSink, Log, Progress
 from tuneship.common.jobs import StageJob, StageOutcome
 from tuneship.common.stagework import StageContext, parse_job_spec, run_committed_stage
+from tuneship.common.store import ArtifactStore
+from tuneship.common.store.commit import (
+    commit_checkpoint,
+    fetch_stage,
+    latest_checkpoint,
+    prune_checkpoints,
+)
 from tuneship.common.wire import StageServicer, stage_service
 from tuneship.trainer import train
+from tuneship.trainer.run import last_checkpoint
 
 STAGE = "train"
 
@@ -18,6 +29,63 @@ STAGE = "train"
 def library_versions() -> dict[str, str]:
     """The versions that decide what training produces (part of the cache key)."""
     return {name: metadata.version(name) for name in ("torch", "transformers", "trl", "peft")}
+
+
+def _step(checkpoint: str) -> int:
+    return int(Path(checkpoint).name.split("-")[-1])
+
+
+class CheckpointMirror:
+    """An event sink that copies each new complete local checkpoint to the store, so a
+    retry on another worker resumes from it (the local copy serves retries here)."""
+
+    def __init__(self, sink: EventSink, store: ArtifactStore, pipeline: str, partial: Path):
+        self.sink, self.store, self.pipeline, self.partial = sink, store, pipeline, partial
+        latest = last_checkpoint(partial / "checkpoints")
+        self.mirrored = _step(latest) if latest else 0
+
+    def emit(self, event: Event) -> None:
+        self.sink.emit(event)
+        if isinstance(event, Progress) and event.unit == "steps":
+            self.sync()
+
+    def sync(self) -> None:
+        latest = last_checkpoint(self.partial / "checkpoints")
+        if latest is None or _step(latest) <= self.mirrored:
+            return
+        step = _step(latest)
+        with tempfile.TemporaryDirectory(dir=self.partial.parent) as staging:
+            shutil.copytree(latest, Path(staging) / "checkpoint")
+            if (self.partial / "metrics.jsonl").is_file():
+                shutil.copy2(self.partial / "metrics.jsonl", Path(staging) / "metrics.jsonl")
+            commit_checkpoint(
+                self.store, Path(staging), pipeline=self.pipeline, stage=STAGE, step=step
+            )
+        prune_checkpoints(self.store, pipeline=self.pipeline, stage=STAGE, keep=2)
+        self.mirrored = step
+        self.sink.emit(Log(STAGE, f"checkpoint at step {step} saved to the store"))
+
+
+def restore_checkpoint(store: ArtifactStore, pipeline: str, partial: Path, sink: EventSink) -> int:
+    """Put the store's newest checkpoint where the trainer resumes from, when this worker
+    has none of its own; returns its step (0 when there was nothing to restore)."""
+    if last_checkpoint(partial / "checkpoints") is not None:
+        return 0
+    manifest = latest_checkpoint(store, pipeline=pipeline, stage=STAGE)
+    if manifest is None:
+        return 0
+    step = int(manifest.labels.get(layout.Labels.STEP, "0"))
+    fetched = partial.parent / ".restored-checkpoint"
+    fetch_stage(store, manifest.key, fetched, events=sink)
+    (partial / "checkpoints").mkdir(parents=True, exist_ok=True)
+    target = partial / "checkpoints" / f"checkpoint-{step}"
+    shutil.rmtree(target, ignore_errors=True)
+    (fetched / "checkpoint").rename(target)
+    if (fetched / "metrics.jsonl").is_file():
+        (fetched / "metrics.jsonl").replace(partial / "metrics.jsonl")
+    shutil.rmtree(fetched, ignore_errors=True)
+    sink.emit(Log(STAGE, f"resuming from the stored checkpoint at step {step}"))
+    return step
 
 
 def run_train(ctx: StageContext, job: StageJob, sink: EventSink) -> StageOutcome:
@@ -43,7 +111,10 @@ def run_train(ctx: StageContext, job: StageJob, sink: EventSink) -> StageOutcome
                 update={"train": str(train_file), "eval": str(eval_file) if eval_file else None}
             )}
         )  # fmt: skip
-        result = train(local, base, workdir / "out", sink, resume=True)
+        partial = workdir / "out.partial"
+        restore_checkpoint(ctx.store, job.pipeline, partial, sink)
+        mirror = CheckpointMirror(sink, ctx.store, job.pipeline, partial)
+        result = train(local, base, workdir / "out", mirror, resume=True)
         return workdir / "out", {"steps": result.steps, "final_loss": result.final_loss}
 
     return run_committed_stage(
