@@ -162,6 +162,10 @@ class PipelineClient:
     def get(self, pipeline_id: str) -> PipelineInfo:
         return pipeline_info(self._call("Get", pipeline_pb2.GetRequest(id=pipeline_id)))
 
+    def get_spec(self, pipeline_id: str) -> str:
+        """The spec (JSON) a pipeline runs."""
+        return str(self._call("Get", pipeline_pb2.GetRequest(id=pipeline_id)).spec_json)
+
     def list(self, phase: str = "", name_prefix: str = "", page_size: int = 50,
              page_token: str = "") -> tuple[builtins.list[PipelineInfo], str]:  # fmt: skip
         """A page of pipelines and the token of the next page ("" at the end)."""

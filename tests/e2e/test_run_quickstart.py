@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,43 @@ def test_quickstart_trains_exports_serves_and_answers(tmp_path: Path) -> None:
     for stage in ("train", "merge", "export"):
         assert f"{stage} succeeded (reused a committed result)" in again.stdout
     assert f"model: {PIRATE_REPLY}" in again.stdout
+
+
+SMALL = """apiVersion: tuneship/v1
+metadata: {{name: interrupted}}
+model: {{base: {base}}}
+dataset: {{train: {data}/train.jsonl, eval: {data}/eval.jsonl}}
+train: {{max_steps: 30, save_steps: 5, learning_rate: 0.003}}
+export: {{quant_types: [q8_0]}}
+serve: {{smoke_prompts: []}}
+"""
+
+
+def test_a_killed_run_continues_where_it_stopped(
+    tiny_chatml: Path, sample_data: Path, tmp_path: Path
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SMALL.format(base=tiny_chatml, data=sample_data / "pirate"))
+    data_dir = tmp_path / "data"
+    argv = [TUNESHIP, "run", str(spec), "--data-dir", str(data_dir)]
+    env = {**os.environ, "COLUMNS": "200", "OLLAMA_HOST": "http://127.0.0.1:9"}
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    checkpoints: list[Path] = []
+    while not checkpoints and time.monotonic() < deadline and first.poll() is None:
+        checkpoints = list((data_dir / "work").glob("*/train/out.partial/checkpoints/checkpoint-*"))
+        time.sleep(0.2)
+    assert checkpoints, "training never wrote a checkpoint"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming interrupted-" in again.stderr
+    assert "pipeline succeeded" in again.stdout
+    pipelines = list((data_dir / "store" / "pipelines").iterdir())
+    assert len(pipelines) == 1  # the same pipeline finished; no second one was started
+    manifest = json.loads(
+        next(pipelines[0].glob("stages/train/staging/*/training-manifest.json")).read_text()
+    )
+    assert manifest["metrics"]["steps"] == 30

@@ -185,7 +185,7 @@ def run(
             embedded = start_embedded(settings, chosen, stack)
             stack.callback(embedded.close)
             client = PipelineClient(embedded.address)
-            info = client.submit(parsed.model_dump_json())
+            info = _resume_or_submit(client, parsed.model_dump_json())
             err.print(f"[dim]controller {embedded.address}; pipeline {info.id}[/]")
             final = follow(client, info.id, out)
             summarize(final, embedded.data_dir, out)
@@ -198,6 +198,23 @@ def run(
                 threading.Event().wait()
     except TuneshipError as exc:
         raise _fail(exc) from exc
+
+
+def _resume_or_submit(client: PipelineClient, spec_json: str) -> PipelineInfo:
+    """Continue an unfinished pipeline of the same spec left by an interrupted run (its
+    finished stages are kept, training resumes from its checkpoint); other leftovers are
+    cancelled so they do not compete for this machine. Else submit a new pipeline."""
+    resumed: PipelineInfo | None = None
+    for phase in ("running", "pending"):
+        for item in client.list(phase=phase, page_size=1000)[0]:
+            same = json.loads(client.get_spec(item.id)) == json.loads(spec_json)
+            if same and resumed is None:
+                resumed = item
+                err.print(f"[yellow]resuming {item.id}, left unfinished by an earlier run[/]")
+            else:
+                client.cancel(item.id)
+                err.print(f"[dim]cancelled leftover {item.id} (`tuneship retry` runs it)[/]")
+    return resumed or client.submit(spec_json)
 
 
 def _quiet_libraries() -> None:

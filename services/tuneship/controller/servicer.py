@@ -50,8 +50,11 @@ def pipeline_to_proto(view: PipelineView) -> pipeline_pb2.Pipeline:
 
 
 def event_to_proto(view: EventView, phase: Phase) -> pipeline_pb2.PipelineEvent:
+    recorded = view.payload.get("phase")  # transitions carry the phase they led to
     message = pipeline_pb2.PipelineEvent(
-        pipeline_id=view.pipeline_id, seq=view.seq, phase=_PHASES[phase]
+        pipeline_id=view.pipeline_id,
+        seq=view.seq,
+        phase=_PHASES[Phase(recorded) if recorded else phase],
     )
     payload = view.payload
     stage_event = stage_pb2.StageEvent(stage=view.stage, seq=view.seq, time=view.time)
@@ -143,14 +146,17 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         self, request: pipeline_pb2.WatchRequest, context: grpc.ServicerContext
     ) -> Iterator[pipeline_pb2.PipelineEvent]:
         seq = request.after_seq
-        view = self.state.get(request.id)
+        self.state.get(request.id)  # NotFound before streaming anything
         while context.is_active():
-            events = self.state.events(request.id, after_seq=seq)
+            # Phase and driver first, events second: when the pipeline is seen finished
+            # with no driver left, the events read next include its very last one.
             view = self.state.get(request.id)
+            settled = view.phase.terminal and not self.scheduler_busy(request.id)
+            events = self.state.events(request.id, after_seq=seq)
             for event in events:
                 yield event_to_proto(event, view.phase)
                 seq = event.seq
-            if not events and view.phase.terminal and not self.scheduler_busy(request.id):
+            if settled and not events:
                 return
             if not events:
                 self.state.wait_for_change(1.0)
