@@ -12,6 +12,7 @@ from typing import Any
 
 from tuneship.common.errors import NotFound
 from tuneship.common.events import EventSink, Log, Progress
+from tuneship.common.loading import MODEL_LOADING
 from tuneship.common.spec import PipelineSpec
 from tuneship.merger.manifest import TrainManifest, read_manifest
 from tuneship.merger.nf4 import round_trip_linear_layers
@@ -102,15 +103,17 @@ def _merged_model(
     notes: list[str] = []
     model: Any
     if manifest.method == "full":
-        model = AutoModelForCausalLM.from_pretrained(
-            manifest.weights_dir, dtype=_torch_dtype(dtype)
-        )
+        with MODEL_LOADING:
+            model = AutoModelForCausalLM.from_pretrained(
+                manifest.weights_dir, dtype=_torch_dtype(dtype)
+            )
         return model, notes
     from peft import PeftModel
 
     # Loaded straight in the target dtype (transformers 5 loads lazily, one copy of the
     # weights); PEFT computes each B·A delta in float32 on the CPU before adding it.
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=_torch_dtype(dtype))
+    with MODEL_LOADING:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=_torch_dtype(dtype))
     rows_after = manifest.vocab.embedding_rows_after
     if int(model.get_input_embeddings().weight.shape[0]) != rows_after:
         # Same shape as in training, so the adapter's saved embedding rows load as-is.
@@ -123,7 +126,8 @@ def _merged_model(
         notes.append("qlora: merged onto the original 16-bit weights (merge.qlora_base)")
         events.emit(Log(STAGE, notes[-1], level="warning"))
     events.emit(Progress(STAGE, 1, len(STEPS), message="applying adapter"))
-    peft_model = PeftModel.from_pretrained(model, manifest.weights_dir)
+    with MODEL_LOADING:
+        peft_model = PeftModel.from_pretrained(model, manifest.weights_dir)
     merged = peft_model.merge_and_unload()
     return merged, notes
 

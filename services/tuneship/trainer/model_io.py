@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneship.common.errors import FailedPrecondition, NotFound
+from tuneship.common.loading import MODEL_LOADING
 from tuneship.common.spec import ModelSpec, TrainSpec
 
 _PICKLE = (".bin", ".pt", ".pth", ".ckpt")
@@ -60,7 +61,8 @@ def load_model(base: Path, spec: ModelSpec, train: TrainSpec) -> Any:
         options["device_map"] = {"": 0}
     if train.method == "qlora":
         options["quantization_config"] = _four_bit(options["dtype"])
-    model = AutoModelForCausalLM.from_pretrained(base, **options)
+    with MODEL_LOADING:
+        model = AutoModelForCausalLM.from_pretrained(base, **options)
     model.config.use_cache = False
     return model
 
