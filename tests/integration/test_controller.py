@@ -228,3 +228,25 @@ def test_every_server_answers_health_checks_and_reflection(cluster_factory) -> N
         "tuneship.v1.PipelineService", "tuneship.v1.TrainerService", "tuneship.v1.MergerService",
         "tuneship.v1.ConverterService", "tuneship.v1.ServingService",
     } <= services  # fmt: skip
+
+
+def test_worker_reattaches_by_task_id_and_refuses_work_beyond_capacity(cluster_factory) -> None:
+    from tuneship.v1 import stage_pb2, workers_pb2_grpc
+
+    slow = ScriptedStage("train", steps=40, step_s=0.02)
+    cluster = cluster_factory(stages={"train": slow})
+    stub = workers_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(cluster.workers[0].address))
+    request = stage_pb2.StageRequest(task_id="t-1", pipeline="p", spec_json="{}")
+    first = stub.Train(request)
+    next(iter(first))  # running
+    with pytest.raises(grpc.RpcError) as busy:
+        list(stub.Train(stage_pb2.StageRequest(task_id="t-2", pipeline="p", spec_json="{}")))
+    assert busy.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    again = [e for e in stub.Train(request) if e.seq]  # the same id: attach, replay, follow
+    assert again[-1].WhichOneof("kind") == "result"
+    assert [e.seq for e in again] == list(range(1, len(again) + 1))
+    assert slow.calls == ["t-1"]  # one run, two streams
+    with pytest.raises(grpc.RpcError) as invalid:
+        list(stub.Train(stage_pb2.StageRequest(pipeline="p", spec_json="{}")))
+    assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "task_id" in invalid.value.details()
