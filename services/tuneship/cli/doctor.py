@@ -18,7 +18,7 @@ def toolchain_report(settings: Settings, console: Console) -> int:
     table = Table(title=f"llama.cpp toolchain (llama-cpp-python {toolchain.version})")
     table.add_column("piece")
     table.add_column("status")
-    table.add_column("path")
+    table.add_column("path", overflow="fold")  # never elide a path
     for name in BINARIES:
         path = toolchain.binaries.get(name)
         table.add_row(name, "[green]ok[/]" if path else "[red]missing[/]", str(path or "-"))
