@@ -250,3 +250,39 @@ def test_worker_reattaches_by_task_id_and_refuses_work_beyond_capacity(cluster_f
         list(stub.Train(stage_pb2.StageRequest(pipeline="p", spec_json="{}")))
     assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "task_id" in invalid.value.details()
+
+
+def test_prometheus_metrics_report_phases_queues_durations_and_throughput(cluster_factory) -> None:
+    import urllib.request
+
+    from tuneship.common.llama_server import free_port
+
+    slow_train = ScriptedStage("train", steps=30, step_s=0.05)
+    cluster = cluster_factory(stages={"train": slow_train})
+    server = cluster.controller.metrics.serve("127.0.0.1", port := free_port())
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            return answer.read().decode()
+
+    try:
+        first, second = submit(cluster, "m1"), submit(cluster, "m2")
+        deadline = time.monotonic() + 10
+        while 'tuneship_training_tokens_per_second{pipeline="' not in scrape():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        during = scrape()
+        assert 'tuneship_stage_running{stage="train"} 1.0' in during
+        assert 'tuneship_stage_queue_depth{stage="train"} 1.0' in during  # limit 1: one waits
+        assert 'tuneship_pipelines{phase="running"}' in during
+        for pid in (first, second):
+            cluster.wait(pid, pipeline_pb2.SUCCEEDED, timeout_s=30)
+        after = scrape()
+        assert 'tuneship_pipelines{phase="succeeded"} 2.0' in after
+        assert (
+            'tuneship_stage_duration_seconds_count{outcome="succeeded",stage="train"} 2.0' in after
+        )
+        assert 'tuneship_stage_queue_depth{stage="train"} 0.0' in after
+        assert "tuneship_training_tokens_per_second{" not in after  # finished trainings leave
+    finally:
+        server.shutdown()

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,14 +76,16 @@ def cluster(s3_server, tmp_path: Path) -> Iterator[dict]:
         processes.append(serve(component, ports[component], own, logs))
     workers = ",".join(f"{stage}=127.0.0.1:{ports[c]}" for c, stage in COMPONENTS.items())
     limits = ",".join(f"{k}={v}" for k, v in LIMITS.items())
-    controller_env = {**env, "TUNESHIP_WORKERS": workers, "TUNESHIP_LIMITS": limits}
+    metrics_port = free_port()
+    controller_env = {**env, "TUNESHIP_WORKERS": workers, "TUNESHIP_LIMITS": limits,
+                      "TUNESHIP_METRICS_PORT": str(metrics_port)}  # fmt: skip
     processes.append(serve("controller", ports["controller"], controller_env, logs))
     try:
         for (name, port), process in zip(ports.items(), processes, strict=True):
             wait_healthy(f"127.0.0.1:{port}", process, logs / f"{name}.log")
         store = S3Store(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, bucket,
                         secure=False)  # fmt: skip
-        yield {"env": env, "ports": ports, "store": store, "logs": logs,
+        yield {"env": env, "ports": ports, "store": store, "logs": logs, "metrics": metrics_port,
                "client": PipelineClient(f"127.0.0.1:{ports['controller']}")}  # fmt: skip
     finally:
         for process in processes:
@@ -162,6 +165,14 @@ def test_batch_of_three_in_separate_processes_with_s3(
         assert most_at_once(spans) <= limit, (stage, spans)
     train_spans = [(f.stage("train").started, f.stage("train").finished) for f in finals]
     assert most_at_once(train_spans) == 2  # the limit was reached, and held
+
+    url = f"http://127.0.0.1:{cluster['metrics']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        metrics = answer.read().decode()
+    assert 'tuneship_pipelines{phase="succeeded"} 3.0' in metrics
+    assert (
+        'tuneship_stage_duration_seconds_count{outcome="succeeded",stage="export"} 3.0' in metrics
+    )
 
 
 def test_cancel_stops_training_on_the_trainer_process(

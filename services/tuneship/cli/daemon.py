@@ -8,6 +8,8 @@ Environment (read here, once, and passed down):
 - ``TUNESHIP_STATE_URL``: the controller's database (default SQLite under the data dir).
 - ``TUNESHIP_WORKERS``: ``train=host:port,merge=host:port,export=host:port,publish=host:port``.
 - ``TUNESHIP_LIMITS``: per-stage concurrency, e.g. ``train=4,merge=2`` (default 1 each).
+- ``TUNESHIP_METRICS_PORT``: the controller's Prometheus ``/metrics`` port (default
+  9090; empty: not served).
 - ``OLLAMA_HOST``: the Ollama sidecar of the serving service.
 - ``TUNESHIP_SERVING_BACKEND``: ``ollama`` (default, the sidecar) or ``llama-server``
   (models served by the pinned llama.cpp in the serving process itself).
@@ -58,9 +60,10 @@ def controller_settings(env: Mapping[str, str], host: str, port: int) -> Control
     if not state:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         state = f"sqlite:///{settings.data_dir.resolve() / 'state.db'}"
+    metrics_port = env.get("TUNESHIP_METRICS_PORT", "9090")
     return ControllerSettings(
         state_url=state, workers=workers, limits={**dict.fromkeys(STAGES, 1), **limits},
-        host=host, port=port,
+        host=host, port=port, metrics_port=int(metrics_port) if metrics_port else None,
     )  # fmt: skip
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from tuneship.common.jobs import Artifact
 from tuneship.common.wire import Server, start_server
 from tuneship.controller.machine import STAGES
+from tuneship.controller.metrics import ControllerMetrics
 from tuneship.controller.scheduler import RetryPolicy, Scheduler
 from tuneship.controller.servicer import (
     SERVICE_NAME,
@@ -55,6 +57,8 @@ class ControllerSettings:
     heartbeat_timeout_s: float = 60.0
     host: str = "127.0.0.1"
     port: int = 0
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on this port (``/metrics``); None: not served."""
 
 
 @dataclass
@@ -65,12 +69,16 @@ class Controller:
     scheduler: Scheduler
     workers: GrpcWorkers
     server: Server
+    metrics: ControllerMetrics
+    metrics_server: Any = None
 
     @property
     def address(self) -> str:
         return self.server.address
 
     def stop(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         self.server.stop()
         self.scheduler.stop()
         self.workers.close()
@@ -88,6 +96,8 @@ def start_controller(
         state, workers, inputs_for, limits=settings.limits, retry=settings.retry,
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
     )  # fmt: skip
+    metrics = ControllerMetrics(state, scheduler.running)
+    scheduler.observer = metrics
     forward = chat or (workers.chat if "publish" in settings.workers else None)
     servicer = PipelineServicer(state, scheduler, upload_inputs, forward)
     server = start_server(
@@ -97,4 +107,7 @@ def start_controller(
         port=settings.port,
     )
     scheduler.start()
-    return Controller(state, scheduler, workers, server)
+    metrics_server = None
+    if settings.metrics_port is not None:
+        metrics_server = metrics.serve(settings.host, settings.metrics_port)
+    return Controller(state, scheduler, workers, server, metrics, metrics_server)

@@ -74,6 +74,22 @@ class RetryPolicy:
 InputsFor = Callable[[PipelineView, str], dict[str, Artifact]]
 
 
+class StageObserver(Protocol):
+    """Told about stage ends and training throughput (the Prometheus metrics)."""
+
+    def stage_finished(self, pipeline: str, stage: str, outcome: str, seconds: float) -> None: ...
+
+    def training_throughput(self, pipeline: str, tokens_per_s: float) -> None: ...
+
+
+class _NoObserver:
+    def stage_finished(self, pipeline: str, stage: str, outcome: str, seconds: float) -> None:
+        return None
+
+    def training_throughput(self, pipeline: str, tokens_per_s: float) -> None:
+        return None
+
+
 @dataclass
 class _Active:
     pipeline_id: str
@@ -96,6 +112,7 @@ class Scheduler:
     heartbeat_timeout_s: float = 60.0
     poll_s: float = 0.5
     output_prefix: Callable[[str, str], str] = layout.stage_prefix
+    observer: StageObserver = field(default_factory=_NoObserver)
     _active: dict[tuple[str, str], _Active] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -231,10 +248,11 @@ class Scheduler:
         note = " (reused a committed result)" if outcome.cached else ""
         # Recorded before the stage moves on, so the log reads in the order things happened.
         self._record(pipeline_id, stage, f"{stage} succeeded{note}", summary=outcome.summary)
-        self.state.update_stage(
+        view = self.state.update_stage(
             pipeline_id, stage, phase=Phase.SUCCEEDED, finished=time.time(),
             outputs=outputs, summary=outcome.summary,
         )  # fmt: skip
+        self.observer.stage_finished(pipeline_id, stage, "succeeded", view.finished - view.started)
         if stage == STAGES[-1]:
             self.state.set_pipeline(pipeline_id, Phase.SUCCEEDED)
             self._record(pipeline_id, "", "pipeline succeeded")
@@ -242,6 +260,9 @@ class Scheduler:
     def _failed(self, active: _Active, failure: StageFailure) -> None:
         pipeline_id, stage = active.pipeline_id, active.stage
         view = self.state.get(pipeline_id)
+        outcome = "cancelled" if active.cancelled or view.phase is Phase.CANCELLED else "failed"
+        seconds = time.time() - view.stage(stage).started
+        self.observer.stage_finished(pipeline_id, stage, outcome, seconds)
         if active.cancelled or view.phase is Phase.CANCELLED:
             self.state.update_stage(pipeline_id, stage, phase=Phase.CANCELLED, finished=time.time())
             self._record(pipeline_id, stage, f"{stage} cancelled")
@@ -306,6 +327,8 @@ class Scheduler:
             kind = "progress"
         elif isinstance(event, Metrics):
             payload, kind = {"values": event.values, "step": event.step}, "metrics"
+            if stage == "train" and "tokens_per_s" in event.values:
+                self.observer.training_throughput(pipeline_id, event.values["tokens_per_s"])
         elif isinstance(event, Log):
             payload, kind = {"message": event.message, "level": event.level}, "log"
         else:

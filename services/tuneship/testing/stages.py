@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from tuneship.common import errors, layout
-from tuneship.common.events import EventSink, Log, Progress
+from tuneship.common.events import EventSink, Log, Metrics, Progress
 from tuneship.common.jobs import Artifact, StageJob, StageOutcome
 
 
@@ -53,6 +53,10 @@ class ScriptedStage:
             raise getattr(errors, failure)(f"scripted {failure} on attempt {job.attempt}")
         for step in range(1, self.steps + 1):
             time.sleep(self.step_s)
+            if self.name == "train":
+                sink.emit(
+                    Metrics(self.name, {"loss": 1.0 / step, "tokens_per_s": 100.0 * step}, step)
+                )
             sink.emit(Progress(self.name, step, self.steps))
         summary: dict[str, object] = {"attempt": job.attempt}
         if self.name == "publish":
