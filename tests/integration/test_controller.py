@@ -203,6 +203,9 @@ def test_errors_carry_status_codes(cluster_factory) -> None:
     with pytest.raises(grpc.RpcError) as illegal:
         cluster.stub.Cancel(pipeline_pb2.CancelPipelineRequest(id=pid))
     assert illegal.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as purge:
+        cluster.stub.Delete(pipeline_pb2.DeleteRequest(id=pid, purge_artifacts=True))
+    assert purge.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     cluster.stub.Delete(pipeline_pb2.DeleteRequest(id=pid))
     with pytest.raises(grpc.RpcError):
         cluster.stub.Get(pipeline_pb2.GetRequest(id=pid))

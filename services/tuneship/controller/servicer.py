@@ -178,6 +178,14 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         self, request: pipeline_pb2.DeleteRequest, context: Any
     ) -> pipeline_pb2.DeleteResponse:
         view = self.state.get(request.id)
+        if request.purge_artifacts:
+            # Committed outputs can be reused by other pipelines through the cache, so a
+            # pipeline's files are not its alone to remove.
+            raise FailedPrecondition(
+                "purging artifacts with the pipeline is not supported",
+                where="DeleteRequest.purge_artifacts",
+                hint="delete the record only; remove store files with `tuneship store`",
+            )
         if not view.phase.terminal:
             raise FailedPrecondition(
                 f"pipeline {request.id} is {view.phase.value}", hint="cancel it first, then delete"
