@@ -158,7 +158,9 @@ def run(
         Path | None, typer.Argument(help="Pipeline spec; none: the quickstart.")
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="State, store and work files.")] = None,
-    backend: Annotated[str, typer.Option(help="auto | ollama | llama-server")] = "auto",
+    backend: Annotated[
+        str, typer.Option(help="auto (the spec's serve.backend) | ollama | llama-server")
+    ] = "auto",
     ollama_url: Annotated[
         str, typer.Option("--ollama-url", envvar="OLLAMA_HOST", help="Ollama's base URL.")
     ] = "http://127.0.0.1:11434",
@@ -180,6 +182,8 @@ def run(
     try:
         path = spec or quickstart(settings.data_dir.resolve())
         parsed = load_spec(path)
+        if backend == "auto":  # no --backend: the spec's serve.backend decides
+            backend = parsed.serve.backend
         with ExitStack() as stack:
             chosen = open_backend(backend, ollama_url, settings, stack)
             embedded = start_embedded(settings, chosen, stack)

@@ -51,6 +51,13 @@ def run_publish(
     Publishing is a side effect on the backend, so it is never skipped as cached.
     """
     spec = parse_job_spec(job)
+    if spec.serve.backend not in ("auto", backend.kind):
+        raise InvalidInput(
+            f"serve.backend asks for {spec.serve.backend}, but this serving service "
+            f"publishes to {backend.kind}",
+            where="serve.backend",
+            hint="use auto, or send the pipeline to a controller whose serving service matches",
+        )
     export_key = job.inputs["gguf"].key if "gguf" in job.inputs else ""
     if not export_key:
         raise InvalidInput("the publish job has no 'gguf' input", where="StageRequest.inputs.gguf")
