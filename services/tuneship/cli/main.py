@@ -11,6 +11,7 @@ from rich.console import Console
 from tuneship.cli import doctor as doctor_cmd
 from tuneship.cli import export as export_cmd
 from tuneship.cli import pipeline as pipeline_cmd
+from tuneship.cli import run as run_cmd
 from tuneship.cli import serve as serve_cmd
 from tuneship.cli import store as store_cmd
 from tuneship.cli import train as train_cmd
@@ -29,6 +30,7 @@ serve_cmd.register(app)
 store_cmd.register(app)
 train_cmd.register(app)
 export_cmd.register(app)
+run_cmd.register(app)
 pipeline_cmd.register(app)
 
 err = Console(stderr=True)
