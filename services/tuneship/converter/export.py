@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneship.common.atomic import staged_dir
 from tuneship.common.errors import InvalidInput
 from tuneship.common.events import EventSink, Log, Metrics, Progress
 from tuneship.common.spec import PipelineSpec
@@ -68,16 +68,8 @@ def export(
     train_path = train_data or Path(spec.dataset.train)
     train = load_conversations(train_path) if train_path.is_file() else held_out
     name = spec.metadata.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as work:
         result = _run(spec, model, work, events, toolchain, held_out, train, name)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
     return _relocate(result, work, out)
 
 

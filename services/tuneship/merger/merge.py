@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneship.common.atomic import staged_dir
 from tuneship.common.errors import NotFound
 from tuneship.common.events import EventSink, Log, Progress
 from tuneship.common.loading import MODEL_LOADING
@@ -62,9 +62,7 @@ def merge(
         )  # fmt: skip
     _set_special_ids(model, tokenizer)
     events.emit(Progress(STAGE, 3, len(STEPS), message=f"saving to {out}"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as work:
         model.save_pretrained(work, max_shard_size=spec.merge.max_shard_size)
         del model
         tokenizer.save_pretrained(work)
@@ -72,12 +70,6 @@ def merge(
         write_sentencepiece_added_tokens(work, tokenizer)
         _write_generation_config(base, work, tokenizer)
         manifest_path = _write_merge_manifest(work, manifest, base, dtype, vocab, notes)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
     events.emit(Progress(STAGE, len(STEPS), len(STEPS), message="merged"))
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     return MergeResult(out, [out / f for f in files], dtype, vocab, out / manifest_path.name, notes)

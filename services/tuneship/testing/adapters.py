@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from tuneship.common.atomic import staged_dir
 from tuneship.testing.conversations import sample_conversations
 
 PAD_TOKEN = "<pad>"
@@ -107,9 +107,7 @@ def build_train_out(
 def _save(out: Path, base: Path, model: Any, tokenizer: Any, manifest: dict[str, Any]) -> Path:
     """Write the trainer's layout beside ``out`` and swap it into place when complete."""
     full = manifest["method"] == "full"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as work:
         if full:
             model.save_pretrained(work / "model")
         else:
@@ -119,12 +117,6 @@ def _save(out: Path, base: Path, model: Any, tokenizer: Any, manifest: dict[str,
         if (base / "tokenizer.model").is_file():
             shutil.copy2(base / "tokenizer.model", work / "tokenizer" / "tokenizer.model")
         (work / "training-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
     return out
 
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from tuneship.common.atomic import staged_dir
 from tuneship.testing.conversations import sample_conversations
 
 FIXTURES = ("tiny-llama2", "tiny-chatml")
@@ -121,7 +121,7 @@ def build_tiny_llama2(out: Path, seed: int = 0, shape: TinyShape | None = None) 
     model_proto = _train_sentencepiece(
         _training_sentences(seed, markers), shape.vocab_size, user_symbols=[]
     )
-    with _fresh_dir(out) as work:
+    with staged_dir(out) as work:
         (work / "tokenizer.model").write_bytes(model_proto)
         _write_json(
             work / "tokenizer_config.json",
@@ -154,7 +154,7 @@ def build_tiny_chatml(out: Path, seed: int = 0, shape: TinyShape | None = None) 
         shape.vocab_size,
         user_symbols=specials,
     )
-    with _fresh_dir(out) as work:
+    with staged_dir(out) as work:
         source = work / "sp"
         source.mkdir()
         (source / "tokenizer.model").write_bytes(model_proto)
@@ -190,24 +190,3 @@ def build_fixture(name: str, out: Path, seed: int = 0) -> Path:
 
 def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-class _fresh_dir:
-    """Build into a sibling temp dir, then swap it into place: never half-written."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-
-    def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.work = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
-        return self.work
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.work, ignore_errors=True)
-            return
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        self.work.rename(self.out)
-        self.out.chmod(0o755)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneship.common import layout
+from tuneship.common.atomic import replace_dir
 from tuneship.common.errors import NotFound
 from tuneship.common.events import EventSink, Log, NullSink, Progress
 from tuneship.common.manifest import (
@@ -144,7 +144,7 @@ def fetch_stage(
             events.emit(
                 Progress(stage, done, manifest.total_size, "bytes", message=f"fetched {entry.name}")
             )
-        _replace_dir(temp, dest)
+        replace_dir(temp, dest)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return manifest
@@ -172,16 +172,6 @@ def verify_committed(store: ArtifactStore, manifest_key: str, *, deep: bool = Fa
         with tempfile.TemporaryDirectory(prefix="tuneship-verify-") as scratch:
             fetch_stage(store, manifest_key, Path(scratch) / "files")
     return manifest
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-        os.replace(dest, old / "d")
-        os.replace(new, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, dest)
 
 
 def _complete(store: ArtifactStore, manifest: Manifest) -> bool:
