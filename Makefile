@@ -17,7 +17,7 @@ S3_VENV ?= .venv-s3
 S3_INSTALLED := $(S3_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv s3-venv toolchain proto lint format test test-all bench run clean
+.PHONY: help venv s3-venv go-toolchain toolchain proto lint format test test-all bench run clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,18 @@ $(S3_INSTALLED): requirements-s3.lock
 
 s3-venv: $(S3_INSTALLED) ## create .venv-s3 with the pinned moto S3 test server (idempotent)
 
+# The Go template parity tests build tests/tools/gotemplate (go 1.19, standard library
+# only), so Debian's golang-go is enough; apt-get update only when its lists lack it.
+go-toolchain: ## install Debian's golang-go when go is missing (idempotent)
+	@command -v go >/dev/null && exit 0; \
+	  command -v apt-get >/dev/null || { echo "go is missing and apt-get is not available:" \
+	    "install Go 1.19 or newer (Debian/Ubuntu: golang-go) and put go on PATH" >&2; exit 1; }; \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  apt-cache policy golang-go 2>/dev/null | grep -q 'Candidate: [0-9]' \
+	    || $$sudo apt-get update -qq; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends golang-go
+
 $(TOOLCHAIN):
 	scripts/build-llama-cpp.sh
 
@@ -58,10 +70,10 @@ format: $(INSTALLED) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix services tests bench
 	$(BIN)/ruff format services tests bench
 
-test: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) lint ## lint, then the default test suite (not slow, not gpu)
+test: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain lint ## lint, then the default test suite (not slow, not gpu)
 	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-all: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) lint ## every test except those needing a GPU
+test-all: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain lint ## every test except those needing a GPU
 	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
 
 bench: $(INSTALLED) $(TOOLCHAIN) ## benchmarks; results in bench/results/*.json

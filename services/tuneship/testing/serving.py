@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tuneship.common.errors import ToolchainMissing
+
 
 def early_stop_string(answer: str, length: int = 3) -> str:
     """A substring of ``answer`` whose first occurrence follows some visible text, so that
@@ -27,13 +29,21 @@ def early_stop_string(answer: str, length: int = 3) -> str:
     raise ValueError(f"no usable stop string in {answer!r}")
 
 
-def build_go_renderer(tool_dir: Path, out_dir: Path) -> Path | None:
+def build_go_renderer(tool_dir: Path, out_dir: Path) -> Path:
     """Build the Go template renderer in ``tool_dir`` (tests/tools/gotemplate) into
-    ``out_dir``; None when Go is not installed."""
+    ``out_dir`` and return the binary; ToolchainMissing when Go is not installed."""
     go = shutil.which("go")
     if go is None:
-        return None
-    env = {**os.environ, "GOCACHE": str(out_dir / "cache"), "GOFLAGS": "-mod=mod", "GOPROXY": "off"}
+        raise ToolchainMissing(
+            "go not found on PATH: the Go template parity tests cannot run",
+            hint="run `make test` (it installs Debian's golang-go) or install Go 1.19 or newer",
+        )
+    # Offline and with the installed Go only: no module downloads, and GOTOOLCHAIN=local
+    # keeps Go 1.21+ from fetching a newer toolchain.
+    env = {
+        **os.environ, "GOCACHE": str(out_dir / "cache"), "GOFLAGS": "-mod=mod",
+        "GOPROXY": "off", "GOTOOLCHAIN": "local",
+    }  # fmt: skip
     binary = out_dir / "gotemplate"
     subprocess.run(
         [go, "build", "-o", str(binary), "."],
