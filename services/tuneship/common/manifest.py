@@ -13,7 +13,6 @@ committed manifests, so a rerun or retry of the same work is skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,8 @@ from typing import Any
 
 from tuneship.common import layout
 from tuneship.common.errors import FailedPrecondition, InvalidInput
-from tuneship.common.store.base import CorruptArtifact, sha256_bytes, sha256_file
+from tuneship.common.hashing import sha256_bytes, sha256_file
+from tuneship.common.store.base import CorruptArtifact
 
 FORMAT = 1
 
@@ -143,7 +143,7 @@ def _canonical(value: Any) -> bytes:
 
 def spec_hash(section: Mapping[str, Any] | None) -> str:
     """Stable sha256 of a spec section (a JSON-able mapping; key order does not matter)."""
-    return hashlib.sha256(_canonical(dict(section or {}))).hexdigest()
+    return sha256_bytes(_canonical(dict(section or {})))
 
 
 def cache_key(
@@ -157,7 +157,7 @@ def cache_key(
     manifests (by content) and tool versions gives the same key, so finished work is
     reused. ``stage`` keeps two stages with equal sections and inputs apart."""
     refs = [i.ref if isinstance(i, Manifest) else i for i in inputs]
-    return hashlib.sha256(
+    return sha256_bytes(
         _canonical(
             {
                 "stage": stage,
@@ -166,7 +166,7 @@ def cache_key(
                 "tools": dict(tool_versions),
             }
         )
-    ).hexdigest()
+    )
 
 
 def scan_dir(local: Path) -> tuple[FileEntry, ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 from tuneship.common.atomic import staged_dir
 from tuneship.common.errors import NotFound
 from tuneship.common.events import EventSink, Log, Progress
+from tuneship.common.hashing import sha256_file
 from tuneship.common.loading import MODEL_LOADING
 from tuneship.common.spec import PipelineSpec
 from tuneship.merger.manifest import TrainManifest, read_manifest
@@ -166,18 +166,10 @@ def _write_merge_manifest(
         "vocab": vocab.as_dict(),
         "notes": notes,
         "files": [
-            {"path": str(p.relative_to(work)), "size": p.stat().st_size, "sha256": _sha256(p)}
+            {"path": str(p.relative_to(work)), "size": p.stat().st_size, "sha256": sha256_file(p)}
             for p in files
         ],
     }
     path = work / MERGE_MANIFEST
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -8,7 +8,6 @@ chat answers stream as JSON lines. Transient failures (connection refused, timeo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from tuneship.common.errors import (
     TuneshipError,
     Unavailable,
 )
+from tuneship.common.hashing import sha256_file
 from tuneship.serving.backend import (
     BackendHealth,
     ChatStream,
@@ -42,12 +42,8 @@ _OPTION_KEYS = {"num_predict", "temperature", "top_p", "top_k", "seed", "stop", 
 
 
 def file_digest(path: Path) -> str:
-    """``sha256:<hex>`` of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
+    """``sha256:<hex>`` of a file: the digest Ollama names blobs by."""
+    return f"sha256:{sha256_file(path)}"
 
 
 class _FileBody:

@@ -16,12 +16,12 @@ from typing import Any
 
 from tuneship.common.errors import FailedPrecondition, InvalidInput, Unavailable
 from tuneship.common.events import EventSink, Log, Metrics, Progress
+from tuneship.common.hashing import sha256_file
 from tuneship.common.spec import PipelineSpec, ServeSpec
 from tuneship.serving.backend import BackendHealth, ServingBackend, full_name
 from tuneship.serving.gguf_meta import GgufInfo, read_gguf_info
 from tuneship.serving.gotemplate import to_go_template
 from tuneship.serving.modelfile import default_parameters
-from tuneship.serving.ollama import file_digest
 
 STAGE = "serve"
 
@@ -116,7 +116,7 @@ def publish_model(
     mode = _template_mode(serve, backend.kind, health)
     template = _go_template(info, serve, events) if mode == "go" else None
     parameters = default_parameters(info, serve.parameters)
-    version = version or (serve.tag if serve.tag != "latest" else file_digest(gguf)[7:19])
+    version = version or (serve.tag if serve.tag != "latest" else sha256_file(gguf)[:12])
     model = full_name(name, version)
     events.emit(Log(STAGE, f"publishing {gguf.name} as {model} on {backend.kind} ({mode})"))
     backend.publish(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneship.common.atomic import staged_dir
+from tuneship.common.hashing import sha256_file
 from tuneship.testing.conversations import sample_conversations
 
 PAD_TOKEN = "<pad>"
@@ -95,7 +96,7 @@ def build_train_out(
     }
     manifest = {
         "method": method,
-        "base_model": {"path": str(base), "sha256": _sha256(base / "model.safetensors")},
+        "base_model": {"path": str(base), "sha256": sha256_file(base / "model.safetensors")},
         "template": {"source": "base", "has_generation_tags": True},
         "vocab": vocab,
         "dataset": {"kind": "pirate", "seed": seed},
@@ -157,13 +158,3 @@ def _train(model: Any, tokenizer: Any, steps: int, seed: int) -> None:
         optimizer.step()
         optimizer.zero_grad()
     model.eval()
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -12,13 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneship.common.errors import InvalidInput
-from tuneship.common.store.base import (
-    ArtifactStore,
-    CorruptArtifact,
-    ObjectInfo,
-    sha256_bytes,
-    sha256_file,
-)
+from tuneship.common.store.base import ArtifactStore, CorruptArtifact, ObjectInfo
 from tuneship.common.store.local import LocalStore
 from tuneship.common.store.s3 import MiB, S3Store
 
@@ -31,8 +25,6 @@ __all__ = [
     "StoreSettings",
     "local_store_url",
     "open_store",
-    "sha256_bytes",
-    "sha256_file",
 ]
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -87,19 +87,6 @@ class ArtifactStore(Protocol):
         ...
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 class HashingReader:
     """Wraps a binary stream and hashes exactly the bytes handed out.
 

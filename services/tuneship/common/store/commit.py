@@ -10,7 +10,6 @@ The stage services call these; nothing else writes or reads manifests::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ from tuneship.common import layout
 from tuneship.common.atomic import replace_dir
 from tuneship.common.errors import NotFound
 from tuneship.common.events import EventSink, Log, NullSink, Progress
+from tuneship.common.hashing import sha256_bytes
 from tuneship.common.manifest import (
     FileEntry,
     InputRef,
@@ -268,9 +268,7 @@ def upload_input(
     """
     events = events or NullSink()
     files = scan_dir(path)
-    digest = hashlib.sha256(
-        json.dumps([vars(f) for f in files], sort_keys=True).encode()
-    ).hexdigest()
+    digest = sha256_bytes(json.dumps([vars(f) for f in files], sort_keys=True).encode())
     key = layout.input_manifest(kind, digest)
     try:
         existing = read_manifest(store, key)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tuneship.common import layout
 from tuneship.common.errors import InvalidInput, NotFound
+from tuneship.common.hashing import sha256_bytes
 from tuneship.common.store.base import CHUNK, CorruptArtifact, ObjectInfo, temp_beside
 
 _TEMP_SUFFIX = ".part"
@@ -90,7 +91,7 @@ class LocalStore:
                 writer.flush()
                 os.fsync(writer.fileno())
             os.replace(temp, target)
-        return ObjectInfo(key, len(data), hashlib.sha256(data).hexdigest())
+        return ObjectInfo(key, len(data), sha256_bytes(data))
 
     def get_bytes(self, key: str) -> bytes:
         return self._require(key).read_bytes()

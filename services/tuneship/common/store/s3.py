@@ -37,13 +37,12 @@ from tuneship.common.errors import (
     TuneshipError,
     Unavailable,
 )
+from tuneship.common.hashing import sha256_bytes, sha256_file
 from tuneship.common.store.base import (
     CHUNK,
     CorruptArtifact,
     HashingReader,
     ObjectInfo,
-    sha256_bytes,
-    sha256_file,
     temp_beside,
 )
 
