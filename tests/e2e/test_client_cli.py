@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tuneship.controller.machine import STAGES
+from tuneship.common.stages import STAGES
 from tuneship.testing.cluster import Cluster, start_cluster
 from tuneship.testing.stages import ScriptedStage
 from tuneship.v1 import pipeline_pb2

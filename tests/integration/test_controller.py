@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from tuneship.common.stages import STAGES
 from tuneship.controller.app import ControllerSettings, start_controller
-from tuneship.controller.machine import STAGES
 from tuneship.controller.scheduler import RetryPolicy
 from tuneship.testing.cluster import Cluster, start_cluster, upload_nothing
 from tuneship.testing.stages import ScriptedStage

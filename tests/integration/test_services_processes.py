@@ -21,13 +21,14 @@ import grpc
 import pytest
 from tuneship.client import PipelineClient, PipelineInfo
 from tuneship.common.llama_server import free_port
+from tuneship.common.stages import PIPELINE
 from tuneship.common.store import S3Store
 from tuneship.common.store.commit import verify_committed
 from tuneship.v1 import stage_pb2, workers_pb2_grpc
 
 pytestmark = pytest.mark.integration
 TUNESHIP = str(Path(sys.executable).parent / "tuneship")
-COMPONENTS = {"trainer": "train", "merger": "merge", "converter": "export", "serving": "publish"}
+COMPONENTS = {s.component: s.name for s in PIPELINE}
 LIMITS = {"train": 2, "merge": 1, "export": 1, "publish": 1}
 
 SPEC = """apiVersion: tuneship/v1

@@ -26,11 +26,11 @@ from typing import Any
 
 from tuneship.common.errors import InvalidInput
 from tuneship.common.settings import Settings
+from tuneship.common.stages import COMPONENTS, PIPELINE, STAGES
 from tuneship.common.store import StoreSettings, open_store
 from tuneship.common.toolchain import find_toolchain
 from tuneship.controller.app import ControllerSettings, start_controller
 from tuneship.controller.inputs import input_uploader
-from tuneship.controller.machine import STAGES
 
 
 def _pairs(text: str, what: str) -> dict[str, str]:
@@ -51,7 +51,7 @@ def controller_settings(env: Mapping[str, str], host: str, port: int) -> Control
     if missing:
         raise InvalidInput(
             f"no address for {', '.join(missing)}", where="TUNESHIP_WORKERS",
-            hint="train=trainer:50051,merge=merger:50051,export=converter:50051,publish=serving:50051",
+            hint=",".join(f"{s.name}={s.component}:50051" for s in PIPELINE),
         )  # fmt: skip
     limits = {
         k: int(v) for k, v in _pairs(env.get("TUNESHIP_LIMITS", ""), "TUNESHIP_LIMITS").items()
@@ -69,7 +69,7 @@ def controller_settings(env: Mapping[str, str], host: str, port: int) -> Control
 
 def serve_component(component: str, host: str, port: int, env: Mapping[str, str]) -> None:
     """Start ``component`` and block until SIGTERM/SIGINT."""
-    from tuneship.cli.embedded import COMPONENTS, component_server
+    from tuneship.cli.embedded import component_server
 
     if component not in ("controller", *COMPONENTS):
         raise InvalidInput(f"unknown component {component!r}", where="COMPONENT",

@@ -8,26 +8,54 @@ entry point of the per-component servers (`tuneship serve COMPONENT`).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuneship.common.settings import Settings
+from tuneship.common.stages import COMPONENTS, stage_of_component
 from tuneship.common.stagework import StageContext
 from tuneship.common.store import ArtifactStore, LocalStore
 from tuneship.common.toolchain import Toolchain, find_toolchain
 from tuneship.common.wire import Server, StageServicer, start_server
 from tuneship.controller.app import Controller, ControllerSettings, start_controller
 from tuneship.controller.inputs import input_uploader
-from tuneship.controller.machine import STAGES
 from tuneship.converter.servicer import converter_service
 from tuneship.merger.servicer import merger_service
 from tuneship.serving.servicer import serving_service
 from tuneship.trainer.servicer import trainer_service
 
-COMPONENTS = ("trainer", "merger", "converter", "serving")
-STAGE_OF = dict(zip(COMPONENTS, STAGES, strict=True))
+
+@dataclass(frozen=True)
+class ComponentNeeds:
+    """Everything a stage service may be built from; each takes what it uses."""
+
+    ctx: StageContext
+    capacity: int
+    toolchain: Toolchain | None = None
+    """The llama.cpp build (the converter)."""
+    backend: Any = None
+    """The serving backend (the serving service)."""
+
+    def require_toolchain(self) -> Toolchain:
+        assert self.toolchain is not None, "the converter needs a toolchain"
+        return self.toolchain
+
+
+ServiceParts = tuple[Any, Any, str, StageServicer]
+"""(add-to-server function, gRPC servicer, full service name, stage servicer)."""
+
+SERVICES: dict[str, Callable[[ComponentNeeds], ServiceParts]] = {
+    "trainer": lambda needs: trainer_service(needs.ctx, needs.capacity),
+    "merger": lambda needs: merger_service(needs.ctx, needs.capacity),
+    "converter": lambda needs: converter_service(
+        needs.ctx, needs.require_toolchain(), needs.capacity
+    ),
+    "serving": lambda needs: serving_service(needs.ctx, needs.backend, needs.capacity),
+}
+"""How to build each component's service (keys: ``common.stages.COMPONENTS``)."""
 
 
 def component_server(
@@ -42,16 +70,8 @@ def component_server(
     capacity: int = 1,
 ) -> tuple[Server, StageServicer]:
     """Start one stage service; returns the server and its stage servicer."""
-    ctx = StageContext(store, work_root)
-    if component == "trainer":
-        add, servicer, name, stage = trainer_service(ctx, capacity)
-    elif component == "merger":
-        add, servicer, name, stage = merger_service(ctx, capacity)
-    elif component == "converter":
-        assert toolchain is not None
-        add, servicer, name, stage = converter_service(ctx, toolchain, capacity)
-    else:
-        add, servicer, name, stage = serving_service(ctx, backend, capacity)
+    needs = ComponentNeeds(StageContext(store, work_root), capacity, toolchain, backend)
+    add, servicer, name, stage = SERVICES[component](needs)
     return start_server([(add, servicer)], [name], host=host, port=port), stage
 
 
@@ -96,11 +116,11 @@ def start_embedded(settings: Settings, backend: Any, stack: ExitStack) -> Embedd
         server, stage = component_server(
             component, store, work, toolchain=toolchain, backend=backend
         )
-        servers[component], stages[STAGE_OF[component]] = server, stage
+        servers[component], stages[stage_of_component(component).name] = server, stage
     controller = start_controller(
         ControllerSettings(
             state_url=f"sqlite:///{data_dir / 'state.db'}",
-            workers={STAGE_OF[c]: s.address for c, s in servers.items()},
+            workers={stage_of_component(c).name: s.address for c, s in servers.items()},
             heartbeat_timeout_s=120.0,
         ),
         input_uploader(store),

@@ -19,6 +19,7 @@ from tuneship.cli.progress import follow
 from tuneship.client import PipelineClient, PipelineInfo, WatchEvent
 from tuneship.common.errors import InvalidInput, TuneshipError
 from tuneship.common.spec import PipelineSpec, load_spec
+from tuneship.common.stages import COMPONENTS
 from tuneship.common.store import StoreSettings, open_store
 from tuneship.controller.inputs import STORE_SCHEME, resolve_input, spec_inputs
 
@@ -217,9 +218,7 @@ def delete(pipeline_id: str, controller: ControllerOpt = "127.0.0.1:50051") -> N
 
 
 def serve(
-    component: Annotated[
-        str, typer.Argument(help="controller | trainer | merger | converter | serving")
-    ],
+    component: Annotated[str, typer.Argument(help=" | ".join(("controller", *COMPONENTS)))],
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 50051,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "0.0.0.0",
 ) -> None:

@@ -23,6 +23,7 @@ from tuneship.common.events import EventSink, Log
 from tuneship.common.jobs import Artifact, StageJob, StageOutcome
 from tuneship.common.manifest import Manifest, cache_key
 from tuneship.common.spec import PipelineSpec
+from tuneship.common.stages import stage_named
 from tuneship.common.store import ArtifactStore
 from tuneship.common.store.commit import (
     commit_stage,
@@ -93,15 +94,15 @@ def run_committed_stage(
     *,
     stage: str,
     section: Mapping[str, Any],
-    input_names: Sequence[str],
     versions: Mapping[str, str],
     work: Callable[[Path], tuple[Path, dict[str, Any]]],
 ) -> StageOutcome:
     """Reuse a committed result with the same cache key, or run ``work`` and commit.
 
-    ``work(workdir)`` returns (the directory to commit, a JSON-able summary).
+    ``work(workdir)`` returns (the directory to commit, a JSON-able summary). The cache
+    key covers the manifests of the stage's inputs as ``common.stages`` lists them.
     """
-    inputs = ctx.input_manifests(job, input_names)
+    inputs = ctx.input_manifests(job, tuple(stage_named(stage).inputs))
     key = cache_key(section, tuple(m.ref for m in inputs), dict(versions), stage=stage)
     reused = find_committed(ctx.store, key)
     if reused is not None:

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from tuneship.common.errors import InvalidInput, TuneshipError
 from tuneship.common.events import Event, Log, Metrics, Progress
 from tuneship.common.jobs import Artifact, StageJob, StageOutcome
+from tuneship.common.stages import stage_named
 from tuneship.common.tasks import Finished, Task, TaskRegistry, TaskState
 from tuneship.v1 import stage_pb2, workers_pb2_grpc
 
@@ -282,14 +283,6 @@ class StageServicer:
         return stage_pb2.CancelResponse(cancelled=self.tasks.cancel(request.task_id))
 
 
-_STAGE_SERVICES = {
-    "train": ("TrainerService", "Train"),
-    "merge": ("MergerService", "Merge"),
-    "export": ("ConverterService", "Export"),
-    "publish": ("ServingService", "Publish"),
-}
-
-
 def stage_service(
     stage: StageServicer, extra: dict[str, Callable[[Any, Any], Any]] | None = None
 ) -> tuple[Any, Any, str]:
@@ -298,7 +291,8 @@ def stage_service(
     ``extra`` adds a service's own RPCs by name (ServingService's Chat and friends),
     each a ``(request, context)`` callable.
     """
-    service, method = _STAGE_SERVICES[stage.stage]
+    entry = stage_named(stage.stage)
+    service = entry.service
     generated = getattr(workers_pb2_grpc, f"{service}Servicer")
     add = getattr(workers_pb2_grpc, f"add_{service}Servicer_to_server")
 
@@ -308,7 +302,7 @@ def stage_service(
     def cancel(self: Any, request: Any, context: Any) -> Any:
         return stage.cancel(request, context)
 
-    methods: dict[str, Any] = {method: run, "Cancel": cancel}
+    methods: dict[str, Any] = {entry.method: run, "Cancel": cancel}
     methods.update({name: staticmethod(fn) for name, fn in (extra or {}).items()})
     servicer = type(f"{service}Impl", (generated,), methods)()
-    return add, servicer, f"tuneship.v1.{service}"
+    return add, servicer, entry.full_service

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneship.common.jobs import Artifact
+from tuneship.common.stages import STAGES, stage_named
 from tuneship.common.wire import Server, start_server
-from tuneship.controller.machine import STAGES
 from tuneship.controller.metrics import ControllerMetrics
 from tuneship.controller.scheduler import RetryPolicy, Scheduler
 from tuneship.controller.servicer import (
@@ -20,19 +20,11 @@ from tuneship.controller.servicer import (
 from tuneship.controller.state import PipelineView, StateStore
 from tuneship.controller.wire_clients import GrpcWorkers
 
-# Which earlier outputs and pipeline inputs each stage reads, by input name.
-STAGE_INPUTS: dict[str, dict[str, str]] = {
-    "train": {"base": "input:base", "train": "input:train", "eval": "input:eval"},
-    "merge": {"base": "input:base", "train_out": "stage:train"},
-    "export": {"model": "stage:merge", "eval": "input:eval", "train": "input:train"},
-    "publish": {"gguf": "stage:export"},
-}
-
 
 def inputs_for(pipeline: PipelineView, stage: str) -> dict[str, Artifact]:
     """The artifacts a stage of ``pipeline`` reads (absent optional inputs are skipped)."""
     chosen: dict[str, Artifact] = {}
-    for name, source in STAGE_INPUTS[stage].items():
+    for name, source in stage_named(stage).inputs.items():
         kind, _, ref = source.partition(":")
         if kind == "input" and ref in pipeline.inputs:
             chosen[name] = Artifact(**pipeline.inputs[ref])

@@ -6,9 +6,6 @@ import enum
 
 from tuneship.common.errors import FailedPrecondition
 
-STAGES = ("train", "merge", "export", "publish")
-"""A pipeline's stages, in the order they run."""
-
 
 class Phase(enum.Enum):
     """The phase of a pipeline or of one of its stages."""

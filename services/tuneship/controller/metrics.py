@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_se
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tuneship.controller.machine import STAGES, Phase
+from tuneship.common.stages import STAGES
+from tuneship.controller.machine import Phase
 from tuneship.controller.state import StateStore
 
 _BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 3 * 3600, 12 * 3600, 48 * 3600)

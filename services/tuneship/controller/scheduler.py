@@ -25,7 +25,8 @@ from typing import Any, Protocol
 from tuneship.common import layout
 from tuneship.common.events import Event, Log, Metrics, Progress
 from tuneship.common.jobs import Artifact, StageJob, StageOutcome
-from tuneship.controller.machine import STAGES, Phase
+from tuneship.common.stages import STAGES
+from tuneship.controller.machine import Phase
 from tuneship.controller.state import PipelineView, StateStore
 
 log = logging.getLogger("tuneship.controller")

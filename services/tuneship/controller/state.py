@@ -30,7 +30,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from tuneship.common.errors import NotFound, Unavailable
-from tuneship.controller.machine import STAGES, Phase, check_move
+from tuneship.common.stages import STAGES
+from tuneship.controller.machine import Phase, check_move
 
 
 class Base(DeclarativeBase):

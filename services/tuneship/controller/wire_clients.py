@@ -9,16 +9,10 @@ import grpc
 
 from tuneship.common.events import Event
 from tuneship.common.jobs import StageJob, StageOutcome
+from tuneship.common.stages import stage_named
 from tuneship.common.wire import RETRYABLE, job_to_proto, outcome_from_proto, proto_to_event
 from tuneship.controller.scheduler import StageFailure
 from tuneship.v1 import stage_pb2, workers_pb2, workers_pb2_grpc
-
-_STUBS = {
-    "train": (workers_pb2_grpc.TrainerServiceStub, "Train"),
-    "merge": (workers_pb2_grpc.MergerServiceStub, "Merge"),
-    "export": (workers_pb2_grpc.ConverterServiceStub, "Export"),
-    "publish": (workers_pb2_grpc.ServingServiceStub, "Publish"),
-}
 
 
 def failure_of(error: grpc.RpcError) -> StageFailure:
@@ -54,17 +48,18 @@ class GrpcStageCall:
 
 
 class GrpcWorkers:
-    """Channels to the four stage services, by stage name."""
+    """Channels to the stage services, by stage name."""
 
     def __init__(self, addresses: dict[str, str]) -> None:
         self.addresses = addresses
         self._channels = {stage: grpc.insecure_channel(a) for stage, a in addresses.items()}
         self._stubs: dict[str, Any] = {
-            stage: _STUBS[stage][0](channel) for stage, channel in self._channels.items()
+            stage: getattr(workers_pb2_grpc, f"{stage_named(stage).service}Stub")(channel)
+            for stage, channel in self._channels.items()
         }
 
     def run(self, stage: str, job: StageJob) -> GrpcStageCall:
-        method = getattr(self._stubs[stage], _STUBS[stage][1])
+        method = getattr(self._stubs[stage], stage_named(stage).method)
         return GrpcStageCall(method(job_to_proto(job)))
 
     def cancel(self, stage: str, task_id: str) -> bool:

@@ -46,7 +46,7 @@ def run_export(
 
     return run_committed_stage(
         ctx, job, sink, stage=STAGE, section={"export": spec.export.model_dump(mode="json")},
-        input_names=["model", "train", "eval"], versions=versions, work=work,
+        versions=versions, work=work,
     )  # fmt: skip
 
 

@@ -28,7 +28,7 @@ def run_merge(ctx: StageContext, job: StageJob, sink: EventSink) -> StageOutcome
 
     return run_committed_stage(
         ctx, job, sink, stage=STAGE, section={"merge": spec.merge.model_dump(mode="json")},
-        input_names=["base", "train_out"], versions=versions, work=work,
+        versions=versions, work=work,
     )  # fmt: skip
 
 

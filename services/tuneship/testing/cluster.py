@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 
 from tuneship.common.jobs import Artifact
+from tuneship.common.stages import STAGES
 from tuneship.common.wire import Server, StageServicer, stage_service, start_server
 from tuneship.controller.app import Controller, ControllerSettings, start_controller
-from tuneship.controller.machine import STAGES
 from tuneship.controller.scheduler import RetryPolicy
 from tuneship.testing.stages import ScriptedStage
 from tuneship.v1 import pipeline_pb2, pipeline_pb2_grpc, workers_pb2

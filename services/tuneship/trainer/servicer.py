@@ -118,8 +118,7 @@ def run_train(ctx: StageContext, job: StageJob, sink: EventSink) -> StageOutcome
         return workdir / "out", {"steps": result.steps, "final_loss": result.final_loss}
 
     return run_committed_stage(
-        ctx, job, sink, stage=STAGE, section=section, input_names=["base", "train", "eval"],
-        versions=library_versions(), work=work,
+        ctx, job, sink, stage=STAGE, section=section, versions=library_versions(), work=work,
     )  # fmt: skip
 
 
