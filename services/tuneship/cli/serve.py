@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from tuneship.common.atomic import atomic_write_text
 from tuneship.common.errors import TuneshipError
 from tuneship.common.events import Event, Log, Metrics, Progress
 from tuneship.common.settings import Settings
@@ -123,9 +124,7 @@ def publish(
 def _write_report(path: Path | None, data: dict[str, Any]) -> None:
     if path is None:
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def modelfile(

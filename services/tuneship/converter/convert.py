@@ -9,7 +9,6 @@ so memory stays near the largest tensor rather than the model size.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneship.common.atomic import staged_file
 from tuneship.common.errors import FailedPrecondition
 from tuneship.common.events import EventSink, Log, Progress
 from tuneship.common.toolchain import Toolchain
@@ -102,23 +102,21 @@ def convert(
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     view = Path(tempfile.mkdtemp(prefix=f".{out.name}.view.", dir=out.parent))
-    tmp_out = out.with_name(f".{out.name}.partial")
     started = time.monotonic()
     try:
         stripped = _prepare_view(model, view, conversations)
         meta = metadata if metadata is not None else lineage_metadata(model)
         (view / "tuneship-metadata.json").write_text(json.dumps(meta), encoding="utf-8")
-        argv = [
-            *toolchain.convert_command(), str(view), "--outfile", str(tmp_out),
-            "--outtype", outtype, "--metadata", str(view / "tuneship-metadata.json"),
-        ]  # fmt: skip
-        _run_script(argv, events)
-        if restore_merge_scores(tmp_out, model):
-            events.emit(Log(STAGE, "token scores set from the BPE merge ranks"))
-        os.replace(tmp_out, out)
+        with staged_file(out) as tmp_out:
+            argv = [
+                *toolchain.convert_command(), str(view), "--outfile", str(tmp_out),
+                "--outtype", outtype, "--metadata", str(view / "tuneship-metadata.json"),
+            ]  # fmt: skip
+            _run_script(argv, events)
+            if restore_merge_scores(tmp_out, model):
+                events.emit(Log(STAGE, "token scores set from the BPE merge ranks"))
     finally:
         shutil.rmtree(view, ignore_errors=True)
-        tmp_out.unlink(missing_ok=True)
     seconds = time.monotonic() - started
     events.emit(Log(STAGE, f"wrote {out.name} ({out.stat().st_size / 1e6:.1f} MB, {seconds:.1f}s)"))
     return ConvertResult(out, outtype, seconds, stripped, meta)

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneship.common.atomic import staged_file
 from tuneship.common.errors import FailedPrecondition, InvalidInput
 from tuneship.common.events import EventSink, Log, Progress
 from tuneship.common.spec.export import QUANT_TYPES
@@ -127,8 +128,7 @@ def compute_imatrix(
 
 def _run_atomic(argv: list[str], target: Path, after: list[str]) -> None:
     """Run ``argv + [partial] + after``, then rename the partial file to ``target``."""
-    partial = target.with_name(f".{target.name}.partial")
-    try:
+    with staged_file(target) as partial:
         done = subprocess.run(
             [*argv, str(partial), *after], capture_output=True, text=True, check=False
         )
@@ -137,6 +137,3 @@ def _run_atomic(argv: list[str], target: Path, after: list[str]) -> None:
             raise FailedPrecondition(
                 f"{Path(argv[0]).name} failed for {target.name} (exit {done.returncode}):\n{tail}"
             )
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)

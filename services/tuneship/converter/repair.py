@@ -14,9 +14,9 @@ Each rewritten file is written beside the original and renamed over it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from tuneship.common.atomic import atomic_write_text, staged_file
 from tuneship.converter.doctor import (
     EMBEDDING_NAMES,
     DoctorReport,
@@ -50,18 +50,12 @@ def fix_hf(model: Path) -> tuple[list[str], DoctorReport]:
     if rows is not None and config.get("vocab_size") != rows:
         before = config.get("vocab_size")
         config["vocab_size"] = rows
-        _write_text(model / "config.json", json.dumps(config, indent=2) + "\n")
+        atomic_write_text(model / "config.json", json.dumps(config, indent=2) + "\n")
         done.append(f"set config.vocab_size {before} → {rows}")
     if any(f.check == "chat_template" and f.fixable for f in report.findings):
         _strip_template(model)
         done.append("removed {% generation %} tags from the chat template")
     return done, check_hf(model)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _resize_rows(model: Path, size: int) -> None:
@@ -79,9 +73,8 @@ def _resize_rows(model: Path, size: int) -> None:
             extra = size - weight.shape[0]
             mean = weight.float().mean(dim=0, keepdim=True).to(weight.dtype)
             tensors[name] = torch.cat([weight, mean.expand(extra, -1)]).contiguous()
-        tmp = shard.with_name(f".{shard.name}.tmp")
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, shard)
+        with staged_file(shard) as tmp:
+            save_file(tensors, tmp, metadata={"format": "pt"})
     _refresh_index(model)
 
 
@@ -100,7 +93,7 @@ def _refresh_index(model: Path) -> None:
     payload.setdefault("metadata", {})["total_size"] = sum(
         p.stat().st_size for p in model.glob("*.safetensors")
     )
-    _write_text(index, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(index, json.dumps(payload, indent=2) + "\n")
 
 
 def _add_placeholders(model: Path, count: int) -> None:
@@ -124,9 +117,9 @@ def _strip_template(model: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model)
     check_same_rendering(tokenizer, original, stripped, sample_conversations_for_parity())
     if (model / "chat_template.jinja").is_file():
-        _write_text(model / "chat_template.jinja", stripped)
+        atomic_write_text(model / "chat_template.jinja", stripped)
     config_path = model / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     if isinstance(config.get("chat_template"), str):
         config["chat_template"] = stripped
-        _write_text(config_path, json.dumps(config, indent=2) + "\n")
+        atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")

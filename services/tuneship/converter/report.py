@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tuneship.common.atomic import atomic_write_text, staged_file
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
 
@@ -57,8 +58,8 @@ def write_report(report: ExportReport, out: Path) -> list[Path]:
     """Write report.json, report.md and report.png into ``out``; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / REPORT_JSON, out / REPORT_MD, out / REPORT_PNG]
-    _atomic_text(paths[0], json.dumps(asdict(report), indent=2) + "\n")
-    _atomic_text(paths[1], markdown(report, paths[2].name))
+    atomic_write_text(paths[0], json.dumps(asdict(report), indent=2) + "\n")
+    atomic_write_text(paths[1], markdown(report, paths[2].name))
     _chart(report, paths[2])
     return paths
 
@@ -109,13 +110,6 @@ def _chart(report: ExportReport, path: Path) -> None:
     axis.set_title(f"{report.model}: size vs quality")
     axis.legend()
     figure.tight_layout()
-    partial = path.with_name(f".{path.name}.partial")
-    figure.savefig(partial, format="png")
+    with staged_file(path) as partial:
+        figure.savefig(partial, format="png")
     plt.close(figure)
-    os.replace(partial, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)

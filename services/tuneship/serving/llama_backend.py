@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from tuneship.common.atomic import atomic_write_text, staged_file
 from tuneship.common.errors import InvalidInput, NotFound
 from tuneship.common.events import EventSink, Log, NullSink
 from tuneship.common.llama_server import LlamaServer
@@ -42,13 +43,6 @@ _OPTIONS = {
     "top_p": "top_p", "top_k": "top_k", "seed": "seed", "repeat_penalty": "repeat_penalty",
     "min_p": "min_p",
 }  # fmt: skip
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class LlamaServerBackend:
@@ -107,14 +101,11 @@ class LlamaServerBackend:
         digest = file_digest(gguf)
         blob = self.work_dir / "blobs" / (digest.replace(":", "-") + ".gguf")
         if not blob.is_file():
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            tmp = blob.with_name(f".{blob.name}.tmp")
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(gguf, tmp)
-            except OSError:  # another filesystem: copy instead
-                shutil.copyfile(gguf, tmp)
-            os.replace(tmp, blob)
+            with staged_file(blob) as tmp:
+                try:
+                    os.link(gguf, tmp)
+                except OSError:  # another filesystem: copy instead
+                    shutil.copyfile(gguf, tmp)
         return digest, blob
 
     def publish(
@@ -151,12 +142,12 @@ class LlamaServerBackend:
             "system": system, "parameters": parameters,
         }  # fmt: skip
         self._server_for(manifest)
-        _atomic_write(self._manifest_path(model), json.dumps(manifest, indent=2))
+        atomic_write_text(self._manifest_path(model), json.dumps(manifest, indent=2))
         return self._published(manifest)
 
     def copy(self, source: str, destination: str) -> None:
         manifest = {**self._read(source), "name": full_name(destination)}
-        _atomic_write(self._manifest_path(destination), json.dumps(manifest, indent=2))
+        atomic_write_text(self._manifest_path(destination), json.dumps(manifest, indent=2))
 
     def list(self) -> list[PublishedModel]:
         root = self.work_dir / "models"

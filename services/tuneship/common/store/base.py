@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -120,16 +116,3 @@ class HashingReader:
                 where=self.where,
                 hint="do not modify a stage's outputs while they are being committed",
             )
-
-
-@contextmanager
-def temp_beside(target: Path) -> Iterator[Path]:
-    """A temporary path in ``target``'s directory, removed unless renamed away."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    temp = Path(name)
-    try:
-        yield temp
-    finally:
-        temp.unlink(missing_ok=True)

@@ -13,11 +13,10 @@ import shutil
 from pathlib import Path
 
 from tuneship.common import layout
+from tuneship.common.atomic import PART_SUFFIX, atomic_write_bytes, staged_file
 from tuneship.common.errors import InvalidInput, NotFound
 from tuneship.common.hashing import sha256_bytes
-from tuneship.common.store.base import CHUNK, CorruptArtifact, ObjectInfo, temp_beside
-
-_TEMP_SUFFIX = ".part"
+from tuneship.common.store.base import CHUNK, CorruptArtifact, ObjectInfo
 
 
 def _copy_hashing(src: Path, dst: Path) -> tuple[int, str]:
@@ -57,7 +56,7 @@ class LocalStore:
 
     def put_file(self, key: str, path: Path, *, sha256: str | None = None) -> ObjectInfo:
         target = self._path(key)
-        with temp_beside(target) as temp:
+        with staged_file(target) as temp:
             size, actual = _copy_hashing(Path(path), temp)
             if sha256 and actual != sha256:
                 raise CorruptArtifact(
@@ -66,13 +65,12 @@ class LocalStore:
                     where=self._where(key),
                     hint="do not modify a stage's outputs while they are being committed",
                 )
-            os.replace(temp, target)
         return ObjectInfo(key, size, actual)
 
     def get_file(self, key: str, path: Path, *, sha256: str | None = None) -> ObjectInfo:
         source = self._require(key)
         dest = Path(path)
-        with temp_beside(dest) as temp:
+        with staged_file(dest) as temp:
             size, actual = _copy_hashing(source, temp)
             if sha256 and actual != sha256:
                 raise CorruptArtifact(
@@ -80,17 +78,10 @@ class LocalStore:
                     where=self._where(key),
                     hint="the stored copy is damaged; rerun the stage that produced it",
                 )
-            os.replace(temp, dest)
         return ObjectInfo(key, size, actual)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        target = self._path(key)
-        with temp_beside(target) as temp:
-            with temp.open("wb") as writer:
-                writer.write(data)
-                writer.flush()
-                os.fsync(writer.fileno())
-            os.replace(temp, target)
+        atomic_write_bytes(self._path(key), data)
         return ObjectInfo(key, len(data), sha256_bytes(data))
 
     def get_bytes(self, key: str) -> bytes:
@@ -109,7 +100,7 @@ class LocalStore:
         found = []
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
-                if name.startswith(".") and name.endswith(_TEMP_SUFFIX):
+                if name.startswith(".") and name.endswith(PART_SUFFIX):
                     continue  # an upload in flight, not an object
                 full = Path(dirpath) / name
                 key = full.relative_to(self.root).as_posix()

@@ -30,6 +30,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from tuneship.common import layout
+from tuneship.common.atomic import staged_file
 from tuneship.common.errors import (
     FailedPrecondition,
     InvalidInput,
@@ -43,7 +44,6 @@ from tuneship.common.store.base import (
     CorruptArtifact,
     HashingReader,
     ObjectInfo,
-    temp_beside,
 )
 
 T = TypeVar("T")
@@ -303,7 +303,7 @@ class S3Store:
                 recorded = response.headers.get(_META_HEADER)
                 length = int(response.headers.get("content-length", -1))
                 digest = hashlib.sha256()
-                with temp_beside(dest) as temp:
+                with staged_file(dest) as temp:
                     with temp.open("wb") as writer:
                         for chunk in response.stream(CHUNK):
                             digest.update(chunk)
@@ -320,7 +320,6 @@ class S3Store:
                             where=self._where(key),
                             hint="the stored copy is damaged; rerun the stage that produced it",
                         )
-                    os.replace(temp, dest)
                 return ObjectInfo(key, size, actual)
             finally:
                 response.close()
