@@ -22,6 +22,8 @@ from typing import Any
 import grpc
 
 from tuneship.common import errors
+from tuneship.common.codec import event_from_proto, event_to_record
+from tuneship.common.events import Log, Metrics, Progress
 from tuneship.v1 import pipeline_pb2, pipeline_pb2_grpc, workers_pb2
 
 _ERRORS: dict[grpc.StatusCode, type[errors.TuneshipError]] = {
@@ -110,25 +112,23 @@ def pipeline_info(message: pipeline_pb2.Pipeline) -> PipelineInfo:
 
 
 def watch_event(message: pipeline_pb2.PipelineEvent) -> WatchEvent:
-    event = message.stage_event
-    kind = event.WhichOneof("kind") or "transition"
-    data: dict[str, Any] = {}
-    if kind == "progress":
-        p = event.progress
-        data = {"step": p.step, "total": p.total, "unit": p.unit,
-                "eta_s": None if p.eta_s < 0 else p.eta_s, "message": p.message}  # fmt: skip
-        text = f"{p.step}/{p.total} {p.unit} {p.message}".strip()
-    elif kind == "metrics":
-        data = dict(event.metrics.values)
-        text = " ".join(f"{k}={v:.4g}" for k, v in sorted(data.items()))
-    elif kind == "log":
-        data = {"level": event.log.level}
-        text = event.log.message
-    else:
-        if kind == "result" and event.result.summary_json:
-            data = {"summary": json.loads(event.result.summary_json)}
-        kind, text = "transition", message.message
-    return WatchEvent(message.seq, PHASES[message.phase], event.stage, kind, text, data)
+    stage_event = message.stage_event
+    phase = PHASES[message.phase]
+    event = event_from_proto(stage_event)
+    if isinstance(event, Progress):
+        kind, data = event_to_record(event)
+        text = f"{event.step}/{event.total} {event.unit} {event.message}".strip()
+        return WatchEvent(message.seq, phase, event.stage, kind, text, data)
+    if isinstance(event, Metrics):
+        text = " ".join(f"{k}={v:.4g}" for k, v in sorted(event.values.items()))
+        return WatchEvent(message.seq, phase, event.stage, "metrics", text, dict(event.values))
+    if isinstance(event, Log):
+        level = {"level": event.level}
+        return WatchEvent(message.seq, phase, event.stage, "log", event.message, level)
+    summary: dict[str, Any] = {}
+    if stage_event.WhichOneof("kind") == "result" and stage_event.result.summary_json:
+        summary = {"summary": json.loads(stage_event.result.summary_json)}
+    return WatchEvent(message.seq, phase, stage_event.stage, "transition", message.message, summary)
 
 
 class PipelineClient:

@@ -1,7 +1,7 @@
 """Stage work in domain terms: what a stage is asked to do and what it hands back.
 
 The controller and the stage workers exchange these (as protobuf on the wire, see
-``wire.py``); nothing here knows about gRPC.
+``codec.py``); nothing here knows about gRPC.
 """
 
 from __future__ import annotations

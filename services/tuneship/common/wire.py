@@ -1,14 +1,12 @@
-"""The gRPC side shared by every tuneship server: error mapping, events, server setup.
+"""The gRPC side shared by every tuneship server: error mapping, server setup and the
+generic stage RPC.
 
-Domain code never imports protobuf; this module (and each service's ``servicer.py``)
-is where domain types and wire types meet.
+Domain code never imports protobuf; the conversions live in ``codec.py``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -18,9 +16,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tuneship.common.errors import InvalidInput, TuneshipError
-from tuneship.common.events import Event, Log, Metrics, Progress
-from tuneship.common.jobs import Artifact, StageJob, StageOutcome
+from tuneship.common.codec import event_to_proto, job_from_proto, outcome_event
+from tuneship.common.errors import TuneshipError
+from tuneship.common.jobs import StageJob, StageOutcome
 from tuneship.common.stages import stage_named
 from tuneship.common.tasks import Finished, Task, TaskRegistry, TaskState
 from tuneship.v1 import stage_pb2, workers_pb2_grpc
@@ -149,89 +147,6 @@ def start_server(
     return Server(server, bound, health_servicer, service_names)
 
 
-def event_to_proto(task_id: str, stage: str, seq: int, event: Event) -> stage_pb2.StageEvent:
-    """A domain event as a ``StageEvent``."""
-    message = stage_pb2.StageEvent(task_id=task_id, stage=stage, seq=seq, time=time.time())
-    if isinstance(event, Progress):
-        message.progress.CopyFrom(
-            stage_pb2.Progress(
-                step=event.step,
-                total=event.total,
-                unit=event.unit,
-                eta_s=-1.0 if event.eta_s is None else event.eta_s,
-                message=event.message,
-            )
-        )
-    elif isinstance(event, Log):
-        message.log.CopyFrom(stage_pb2.LogLine(level=event.level, message=event.message))
-    elif isinstance(event, Metrics):
-        message.metrics.CopyFrom(stage_pb2.Metrics(values=dict(event.values), step=event.step or 0))
-    return message
-
-
-def proto_to_event(message: stage_pb2.StageEvent) -> Event | None:
-    """A ``StageEvent`` (not a result) back as a domain event."""
-    kind = message.WhichOneof("kind")
-    if kind == "progress":
-        p = message.progress
-        eta = None if p.eta_s < 0 else p.eta_s
-        return Progress(message.stage, int(p.step), int(p.total), p.unit, eta, p.message)
-    if kind == "log":
-        return Log(message.stage, message.log.message, message.log.level)
-    if kind == "metrics":
-        return Metrics(message.stage, dict(message.metrics.values), int(message.metrics.step))
-    return None
-
-
-def job_from_proto(request: stage_pb2.StageRequest) -> StageJob:
-    """Validate the request envelope (the spec is validated by the stage)."""
-    if not request.task_id:
-        raise InvalidInput(
-            "task_id is required (the idempotency key)", where="StageRequest.task_id"
-        )
-    if not request.spec_json:
-        raise InvalidInput("spec_json is required", where="StageRequest.spec_json")
-    inputs = {name: Artifact(ref.key, ref.sha256, ref.size) for name, ref in request.inputs.items()}
-    return StageJob(
-        request.task_id,
-        request.pipeline,
-        request.spec_json,
-        inputs,
-        request.output_prefix,
-        request.attempt,
-    )
-
-
-def job_to_proto(job: StageJob) -> stage_pb2.StageRequest:
-    """The inverse of ``job_from_proto`` (used by clients)."""
-    return stage_pb2.StageRequest(
-        task_id=job.task_id,
-        pipeline=job.pipeline,
-        spec_json=job.spec_json,
-        inputs={k: artifact_to_proto(v) for k, v in job.inputs.items()},
-        output_prefix=job.output_prefix,
-        attempt=job.attempt,
-    )
-
-
-def artifact_to_proto(artifact: Artifact) -> stage_pb2.ArtifactRef:
-    return stage_pb2.ArtifactRef(key=artifact.key, sha256=artifact.sha256, size=artifact.size)
-
-
-def outcome_to_proto(outcome: StageOutcome) -> stage_pb2.StageResult:
-    return stage_pb2.StageResult(
-        outputs={k: artifact_to_proto(v) for k, v in outcome.outputs.items()},
-        summary_json=json.dumps(outcome.summary, sort_keys=True, default=str),
-        cached=outcome.cached,
-    )
-
-
-def outcome_from_proto(result: stage_pb2.StageResult) -> StageOutcome:
-    outputs = {k: Artifact(v.key, v.sha256, v.size) for k, v in result.outputs.items()}
-    summary = json.loads(result.summary_json) if result.summary_json else {}
-    return StageOutcome(outputs, summary, result.cached)
-
-
 StageRunner = Callable[[StageJob, Any], StageOutcome]
 
 
@@ -266,13 +181,9 @@ class StageServicer:
                 continue
             seq += 1
             if not isinstance(item, Finished):
-                yield event_to_proto(task.task_id, self.stage, seq, item)
+                yield event_to_proto(item, stage=self.stage, seq=seq, task_id=task.task_id)
             elif item.state is TaskState.SUCCEEDED:
-                event = stage_pb2.StageEvent(
-                    task_id=task.task_id, stage=self.stage, seq=seq, time=time.time()
-                )
-                event.result.CopyFrom(outcome_to_proto(item.result))
-                yield event
+                yield outcome_event(item.result, stage=self.stage, seq=seq, task_id=task.task_id)
             else:
                 assert item.error is not None
                 raise item.error

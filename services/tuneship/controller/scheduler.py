@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -23,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tuneship.common import layout
-from tuneship.common.events import Event, Log, Metrics, Progress
+from tuneship.common.codec import event_to_record
+from tuneship.common.events import Event, Metrics
 from tuneship.common.jobs import Artifact, StageJob, StageOutcome
 from tuneship.common.stages import STAGES
 from tuneship.controller.machine import Phase
@@ -320,18 +320,7 @@ class Scheduler:
         self.state.add_event(pipeline_id, stage, "transition", payload)
 
     def _record_event(self, pipeline_id: str, stage: str, event: Event) -> None:
-        if isinstance(event, Progress):
-            payload: dict[str, Any] = {
-                "step": event.step, "total": event.total, "unit": event.unit,
-                "eta_s": event.eta_s, "message": event.message,
-            }  # fmt: skip
-            kind = "progress"
-        elif isinstance(event, Metrics):
-            payload, kind = {"values": event.values, "step": event.step}, "metrics"
-            if stage == "train" and "tokens_per_s" in event.values:
-                self.observer.training_throughput(pipeline_id, event.values["tokens_per_s"])
-        elif isinstance(event, Log):
-            payload, kind = {"message": event.message, "level": event.level}, "log"
-        else:
-            return
-        self.state.add_event(pipeline_id, stage, kind, json.loads(json.dumps(payload)))
+        if isinstance(event, Metrics) and stage == "train" and "tokens_per_s" in event.values:
+            self.observer.training_throughput(pipeline_id, event.values["tokens_per_s"])
+        kind, payload = event_to_record(event)
+        self.state.add_event(pipeline_id, stage, kind, payload)

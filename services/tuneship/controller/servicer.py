@@ -8,6 +8,11 @@ from typing import Any
 
 import grpc
 
+from tuneship.common.codec import (
+    artifact_to_proto,
+    event_from_record,
+    event_to_proto,
+)
 from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneship.common.jobs import Artifact
 from tuneship.common.spec import PipelineSpec, parse_spec
@@ -37,7 +42,7 @@ def pipeline_to_proto(view: PipelineView) -> pipeline_pb2.Pipeline:
         pipeline_pb2.StageStatus(
             stage=s.name, phase=_PHASES[s.phase], task_id=s.task_id, attempts=s.attempts,
             error=s.error, started=s.started, finished=s.finished,
-            outputs={k: stage_pb2.ArtifactRef(**v) for k, v in s.outputs.items()},
+            outputs={k: artifact_to_proto(Artifact(**v)) for k, v in s.outputs.items()},
             summary_json=json.dumps(s.summary, sort_keys=True),
         )
         for s in view.stages
@@ -49,33 +54,22 @@ def pipeline_to_proto(view: PipelineView) -> pipeline_pb2.Pipeline:
     )  # fmt: skip
 
 
-def event_to_proto(view: EventView, phase: Phase) -> pipeline_pb2.PipelineEvent:
-    recorded = view.payload.get("phase")  # transitions carry the phase they led to
+def pipeline_event_to_proto(view: EventView, phase: Phase) -> pipeline_pb2.PipelineEvent:
+    """A recorded event as ``Watch`` streams it: a stage event, or a transition whose
+    text is the ``message`` (with the stage's summary when it succeeded)."""
+    payload = view.payload
+    recorded = payload.get("phase")  # transitions carry the phase they led to
     message = pipeline_pb2.PipelineEvent(
         pipeline_id=view.pipeline_id,
         seq=view.seq,
         phase=_PHASES[Phase(recorded) if recorded else phase],
     )
-    payload = view.payload
-    stage_event = stage_pb2.StageEvent(stage=view.stage, seq=view.seq, time=view.time)
-    if view.kind == "progress":
-        eta = payload.get("eta_s")
-        stage_event.progress.CopyFrom(
-            stage_pb2.Progress(
-                step=payload["step"], total=payload["total"], unit=payload["unit"],
-                eta_s=-1.0 if eta is None else eta, message=payload.get("message", ""),
-            )
-        )  # fmt: skip
-    elif view.kind == "metrics":
-        stage_event.metrics.CopyFrom(
-            stage_pb2.Metrics(values=payload["values"], step=payload.get("step") or 0)
-        )
-    elif view.kind == "log":
-        stage_event.log.CopyFrom(
-            stage_pb2.LogLine(level=payload["level"], message=payload["message"])
-        )
+    event = event_from_record(view.stage, view.kind, payload)
+    if event is not None:
+        stage_event = event_to_proto(event, stage=view.stage, seq=view.seq, at=view.time)
     else:
         message.message = payload.get("message", "")
+        stage_event = stage_pb2.StageEvent(stage=view.stage, seq=view.seq, time=view.time)
         if "summary" in payload:
             stage_event.result.CopyFrom(
                 stage_pb2.StageResult(summary_json=json.dumps(payload["summary"], sort_keys=True))
@@ -154,7 +148,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
             settled = view.phase.terminal and not self.scheduler_busy(request.id)
             events = self.state.events(request.id, after_seq=seq)
             for event in events:
-                yield event_to_proto(event, view.phase)
+                yield pipeline_event_to_proto(event, view.phase)
                 seq = event.seq
             if settled and not events:
                 return

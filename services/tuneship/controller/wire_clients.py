@@ -7,10 +7,11 @@ from typing import Any
 
 import grpc
 
+from tuneship.common.codec import event_from_proto, job_to_proto, outcome_from_proto
 from tuneship.common.events import Event
 from tuneship.common.jobs import StageJob, StageOutcome
 from tuneship.common.stages import stage_named
-from tuneship.common.wire import RETRYABLE, job_to_proto, outcome_from_proto, proto_to_event
+from tuneship.common.wire import RETRYABLE
 from tuneship.controller.scheduler import StageFailure
 from tuneship.v1 import stage_pb2, workers_pb2, workers_pb2_grpc
 
@@ -37,7 +38,7 @@ class GrpcStageCall:
                     yield outcome_from_proto(message.result)
                     return
                 else:
-                    event = proto_to_event(message)
+                    event = event_from_proto(message)
                     if event is not None:
                         yield event
         except grpc.RpcError as error:
