@@ -51,7 +51,15 @@ def test_linear_form_renders_what_jinja_renders(family: str) -> None:
 
 
 def test_a_template_without_a_system_role_says_so() -> None:
-    go = to_go_template(family_template("gemma"), bos_token="<bos>", eos_token="<eos>")
+    # Gemma 1 and 2 style: a system message is refused (Gemma 3 folds it into the first
+    # user turn, as the bundled gemma family does).
+    jinja = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "<turn {{ 'model' if m['role'] == 'assistant' else 'user' }}>{{ m['content'] }}</turn>"
+        "{% endfor %}{% if add_generation_prompt %}<turn model>{% endif %}"
+    )
+    go = to_go_template(jinja, bos_token="<bos>", eos_token="<eos>")
     assert go.shape.system_prefix is None
     assert any("no system role" in w for w in go.warnings)
     assert "$.System" not in go.text

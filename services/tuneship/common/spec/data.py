@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from tuneship.common.chat_templates import FAMILIES, family_name
+from tuneship.common.errors import InvalidInput
 
 
 class Section(BaseModel):
@@ -38,5 +42,18 @@ class DatasetSpec(Section):
 class TemplateSpec(Section):
     """The chat template, when the base model has none or it should be replaced."""
 
-    family: str | None = Field(None, description="chatml, llama2, llama3, mistral, gemma, ...")
+    family: str | None = Field(None, description=f"A bundled template: {', '.join(FAMILIES)}.")
     path: str | None = Field(None, description="A Jinja file with the template.")
+
+    @field_validator("family")
+    @classmethod
+    def _bundled_family(cls, value: str | None) -> str | None:
+        # Checked here, not when training starts, so `tuneship validate` and a submitted
+        # spec are refused at once instead of after the base model has been fetched.
+        if value is None:
+            return None
+        try:
+            return family_name(value)
+        except InvalidInput as exc:
+            problem = f"{exc.message}; {exc.hint}" if exc.hint else exc.message
+            raise PydanticCustomError("unknown_family", "{problem}", {"problem": problem}) from exc
