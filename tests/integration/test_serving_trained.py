@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from tuneship.common.events import ListSink
+from tuneship.common.gguf_meta import read_gguf
 from tuneship.common.llama_server import LlamaServer
 from tuneship.common.spec import PipelineSpec
 from tuneship.common.toolchain import Toolchain
 from tuneship.converter import convert
 from tuneship.merger import merge
 from tuneship.serving import ChatSession, LlamaServerBackend, publish, stop_tokens, to_go_template
-from tuneship.serving.gguf_meta import read_gguf_info
 from tuneship.testing.conversations import PIRATE_REPLY
 from tuneship.testing.serving import build_go_renderer, go_render
 from tuneship.trainer import train
@@ -70,7 +70,7 @@ def test_trained_model_answers_and_stops_by_itself(
     # The path for Ollama older than 0.30: the generated Go TEMPLATE, rendered by Go, is a
     # prompt the trained model answers and ends by itself.
     renderer = build_go_renderer(TOOL, tmp_path)
-    info = read_gguf_info(gguf)
+    info = read_gguf(gguf)
     assert info.chat_template
     go = to_go_template(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token)
     (prompt,) = go_render(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tuneship.common.errors import NotFound
-from tuneship.converter.gguf_info import GgufInfo, read_gguf
+from tuneship.common.gguf_meta import GgufInfo, read_gguf
 from tuneship.converter.template import has_training_tags, read_chat_template
 
 Severity = Literal["error", "warning", "ok"]

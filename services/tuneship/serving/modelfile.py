@@ -6,11 +6,27 @@ from pathlib import Path
 from typing import Any
 
 from tuneship.common.errors import InvalidInput
-from tuneship.serving.gguf_meta import GgufInfo, read_gguf_info
+from tuneship.common.gguf_meta import GgufInfo, read_gguf
 from tuneship.serving.gotemplate import derive_shape, to_go_template
 
 DEFAULT_NUM_CTX = 4096
 """Context given to the server unless the spec says otherwise (capped by the model's)."""
+
+DEFAULT_MODEL_CONTEXT = 2048
+"""The model's context when its GGUF header gives none."""
+
+
+def read_servable_gguf(gguf: Path) -> GgufInfo:
+    """``read_gguf``, refusing a GGUF without an eos token (``InvalidInput``): a server
+    could not tell where an answer ends."""
+    info = read_gguf(gguf)
+    if not info.eos_token:
+        raise InvalidInput(
+            "the GGUF has no eos token (tokenizer.ggml.eos_token_id)",
+            where=str(gguf),
+            hint="re-export the model; without an end token the server cannot stop",
+        )
+    return info
 
 
 def stop_tokens(info: GgufInfo) -> list[str]:
@@ -39,7 +55,7 @@ def default_parameters(info: GgufInfo, overrides: dict[str, Any] | None = None) 
     extra = overrides.pop("stop", [])
     stops = stop_tokens(info) + ([extra] if isinstance(extra, str) else list(extra))
     return {
-        "num_ctx": min(info.context_length, DEFAULT_NUM_CTX),
+        "num_ctx": min(info.context_length or DEFAULT_MODEL_CONTEXT, DEFAULT_NUM_CTX),
         **overrides,
         "stop": list(dict.fromkeys(stops)),
     }
@@ -65,7 +81,7 @@ def modelfile(
     lines, SYSTEM and LICENSE. With ``template_mode="jinja"`` no TEMPLATE is written and
     Ollama >= 0.30 renders the GGUF's own template. ``InvalidInput`` when the template
     cannot be translated (the error says why and what to do instead)."""
-    info = read_gguf_info(gguf)
+    info = read_servable_gguf(gguf)
     lines = [f"FROM {from_path or './' + gguf.name}", ""]
     if template_mode == "go":
         if not info.chat_template:

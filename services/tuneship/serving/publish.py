@@ -16,12 +16,12 @@ from typing import Any
 
 from tuneship.common.errors import FailedPrecondition, InvalidInput, Unavailable
 from tuneship.common.events import EventSink, Log, Metrics, Progress
+from tuneship.common.gguf_meta import GgufInfo
 from tuneship.common.hashing import sha256_file
 from tuneship.common.spec import PipelineSpec, ServeSpec
 from tuneship.serving.backend import BackendHealth, ServingBackend, full_name
-from tuneship.serving.gguf_meta import GgufInfo, read_gguf_info
 from tuneship.serving.gotemplate import to_go_template
-from tuneship.serving.modelfile import default_parameters
+from tuneship.serving.modelfile import default_parameters, read_servable_gguf
 
 STAGE = "serve"
 
@@ -111,7 +111,7 @@ def publish_model(
     version is removed, ``latest`` untouched), ``InvalidInput`` for a template that
     cannot be served as asked, ``Unavailable`` when the backend is down."""
     start = time.monotonic()
-    info = read_gguf_info(gguf)
+    info = read_servable_gguf(gguf)
     health = _healthy(backend)
     mode = _template_mode(serve, backend.kind, health)
     template = _go_template(info, serve, events) if mode == "go" else None
