@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tuneship.cli.errors import fail
 from tuneship.common import events as ev
 from tuneship.common.errors import TuneshipError
 from tuneship.common.settings import Settings
@@ -18,7 +19,6 @@ from tuneship.common.spec import PipelineSpec, load_spec, parse_spec
 from tuneship.common.toolchain import find_toolchain
 
 console = Console()
-err = Console(stderr=True)
 
 
 class LineSink:
@@ -40,11 +40,6 @@ class LineSink:
             if event.message != self.last or event.total in (0, event.step):
                 self.out.print(f"[cyan]{escape(line)}[/]", highlight=False)
                 self.last = event.message
-
-
-def _fail(error: TuneshipError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(error.render())}", highlight=False)
-    return typer.Exit(code=2)
 
 
 def _spec(path: Path | None, **sections: dict) -> PipelineSpec:
@@ -72,7 +67,7 @@ def merge_cmd(
         pipeline = _spec(spec, merge={"dtype": dtype} if dtype else {})
         result = merge(pipeline, base, train_out, out, LineSink(console))
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     v = result.vocab
     console.print(f"merged into {out} ({result.dtype}): {v.tokenizer_size} tokens = "
                   f"{v.rows_saved} embedding rows (merged had {v.rows_merged})")  # fmt: skip
@@ -92,7 +87,7 @@ def convert_cmd(
         result = convert(model, out, toolchain=toolchain, events=LineSink(console),
                          outtype=outtype, metadata=lineage_metadata(model, name))  # fmt: skip
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     stripped = " (generation tags removed)" if result.template_stripped else ""
     console.print(f"wrote {out} in {result.seconds:.1f}s{stripped}")
 
@@ -127,7 +122,7 @@ def quantize_cmd(
         outputs = quantize(source, out_dir, types, toolchain=toolchain, events=sink,
                            imatrix=imatrix)  # fmt: skip
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     for output in outputs:
         console.print(f"{output.quant_type}: {output.gguf} ({output.seconds:.1f}s)")
 
@@ -153,7 +148,7 @@ def evaluate_cmd(
                           max_kld=max_kld, check=verify, name=model.name)  # fmt: skip
         paths = write_report(report, out)
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     _print_report_table(report)
     console.print(f"report: {', '.join(str(p) for p in paths)}")
 
@@ -173,7 +168,7 @@ def export_cmd(
         held_out = data or (Path(pipeline.dataset.eval) if pipeline.dataset.eval else None)
         result = export(pipeline, model, out, LineSink(console), toolchain, eval_data=held_out)
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     _print_report_table(result.report)
     console.print(f"wrote {len(result.files)} files to {out}")
 

@@ -15,6 +15,7 @@ from tuneship.cli import run as run_cmd
 from tuneship.cli import serve as serve_cmd
 from tuneship.cli import store as store_cmd
 from tuneship.cli import train as train_cmd
+from tuneship.cli.errors import fail
 from tuneship.common.errors import TuneshipError
 from tuneship.common.settings import Settings
 
@@ -32,15 +33,6 @@ train_cmd.register(app)
 export_cmd.register(app)
 run_cmd.register(app)
 pipeline_cmd.register(app)
-
-err = Console(stderr=True)
-
-
-def fail(error: TuneshipError) -> typer.Exit:
-    """Print a tuneship error the way users read it and return the exit to raise."""
-    err.print(f"[bold red]error:[/] {error.render()}", highlight=False)
-    return typer.Exit(code=2)
-
 
 @app.command()
 def doctor(

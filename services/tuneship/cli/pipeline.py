@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tuneship.cli.errors import fail, print_error
 from tuneship.cli.progress import follow
 from tuneship.client import PipelineClient, PipelineInfo, WatchEvent
 from tuneship.common.errors import InvalidInput, TuneshipError
@@ -30,11 +31,6 @@ ControllerOpt = Annotated[
     typer.Option("--controller", envvar="TUNESHIP_CONTROLLER", help="Controller host:port."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def _fail(error: TuneshipError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(error.render())}", highlight=False)
-    return typer.Exit(code=2)
 
 
 def upload_local_inputs(spec: PipelineSpec, store_settings: StoreSettings) -> PipelineSpec:
@@ -77,7 +73,7 @@ def submit(
             final = follow(client, created[0].id, err)
             raise typer.Exit(code=0 if final.phase == "succeeded" else 1)
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
 def watch_cmd(
@@ -89,7 +85,7 @@ def watch_cmd(
         client = PipelineClient(controller)
         final = follow(client, pipeline_id, out)
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     out.print(f"{final.id}: {final.phase} {final.error}")
     raise typer.Exit(code=0 if final.phase == "succeeded" else 1)
 
@@ -115,7 +111,7 @@ def logs(
                     f"{event.seq:>5} {event.stage or '-':<8} {escape(event.text)}", highlight=False
                 )
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
 def _until_now(client: PipelineClient, pipeline_id: str) -> list[WatchEvent]:
@@ -157,7 +153,7 @@ def list_cmd(
                                hint="pending, running, succeeded, failed or cancelled")  # fmt: skip
         items, next_page = PipelineClient(controller).list(phase, name, limit, page)
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if as_json:
         typer.echo(json.dumps({"pipelines": [i.as_dict() for i in items], "next_page": next_page}))
         return
@@ -178,7 +174,7 @@ def _one(action: str, pipeline_id: str, controller: str, as_json: bool) -> None:
         client = PipelineClient(controller)
         info = getattr(client, action)(pipeline_id)
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if action == "delete":
         out.print(f"deleted {pipeline_id}")
         return
@@ -228,7 +224,7 @@ def serve(
     try:
         serve_component(component, host, port, dict(os.environ))
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
 def validate(
@@ -240,7 +236,7 @@ def validate(
         try:
             spec = load_spec(path)
         except TuneshipError as exc:
-            err.print(f"[bold red]{escape(str(path))}:[/] {escape(exc.render())}", highlight=False)
+            print_error(exc, label=str(path))
             failed = True
         else:
             out.print(f"{path}: ok ({spec.metadata.name}, {spec.train.method}, "

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tuneship.cli.errors import fail
 from tuneship.cli.progress import follow
 from tuneship.client import PipelineClient, PipelineInfo
 from tuneship.common.errors import TuneshipError
@@ -23,11 +24,6 @@ from tuneship.common.spec import PipelineSpec, load_spec
 
 out = Console()
 err = Console(stderr=True)
-
-
-def _fail(error: TuneshipError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(error.render())}", highlight=False)
-    return typer.Exit(code=2)
 
 
 def quickstart(data_dir: Path) -> Path:
@@ -140,7 +136,7 @@ def run(
                 out.print("serving; Ctrl-C stops")
                 threading.Event().wait()
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
 def _resume_or_submit(client: PipelineClient, spec_json: str) -> PipelineInfo:

@@ -10,7 +10,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from tuneship.cli.errors import fail
 from tuneship.common.atomic import atomic_write_text
 from tuneship.common.errors import TuneshipError
 from tuneship.common.events import Event, Log, Metrics, Progress
@@ -33,17 +35,12 @@ class ConsoleSink:
     def emit(self, event: Event) -> None:
         if isinstance(event, Log):
             style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
-            err.print(f"[{style}]{event.message}[/]", highlight=False)
+            err.print(f"[{style}]{escape(event.message)}[/]", highlight=False)
         elif isinstance(event, Progress):
-            err.print(f"[dim]{event.step}/{event.total} {event.unit}[/]")
+            err.print(f"[dim]{event.step}/{event.total} {escape(event.unit)}[/]")
         elif isinstance(event, Metrics):
             shown = ", ".join(f"{k}={v:.3g}" for k, v in event.values.items())
-            err.print(f"[dim]{shown}[/]")
-
-
-def _fail(error: TuneshipError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {error.render()}", highlight=False)
-    return typer.Exit(code=2)
+            err.print(f"[dim]{escape(shown)}[/]")
 
 
 def _url(raw: str) -> str:
@@ -106,11 +103,11 @@ def publish(
             result = publish_model(serve, name, gguf, chosen, ConsoleSink())
     except SmokeTestFailed as exc:
         _write_report(report, exc.result.to_dict())
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     except ValueError as exc:  # pydantic: a bad option value
-        raise _fail(TuneshipError(str(exc), where="options")) from exc
+        raise fail(TuneshipError(str(exc), where="options")) from exc
     _write_report(report, result.to_dict())
     first = result.publish_to_first_token_s
     Console().print(
@@ -141,7 +138,7 @@ def modelfile(
     try:
         text = build(gguf, template_mode=template_mode, system=system, from_path=from_path)
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     sys.stdout.write(text)
 
 
@@ -175,7 +172,7 @@ def chat(
             chosen.show(model)
             _repl(ChatSession(chosen, model, system=system, options=options))
     except TuneshipError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
 def _repl(session: Any) -> None:

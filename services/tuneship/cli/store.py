@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuneship.cli.errors import fail
 from tuneship.common.errors import TuneshipError
 from tuneship.common.manifest import Manifest
 from tuneship.common.settings import Settings
@@ -22,7 +23,6 @@ from tuneship.common.store import ArtifactStore, StoreSettings, local_store_url,
 from tuneship.common.store.commit import fetch_stage, upload_input, verify_committed
 
 store_app = typer.Typer(help="Inspect, verify and fetch artifacts in the store.")
-err = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
@@ -33,11 +33,6 @@ def register(app: typer.Typer) -> None:
 def _store() -> ArtifactStore:
     settings = Settings.from_env()
     return open_store(StoreSettings.from_env(default_url=local_store_url(settings.data_dir)))
-
-
-def _fail(error: TuneshipError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {error.render()}", highlight=False)
-    return typer.Exit(code=2)
 
 
 def _summary(manifest: Manifest) -> dict[str, object]:
@@ -73,7 +68,7 @@ def ls(
         store = _store()
         found = store.list(prefix)
     except TuneshipError as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     if as_json:
         print(json.dumps([asdict(o) for o in found], indent=2))
         return
@@ -95,7 +90,7 @@ def verify(
     try:
         manifest = verify_committed(_store(), manifest_key, deep=deep)
     except TuneshipError as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     if as_json:
         print(json.dumps({**_summary(manifest), "verified": "deep" if deep else "sizes"}))
     else:
@@ -112,7 +107,7 @@ def fetch(
     try:
         manifest = fetch_stage(_store(), manifest_key, dest)
     except TuneshipError as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     if as_json:
         print(json.dumps({**_summary(manifest), "dest": str(dest)}))
     else:
@@ -129,7 +124,7 @@ def put(
     try:
         manifest = upload_input(_store(), path, kind=kind)
     except TuneshipError as error:
-        raise _fail(error) from error
+        raise fail(error) from error
     if as_json:
         print(json.dumps(_summary(manifest)))
     else:

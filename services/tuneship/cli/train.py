@@ -19,6 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from tuneship.cli.errors import fail
 from tuneship.common import events as ev
 from tuneship.common.errors import InvalidInput, TuneshipError
 from tuneship.common.spec import PipelineSpec, load_spec
@@ -135,13 +136,6 @@ def register(app: typer.Typer) -> None:
     app.command("inspect-data")(inspect_data_command)
 
 
-def _fail(error: TuneshipError) -> typer.Exit:
-    Console(stderr=True).print(
-        f"[bold red]error:[/] {escape(error.render())}", highlight=False, soft_wrap=True
-    )
-    return typer.Exit(code=2)
-
-
 def train_command(
     spec: Annotated[Path, typer.Argument(help="Pipeline spec (YAML).")],
     out: Annotated[Path, typer.Option("--out", help="Output directory (created when done).")],
@@ -153,7 +147,7 @@ def train_command(
     try:
         run_train(spec, out, not restart, Console())
     except TuneshipError as error:
-        raise _fail(error) from error
+        raise fail(error) from error
 
 
 def inspect_data_command(
@@ -167,4 +161,4 @@ def inspect_data_command(
     try:
         run_inspect(spec, n, as_json, Console())
     except TuneshipError as error:
-        raise _fail(error) from error
+        raise fail(error) from error
