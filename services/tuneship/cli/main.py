@@ -34,6 +34,7 @@ export_cmd.register(app)
 run_cmd.register(app)
 pipeline_cmd.register(app)
 
+
 @app.command()
 def doctor(
     path: Annotated[Path | None, typer.Argument(help="A model directory or GGUF to check.")] = None,
