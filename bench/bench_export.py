@@ -31,7 +31,7 @@ from tuneship.common.settings import Settings
 from tuneship.common.toolchain import find_toolchain
 from tuneship.converter import convert, quantize
 from tuneship.converter.doctor import safetensors_shapes
-from tuneship.testing.fixtures import TinyShape, build_tiny_llama2
+from tuneship.quickstart.tiny_models import TinyShape, build_tiny_llama2
 
 RESULTS = Path(__file__).parent / "results" / "export.json"
 SHAPE = TinyShape(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from tuneship.common.events import NullSink
 from tuneship.common.spec import PipelineSpec
-from tuneship.testing.conversations import sample_conversations, write_jsonl
-from tuneship.testing.fixtures import build_fixture
+from tuneship.quickstart.conversations import sample_conversations, write_jsonl
+from tuneship.quickstart.tiny_models import build_fixture
 from tuneship.trainer import train
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from tuneship.common.settings import Settings
 from tuneship.common.toolchain import Toolchain, find_toolchain
-from tuneship.testing.conversations import write_sample_datasets
-from tuneship.testing.fixtures import build_fixture
+from tuneship.quickstart.conversations import write_sample_datasets
+from tuneship.quickstart.tiny_models import build_fixture
 
 
 @pytest.fixture(scope="session")

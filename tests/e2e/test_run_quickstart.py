@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tuneship.common.store import LocalStore
 from tuneship.common.store.commit import verify_committed
-from tuneship.testing.conversations import PIRATE_REPLY
+from tuneship.quickstart.conversations import PIRATE_REPLY
 
 pytestmark = pytest.mark.e2e
 TUNESHIP = str(Path(sys.executable).parent / "tuneship")

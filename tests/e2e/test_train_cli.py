@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tuneship.testing.conversations import write_jsonl
+from tuneship.quickstart.conversations import write_jsonl
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ from tuneship.common.spec import PipelineSpec
 from tuneship.common.toolchain import Toolchain
 from tuneship.converter import export
 from tuneship.merger import merge
-from tuneship.testing.conversations import PIRATE_REPLY
+from tuneship.quickstart.conversations import PIRATE_REPLY
 from tuneship.trainer import train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

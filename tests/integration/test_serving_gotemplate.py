@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from tuneship.common.chat_templates import family_template
+from tuneship.quickstart.tiny_models import data_text
 from tuneship.serving.gotemplate import sample_conversations, to_go_template
 from tuneship.serving.jinja_render import render_jinja
-from tuneship.testing.fixtures import data_text
 from tuneship.testing.gotemplate_syntax import check_go_template
 from tuneship.testing.serving import build_go_renderer, go_render
 

@@ -20,8 +20,8 @@ from tuneship.common.spec import PipelineSpec
 from tuneship.common.toolchain import Toolchain
 from tuneship.converter import convert
 from tuneship.merger import merge
+from tuneship.quickstart.conversations import PIRATE_REPLY
 from tuneship.serving import ChatSession, LlamaServerBackend, publish, stop_tokens, to_go_template
-from tuneship.testing.conversations import PIRATE_REPLY
 from tuneship.testing.serving import build_go_renderer, go_render
 from tuneship.trainer import train
 

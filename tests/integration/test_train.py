@@ -11,7 +11,7 @@ import pytest
 from tuneship.common.errors import FailedPrecondition
 from tuneship.common.events import ListSink, Metrics, Progress
 from tuneship.common.spec import PipelineSpec
-from tuneship.testing.conversations import PIRATE_REPLY
+from tuneship.quickstart.conversations import PIRATE_REPLY
 from tuneship.trainer import train
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ def test_import_contracts_hold() -> None:
     assert "Contracts: 2 kept, 0 broken" in done.stdout
 
 
-DOMAIN = ("common", "trainer", "merger", "converter", "serving", "controller")
+DOMAIN = ("common", "trainer", "merger", "converter", "serving", "controller", "quickstart")
 
 
 def test_domain_modules_never_import_generated_protobuf() -> None:

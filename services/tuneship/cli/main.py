@@ -64,8 +64,8 @@ def fixtures_build(
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives identical files.")] = 0,
 ) -> None:
     """Build an offline fixture (no network, a few seconds)."""
-    from tuneship.testing.conversations import write_sample_datasets
-    from tuneship.testing.fixtures import build_fixture
+    from tuneship.quickstart.conversations import write_sample_datasets
+    from tuneship.quickstart.tiny_models import build_fixture
 
     try:
         if name == "datasets":

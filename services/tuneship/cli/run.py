@@ -28,8 +28,8 @@ err = Console(stderr=True)
 
 def quickstart(data_dir: Path) -> Path:
     """Build the quickstart's tiny model and data (once) and return its spec path."""
-    from tuneship.testing.conversations import write_sample_datasets
-    from tuneship.testing.fixtures import build_fixture
+    from tuneship.quickstart.conversations import write_sample_datasets
+    from tuneship.quickstart.tiny_models import build_fixture
 
     root = data_dir / "quickstart"
     if not (root / "tiny-chatml" / "config.json").is_file():

@@ -23,7 +23,7 @@ from typing import Any
 
 from tuneship.common.atomic import staged_dir
 from tuneship.common.hashing import sha256_file
-from tuneship.testing.conversations import sample_conversations
+from tuneship.quickstart.conversations import sample_conversations
 
 PAD_TOKEN = "<pad>"
 

@@ -13,8 +13,8 @@ from tuneship.converter.template import (
     strip_training_tags,
 )
 from tuneship.testing.adapters import add_generation_tags
-from tuneship.testing.conversations import sample_conversations
-from tuneship.testing.fixtures import data_text
+from tuneship.quickstart.conversations import sample_conversations
+from tuneship.quickstart.tiny_models import data_text
 
 pytestmark = pytest.mark.unit
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from tuneship.common.chat_templates import FAMILIES, family_template
 from tuneship.common.errors import InvalidInput
+from tuneship.quickstart.tiny_models import data_text
 from tuneship.serving.gotemplate import (
     derive_shape,
     render_linear,
@@ -12,7 +13,6 @@ from tuneship.serving.gotemplate import (
     to_go_template,
 )
 from tuneship.serving.jinja_render import TemplateRaised, render_jinja
-from tuneship.testing.fixtures import data_text
 
 pytestmark = pytest.mark.unit
 

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from tuneship.common.atomic import staged_dir
-from tuneship.testing.conversations import sample_conversations
+from tuneship.quickstart.conversations import sample_conversations
 
 FIXTURES = ("tiny-llama2", "tiny-chatml")
 
@@ -42,8 +42,8 @@ class TinyShape:
 
 
 def data_text(name: str) -> str:
-    """Text of a file bundled in ``tuneship/testing/data``."""
-    return resources.files("tuneship.testing").joinpath("data", name).read_text("utf-8")
+    """Text of a file bundled in ``tuneship/quickstart/data``."""
+    return resources.files("tuneship.quickstart").joinpath("data", name).read_text("utf-8")
 
 
 def _training_sentences(seed: int, template_markers: list[str]) -> list[str]:

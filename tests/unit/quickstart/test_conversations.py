@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tuneship.testing.conversations import (
+from tuneship.quickstart.conversations import (
     PIRATE_REPLY,
     sample_conversations,
     write_sample_datasets,

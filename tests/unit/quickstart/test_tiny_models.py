@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from safetensors import safe_open
-from tuneship.testing.fixtures import build_fixture
+from tuneship.quickstart.tiny_models import build_fixture
 
 pytestmark = pytest.mark.unit
 
