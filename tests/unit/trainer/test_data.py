@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tuneship.common.errors import InvalidInput, NotFound
 from tuneship.common.spec import DatasetSpec
-from tuneship.testing.conversations import sample_conversations, to_sharegpt, write_jsonl
+from tuneship.quickstart.conversations import sample_conversations, to_sharegpt, write_jsonl
 from tuneship.trainer.data import load_conversations
 
 pytestmark = pytest.mark.unit
