@@ -75,17 +75,6 @@ class ListSink:
         return [e for e in self.events if isinstance(e, kind)]
 
 
-@dataclass
-class FanoutSink:
-    """Sends each event to several sinks."""
-
-    sinks: list[EventSink]
-
-    def emit(self, event: Event) -> None:
-        for sink in self.sinks:
-            sink.emit(event)
-
-
 class Eta:
     """Estimates the time left from the rate so far."""
 

@@ -9,7 +9,6 @@ functions, so the layout of a bucket can be read (and changed) in one place::
     pipelines/{pipeline}/stages/{stage}/staging/{attempt}/{name}   its files
     pipelines/{pipeline}/stages/{stage}/checkpoints/step-{step:08d}/{name}
     pipelines/{pipeline}/stages/{stage}/checkpoints/step-{step:08d}/manifest.json
-    pipelines/{pipeline}/logs/{stage}/{attempt}.log
     cache/{cache_key}.json                            a copy of the manifest that made it
 """
 
@@ -41,7 +40,6 @@ class Labels:
     ATTEMPT = "tuneship.dev/attempt"
     STEP = "tuneship.dev/step"
     INPUT_KIND = "tuneship.dev/input-kind"
-    CACHE_KEY = "tuneship.dev/cache-key"
 
 
 class ManifestKind:
@@ -124,11 +122,6 @@ def checkpoint_step(prefix: str) -> int | None:
     """The step of a checkpoint prefix built by :func:`checkpoint_prefix`, else None."""
     found = _CHECKPOINT_DIR.search(prefix)
     return int(found.group(1)) if found else None
-
-
-def log_key(pipeline: str, stage: str, attempt: str) -> str:
-    stage, attempt = segment(stage, "stage"), segment(attempt, "attempt")
-    return f"{pipeline_prefix(pipeline)}logs/{stage}/{attempt}.log"
 
 
 def input_prefix(kind: str, digest: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +58,6 @@ class Task:
     items: list[Event | Finished] = field(default_factory=list)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     changed: threading.Condition = field(default_factory=threading.Condition)
-    last_event_at: float = field(default_factory=time.monotonic)
 
     def move(self, target: TaskState) -> None:
         if target not in _MOVES[self.state]:
@@ -69,7 +67,6 @@ class Task:
     def append(self, item: Event | Finished) -> None:
         with self.changed:
             self.items.append(item)
-            self.last_event_at = time.monotonic()
             self.changed.notify_all()
 
     def follow(
@@ -118,8 +115,6 @@ class TaskRegistry:
         self.keep_finished = keep_finished
         self._tasks: dict[str, Task] = {}
         self._lock = threading.Lock()
-        self.started = 0
-        """Tasks started by this registry (re-attached ones not counted)."""
         self.peak_running = 0
         """The most tasks that ever ran at once here: observed concurrency."""
 
@@ -144,7 +139,6 @@ class TaskRegistry:
                 )
             task = Task(task_id, self.stage)
             self._tasks[task_id] = task
-            self.started += 1
             self.peak_running = max(self.peak_running, busy + 1)
             self._forget_old()
         thread = threading.Thread(target=self._run, args=(task, work), name=f"task-{task_id}")

@@ -118,7 +118,6 @@ class Scheduler:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-    peak_running: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
@@ -180,8 +179,6 @@ class Scheduler:
         active = _Active(pipeline.id, stage, task_id)
         with self._lock:
             self._active[(pipeline.id, stage)] = active
-            running = sum(1 for a in self._active.values() if a.stage == stage)
-            self.peak_running[stage] = max(self.peak_running.get(stage, 0), running)
         job = StageJob(
             task_id, pipeline.id, pipeline.spec_json, self.inputs_for(pipeline, stage),
             self.output_prefix(pipeline.id, stage), attempts,

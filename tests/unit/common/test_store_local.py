@@ -105,7 +105,6 @@ def test_layout_keys() -> None:
     checkpoint = layout.checkpoint_prefix("p1", "train", 120)
     assert checkpoint == "pipelines/p1/stages/train/checkpoints/step-00000120/"
     assert layout.checkpoint_step(checkpoint) == 120
-    assert layout.log_key("p1", "merge", "t-1") == "pipelines/p1/logs/merge/t-1.log"
     assert layout.input_manifest("dataset", "ab" * 32).startswith("inputs/dataset/abab")
     with pytest.raises(InvalidInput) as caught:
         layout.stage_prefix("p1", "../train")
