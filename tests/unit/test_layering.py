@@ -1,4 +1,4 @@
-"""The layering of DESIGN.md, checked by import-linter: cli -> services -> common."""
+"""The layering in docs/services.md, checked by import-linter: cli -> services -> common."""
 
 from __future__ import annotations
 
