@@ -10,7 +10,8 @@ INSTALLED := $(VENV)/.installed
 TUNESHIP_CACHE_DIR ?= $(HOME)/.cache/tuneship
 export TUNESHIP_CACHE_DIR
 LLAMA_VERSION := $(shell cat services/tuneship/common/llama-cpp-python.version)
-TOOLCHAIN := $(TUNESHIP_CACHE_DIR)/llama.cpp/$(LLAMA_VERSION)/toolchain.json
+# The bindings are the last piece a build puts in place (toolchain.json marks the binaries).
+TOOLCHAIN := $(TUNESHIP_CACHE_DIR)/llama.cpp/$(LLAMA_VERSION)/python/llama_cpp/llama_cpp.py
 # The S3 test server (moto) lives in its own venv: its botocore and the kubernetes
 # client pin python-dateutil differently.
 S3_VENV ?= .venv-s3
@@ -20,7 +21,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv s3-venv go-toolchain toolchain proto lint format test test-all bench run clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(INSTALLED): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

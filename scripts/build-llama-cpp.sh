@@ -16,20 +16,51 @@ dest="${1:-$cache/llama.cpp/$version}"
 jobs="${BUILD_JOBS:-$(nproc)}"
 targets=(llama-quantize llama-imatrix llama-perplexity llama-server llama-cli)
 
-if [ -f "$dest/toolchain.json" ]; then
+bindings="python/llama_cpp/llama_cpp.py"
+if [ -f "$dest/toolchain.json" ] && [ -f "$dest/$bindings" ]; then
   echo "llama.cpp toolchain $version already built in $dest"
+  exit 0
+fi
+
+fetch_sdist() {  # $1: directory to download into
+  echo "fetching llama-cpp-python==$version sdist (source only)"
+  python3 -m pip download --quiet --no-binary :all: --no-deps --no-build-isolation \
+    "llama-cpp-python==$version" -d "$1" 2>/dev/null \
+    || python3 -m pip download --quiet --no-binary :all: --no-deps "llama-cpp-python==$version" -d "$1"
+}
+
+# The sdist's own ctypes bindings of libllama (the low-level module only): tuneship
+# scores GGUFs on exact token ids through them, against the libllama built here.
+add_bindings() {  # $1: sdist tarball, $2: toolchain tree
+  local tmp
+  tmp="$(mktemp -d "$2/.bindings.XXXXXX")"
+  tar -xzf "$1" -C "$tmp" "llama_cpp_python-$version/llama_cpp/llama_cpp.py" \
+    "llama_cpp_python-$version/llama_cpp/_ctypes_extensions.py"
+  mkdir -p "$tmp/python/llama_cpp"
+  mv "$tmp/llama_cpp_python-$version/llama_cpp/"*.py "$tmp/python/llama_cpp/"
+  echo "# llama-cpp-python $version: low-level bindings only (import llama_cpp.llama_cpp)" \
+    >"$tmp/python/llama_cpp/__init__.py"
+  rm -rf "$2/python"
+  mv "$tmp/python" "$2/python"
+  rm -rf "$tmp"
+}
+
+if [ -f "$dest/toolchain.json" ]; then  # built before the bindings were part of it
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  fetch_sdist "$tmp"
+  add_bindings "$tmp/llama_cpp_python-$version.tar.gz" "$dest"
+  echo "llama.cpp Python bindings added to $dest"
   exit 0
 fi
 
 work="$(mktemp -d "${dest%/*}/.build-$version.XXXXXX" 2>/dev/null || { mkdir -p "${dest%/*}"; mktemp -d "${dest%/*}/.build-$version.XXXXXX"; })"
 trap 'rm -rf "$work"' EXIT
 
-echo "fetching llama-cpp-python==$version sdist (source only)"
-python3 -m pip download --quiet --no-binary :all: --no-deps --no-build-isolation \
-  "llama-cpp-python==$version" -d "$work/sdist" 2>/dev/null \
-  || python3 -m pip download --quiet --no-binary :all: --no-deps "llama-cpp-python==$version" -d "$work/sdist"
+fetch_sdist "$work/sdist"
 tar -xzf "$work"/sdist/llama_cpp_python-"$version".tar.gz -C "$work" \
   "llama_cpp_python-$version/vendor/llama.cpp" "llama_cpp_python-$version/CHANGELOG.md"
+add_bindings "$work/sdist/llama_cpp_python-$version.tar.gz" "$work"
 mv "$work/llama_cpp_python-$version/vendor/llama.cpp" "$work/src"
 # The sdist carries no git metadata; its changelog names the vendored commit.
 commit="$(grep -m1 -oE 'llama\.cpp@[0-9a-f]{7,40}' "$work/llama_cpp_python-$version/CHANGELOG.md" | cut -d@ -f2 || true)"

@@ -8,6 +8,8 @@ One llama.cpp source serves everything: the ``vendor/llama.cpp`` tree of the
     bin/            llama-quantize, llama-imatrix, llama-perplexity, llama-server,
                     llama-cli and the shared libraries they load
     src/            the llama.cpp tree: convert_hf_to_gguf.py, gguf-py/, conversion/
+    python/         the sdist's own ctypes bindings of libllama (``llama_cpp.llama_cpp``),
+                    which score GGUFs on exact token ids (``converter.llama_eval``)
     toolchain.json  version and llama.cpp commit, written last (the tree is complete)
 
 Lookup order, per piece: ``Settings.toolchain_dir`` (``TUNESHIP_TOOLCHAIN_DIR``), then
@@ -29,6 +31,7 @@ from tuneship.common.settings import Settings
 
 BINARIES = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-server", "llama-cli")
 CONVERT_SCRIPT = "convert_hf_to_gguf.py"
+BINDINGS = "python/llama_cpp/llama_cpp.py"
 BUILD_HINT = "run `make toolchain` (about 6 minutes on 2 cores) or set TUNESHIP_TOOLCHAIN_DIR"
 
 
@@ -47,6 +50,8 @@ class Toolchain:
     roots: tuple[Path, ...]
     binaries: dict[str, Path] = field(default_factory=dict)
     convert_script: Path | None = None
+    bindings: Path | None = None
+    """The directory to put on ``PYTHONPATH`` for ``import llama_cpp.llama_cpp``."""
 
     def binary(self, name: str) -> Path:
         """Path of a llama.cpp binary; ``ToolchainMissing`` names the make target if absent."""
@@ -67,10 +72,25 @@ class Toolchain:
             )
         return [sys.executable, str(self.convert_script)]
 
+    def bindings_env(self) -> dict[str, str]:
+        """Environment for a Python subprocess that loads the pinned ``libllama`` through
+        the sdist's bindings (``PYTHONPATH`` and ``LLAMA_CPP_LIB_PATH``)."""
+        if self.bindings is None or "llama-server" not in self.binaries:
+            raise ToolchainMissing(
+                f"the llama.cpp Python bindings ({BINDINGS}) or libllama are missing "
+                f"({self._roots_text()})",
+                hint=BUILD_HINT,
+            )
+        return {
+            "PYTHONPATH": str(self.bindings),
+            "LLAMA_CPP_LIB_PATH": str(self.binaries["llama-server"].parent),
+        }
+
     def missing(self) -> list[str]:
         """Names of the pieces that were not found."""
         absent = [name for name in BINARIES if name not in self.binaries]
-        return absent + ([CONVERT_SCRIPT] if self.convert_script is None else [])
+        absent += [CONVERT_SCRIPT] if self.convert_script is None else []
+        return absent + ([BINDINGS] if self.bindings is None else [])
 
     def require_all(self) -> Toolchain:
         """Return self, or raise ``ToolchainMissing`` listing every missing piece."""
@@ -108,6 +128,7 @@ def find_toolchain(settings: Settings) -> Toolchain:
     script = next(
         (r / "src" / CONVERT_SCRIPT for r in roots if (r / "src" / CONVERT_SCRIPT).is_file()), None
     )
+    bindings = next((r / "python" for r in roots if (r / BINDINGS).is_file()), None)
     version, commit = pinned_version(), "unknown"
     for root in roots:
         info = root / "toolchain.json"
@@ -118,7 +139,7 @@ def find_toolchain(settings: Settings) -> Toolchain:
                 meta.get("llama_cpp_commit", commit),
             )
             break
-    return Toolchain(version, commit, roots, binaries, script)
+    return Toolchain(version, commit, roots, binaries, script, bindings)
 
 
 def binary_version(path: Path) -> str:

@@ -8,13 +8,16 @@ from pathlib import Path
 import pytest
 from tuneship.common.errors import ToolchainMissing
 from tuneship.common.settings import Settings
-from tuneship.common.toolchain import BINARIES, find_toolchain, pinned_version
+from tuneship.common.toolchain import BINARIES, BINDINGS, find_toolchain, pinned_version
 
 pytestmark = pytest.mark.unit
 
 
 def make_tree(root: Path, binaries=BINARIES, script=True, commit="abc1234") -> Path:
     (root / "bin").mkdir(parents=True)
+    if script:
+        (root / BINDINGS).parent.mkdir(parents=True)
+        (root / BINDINGS).write_text("# bindings\n")
     for name in binaries:
         exe = root / "bin" / name
         exe.write_text("#!/bin/sh\necho version: 1 >&2\n")
@@ -42,6 +45,10 @@ def test_cache_is_used_without_override(tmp_path: Path) -> None:
     cache_root = make_tree(tmp_path / "cache" / "llama.cpp" / pinned_version())
     toolchain = find_toolchain(Settings(cache_dir=tmp_path / "cache", search_path=""))
     assert toolchain.convert_script == cache_root / "src" / "convert_hf_to_gguf.py"
+    assert toolchain.bindings_env() == {
+        "PYTHONPATH": str(cache_root / "python"),
+        "LLAMA_CPP_LIB_PATH": str(cache_root / "bin"),
+    }
     assert toolchain.convert_command()[-1].endswith("convert_hf_to_gguf.py")
 
 
@@ -60,7 +67,7 @@ def test_missing_pieces_name_the_make_target(tmp_path: Path) -> None:
         tmp_path / "cache" / "llama.cpp" / pinned_version(), binaries=("llama-cli",), script=False
     )
     toolchain = find_toolchain(Settings(cache_dir=tmp_path / "cache", search_path=""))
-    assert toolchain.missing() == [*BINARIES[:-1], "convert_hf_to_gguf.py"]
+    assert toolchain.missing() == [*BINARIES[:-1], "convert_hf_to_gguf.py", BINDINGS]
     with pytest.raises(ToolchainMissing) as caught:
         toolchain.require_all()
     assert "make toolchain" in str(caught.value)
@@ -69,6 +76,8 @@ def test_missing_pieces_name_the_make_target(tmp_path: Path) -> None:
         toolchain.binary("llama-quantize")
     with pytest.raises(ToolchainMissing, match=r"convert_hf_to_gguf\.py"):
         toolchain.convert_command()
+    with pytest.raises(ToolchainMissing, match="make toolchain"):
+        toolchain.bindings_env()
 
 
 def test_settings_come_from_the_environment(tmp_path: Path) -> None:
