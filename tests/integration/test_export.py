@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from tuneship.common.chat import has_training_tags
 from tuneship.common.errors import FailedPrecondition
 from tuneship.common.events import ListSink, Log, Progress
 from tuneship.common.spec import PipelineSpec, parse_spec
 from tuneship.common.toolchain import Toolchain
 from tuneship.converter import ExportResult, convert, export, read_gguf, verify
-from tuneship.converter.template import has_training_tags
 from tuneship.merger import MergeResult, merge
 from tuneship.testing.adapters import build_train_out
 
@@ -53,8 +53,7 @@ def exported(
     spec = make_spec(sample_data / "pirate")
     sink = ListSink()
     out = tmp_path_factory.mktemp("export") / "pirate"
-    result = export(spec, merged["tiny_llama2"].out, out, sink, toolchain,
-                    eval_data=sample_data / "pirate" / "eval.jsonl")  # fmt: skip
+    result = export(spec, merged["tiny_llama2"].out, out, sink, toolchain)
     return result, sink
 
 
@@ -117,6 +116,25 @@ def test_export_writes_every_type_verified_with_a_report(exported) -> None:
     assert any(isinstance(e, Log) and "recommended" in e.message for e in sink.events)
 
 
+def test_report_perplexity_is_the_merged_models_on_the_same_chat_token_ids(
+    exported, merged: dict[str, MergeResult], sample_data: Path
+) -> None:
+    """The f16 GGUF scored on the held-out chats' token ids (control tokens as single
+    ids) gives the perplexity transformers gives the merged model on those ids."""
+    from tuneship.common.conversations import read_conversations
+    from tuneship.converter.evaluate import held_out_ids, hf_perplexity
+
+    result, _ = exported
+    model = merged["tiny_llama2"].out
+    held_out = read_conversations(sample_data / "pirate" / "eval.jsonl")
+    sequences = held_out_ids(model, held_out, context=256, max_tokens=2048)
+    assert all(s[0] == 1 and 2 in s for s in sequences)  # <s> … </s> as single ids
+    rows = {r.quant_type: r for r in result.report.rows}
+    assert result.report.eval_tokens == sum(len(s) - 1 for s in sequences)
+    assert rows["f16"].perplexity == pytest.approx(hf_perplexity(model, sequences), rel=0.02)
+    assert rows["f16"].kld_mean == 0.0 and rows["q8_0"].same_top_p > 90
+
+
 def test_exported_ggufs_carry_no_training_tags_and_lineage(exported) -> None:
     result, _ = exported
     for path in result.ggufs.values():
@@ -132,12 +150,12 @@ def test_exported_ggufs_carry_no_training_tags_and_lineage(exported) -> None:
 def test_chatml_tokenizer_json_only_converts_and_matches_hf_token_ids(
     merged: dict[str, MergeResult], sample_data: Path, toolchain: Toolchain, tmp_path: Path
 ) -> None:
-    from tuneship.converter.render import load_conversations
+    from tuneship.common.conversations import read_conversations
 
     gguf = convert(merged["tiny_chatml"].out, tmp_path / "chatml.gguf", toolchain=toolchain,
                    events=ListSink())  # fmt: skip
     assert gguf.template_stripped
-    conversations = load_conversations(sample_data / "chat" / "eval.jsonl")
+    conversations = read_conversations(sample_data / "chat" / "eval.jsonl")
     result = verify(gguf.gguf, merged["tiny_chatml"].out, toolchain=toolchain,
                     events=ListSink(), work=tmp_path, conversations=conversations)  # fmt: skip
     assert result.parity_conversations >= 8 and result.generation_tokens_per_s > 0
@@ -161,8 +179,7 @@ def test_iq_type_refused_when_imatrix_is_never(
 ) -> None:
     spec = make_spec(sample_data / "pirate", imatrix="never")
     with pytest.raises(FailedPrecondition, match="importance matrix"):
-        export(spec, merged["tiny_llama2"].out, tmp_path / "out", ListSink(), toolchain,
-               eval_data=sample_data / "pirate" / "eval.jsonl")  # fmt: skip
+        export(spec, merged["tiny_llama2"].out, tmp_path / "out", ListSink(), toolchain)
     assert not (tmp_path / "out").exists()
 
 
@@ -176,3 +193,50 @@ def test_other_outtypes_convert_load_and_keep_parity(
     info = read_gguf(result.gguf)
     assert outtype.upper() in info.tensor_types
     verify(result.gguf, model, toolchain=toolchain, events=ListSink(), work=tmp_path)
+
+
+# ChatML that refuses a system message, as the official Gemma 2 template does.
+CHATML_NO_SYSTEM = (
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{{ raise_exception('System role not supported') }}{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+def with_template(model: Path, template: str, out: Path) -> Path:
+    """A copy of ``model`` whose chat template is ``template``."""
+    import shutil
+
+    shutil.copytree(model, out)
+    (out / "chat_template.jinja").write_text(template)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_a_template_that_refuses_system_messages_exports_conversations_without_one(
+    merged: dict[str, MergeResult], sample_data: Path, toolchain: Toolchain, tmp_path: Path
+) -> None:
+    from tuneship.common.chat import ChatTemplateError
+
+    model = with_template(merged["tiny_chatml"].out, CHATML_NO_SYSTEM, tmp_path / "model")
+    lines = (sample_data / "pirate" / "train.jsonl").read_text().splitlines()
+    plain = [line for line in lines if '"system"' not in line]
+    (tmp_path / "train.jsonl").write_text("\n".join(plain[:-6]) + "\n")
+    (tmp_path / "eval.jsonl").write_text("\n".join(plain[-6:]) + "\n")
+    spec = make_spec(tmp_path, quant_types=["q8_0"], imatrix="never")
+    result = export(spec, model, tmp_path / "out", ListSink(), toolchain)
+    assert all(r.verified for r in result.report.rows)
+
+    with_system = [line for line in lines if '"system"' in line]
+    (tmp_path / "eval.jsonl").write_text("\n".join([*plain[-2:], with_system[0]]) + "\n")
+    with pytest.raises(ChatTemplateError) as caught:
+        export(spec, model, tmp_path / "out2", ListSink(), toolchain)
+    assert caught.value.status == "INVALID_ARGUMENT"
+    assert caught.value.where == f"{tmp_path / 'eval.jsonl'}:3"
+    assert "System role not supported" in caught.value.message
+    assert not (tmp_path / "out2").exists()

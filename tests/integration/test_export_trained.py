@@ -46,8 +46,7 @@ def test_trained_model_exports_and_answers_like_it_was_trained(
     merged = merge(spec, base, trained.out, tmp_path / "merged", ListSink())
     manifest = json.loads((trained.out / "training-manifest.json").read_text())
     assert merged.vocab.tokenizer_size == manifest["vocab"]["tokenizer_size_after"]
-    result = export(spec, merged.out, tmp_path / "export", ListSink(), toolchain,
-                    eval_data=sample_data / "pirate" / "eval.jsonl")  # fmt: skip
+    result = export(spec, merged.out, tmp_path / "export", ListSink(), toolchain)
     assert all(r.verified for r in result.report.rows)
     assert result.report.recommended is not None
     (tmp_path / "report.md").write_text((result.out / "report.md").read_text())

@@ -86,3 +86,30 @@ def test_retry_on_a_fresh_worker_resumes_from_the_stored_checkpoint(
     fetch_stage(store, outcome.outputs["train"].key, tmp_path / "result")
     manifest = json.loads((tmp_path / "result" / "training-manifest.json").read_text())
     assert manifest["metrics"]["steps"] == 12
+
+
+def test_a_bad_record_is_named_by_the_users_location_not_the_work_copy(
+    tiny_chatml: Path, sample_data: Path, tmp_path: Path
+) -> None:
+    from tuneship.common.errors import InvalidInput
+
+    lines = (sample_data / "pirate" / "train.jsonl").read_text().splitlines()
+    bad = tmp_path / "train.jsonl"
+    bad.write_text("\n".join([*lines[:3], '{"messages": "not a list"}', *lines[3:]]) + "\n")
+    store = LocalStore(tmp_path / "store")
+    spec = PipelineSpec.model_validate({
+        "apiVersion": "tuneship/v1", "metadata": {"name": "bad"},
+        "model": {"base": "store:x"}, "dataset": {"train": "data/train.jsonl"},
+        "train": {"max_steps": 2},
+    })  # fmt: skip
+    inputs = {
+        "base": upload_input(store, tiny_chatml, kind="model"),
+        "train": upload_input(store, bad, kind="dataset"),
+    }
+    refs = {k: Artifact(m.key, m.digest, m.total_size) for k, m in inputs.items()}
+    work = tmp_path / "worker"
+    with pytest.raises(InvalidInput) as caught:
+        run_train(StageContext(store, work), StageJob("bad.train.1", "bad", spec.model_dump_json(),
+                                                       refs, "", 1), ListSink())  # fmt: skip
+    assert caught.value.where == "data/train.jsonl:4"
+    assert str(work) not in caught.value.render()

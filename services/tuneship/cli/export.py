@@ -103,9 +103,10 @@ def quantize_cmd(
     ] = None,
 ) -> None:
     """Quantize one GGUF into one or many types (IQ types need --imatrix or --data)."""
+    from tuneship.common.conversations import read_conversations
     from tuneship.converter import compute_imatrix, quantize
     from tuneship.converter.evaluate import context_for
-    from tuneship.converter.render import load_conversations, write_rendered
+    from tuneship.converter.render import write_rendered
 
     toolchain = find_toolchain(Settings.from_env())
     sink = LineSink(console)
@@ -114,7 +115,7 @@ def quantize_cmd(
             if model is None:
                 raise TuneshipError("--data needs --model (the HF dir whose template renders it)")
             text = out_dir / f"{source.stem}.imatrix.txt"
-            tokens = write_rendered(model, load_conversations(data), text)
+            tokens = write_rendered(model, read_conversations(data), text)
             imatrix = compute_imatrix(source, text, out_dir / f"{source.stem}.imatrix.gguf",
                                       toolchain=toolchain, events=sink,
                                       context=context_for(tokens))  # fmt: skip
@@ -137,13 +138,13 @@ def evaluate_cmd(
     verify: Annotated[bool, typer.Option(help="Load each GGUF and check parity.")] = True,
 ) -> None:
     """Verify and score quantized GGUFs against a baseline; write the report."""
+    from tuneship.common.conversations import read_conversations
     from tuneship.converter import evaluate, write_report
-    from tuneship.converter.render import load_conversations
 
     toolchain = find_toolchain(Settings.from_env())
     ggufs = {"baseline": baseline_gguf} | {p.stem: p for p in quantized}
     try:
-        report = evaluate(model, "baseline", ggufs, load_conversations(data),
+        report = evaluate(model, "baseline", ggufs, read_conversations(data),
                           toolchain=toolchain, events=LineSink(console), work=out / ".work",
                           max_kld=max_kld, check=verify, name=model.name)  # fmt: skip
         paths = write_report(report, out)
@@ -157,7 +158,9 @@ def export_cmd(
     model: Annotated[Path, typer.Argument(help="Merged HF model directory.")],
     out: Annotated[Path, typer.Argument(help="Output directory (replaced).")],
     spec: Annotated[Path, typer.Option(help="Pipeline spec (export section, dataset).")],
-    data: Annotated[Path | None, typer.Option(help="Held-out conversations.")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Held-out conversations (default: the spec's split).")
+    ] = None,
 ) -> None:
     """The whole export: convert, quantize, verify, evaluate, report."""
     from tuneship.converter import export
@@ -165,8 +168,10 @@ def export_cmd(
     toolchain = find_toolchain(Settings.from_env())
     try:
         pipeline = load_spec(spec)
-        held_out = data or (Path(pipeline.dataset.eval) if pipeline.dataset.eval else None)
-        result = export(pipeline, model, out, LineSink(console), toolchain, eval_data=held_out)
+        if data is not None:
+            dataset = pipeline.dataset.model_copy(update={"eval": str(data)})
+            pipeline = pipeline.model_copy(update={"dataset": dataset})
+        result = export(pipeline, model, out, LineSink(console), toolchain)
     except TuneshipError as exc:
         raise fail(exc) from exc
     _print_report_table(result.report)

@@ -83,6 +83,14 @@ class StageContext:
                 return single, manifest
         return dest, manifest
 
+    def fetch_dataset(self, job: StageJob, workdir: Path, sink: EventSink) -> dict[str, Path]:
+        """Download the job's dataset files; ``{"train": path, "eval": path}`` (eval only
+        when the spec has one), for ``load_conversations(spec.dataset, files)``."""
+        files = {"train": self.fetch(job, "train", workdir / "data-train", sink)[0]}
+        if "eval" in job.inputs:
+            files["eval"] = self.fetch(job, "eval", workdir / "data-eval", sink)[0]
+        return files
+
     def input_manifests(self, job: StageJob, names: Sequence[str]) -> list[Manifest]:
         return [read_manifest(self.store, job.inputs[n].key) for n in names if n in job.inputs]
 

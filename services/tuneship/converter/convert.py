@@ -19,19 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from tuneship.common.atomic import staged_file
+from tuneship.common.chat import (
+    has_training_tags,
+    read_chat_template,
+    render_chat,
+    strip_training_tags,
+)
+from tuneship.common.conversations import Conversation
 from tuneship.common.errors import FailedPrecondition
 from tuneship.common.events import EventSink, Log, Progress
 from tuneship.common.toolchain import Toolchain
 from tuneship.converter.doctor import check_hf
 from tuneship.converter.scores import restore_merge_scores
-from tuneship.converter.template import (
-    Conversation,
-    check_same_rendering,
-    has_training_tags,
-    read_chat_template,
-    sample_conversations_for_parity,
-    strip_training_tags,
-)
+from tuneship.converter.template import check_same_rendering, parity_conversations
 
 STAGE = "convert"
 OUTTYPES = ("f16", "bf16", "f32", "q8_0", "auto")
@@ -135,9 +135,8 @@ def _prepare_view(model: Path, view: Path, conversations: list[Conversation] | N
             continue
         (view / item.name).symlink_to(item.resolve())
     if changed and original is not None and stripped is not None:
-        check_same_rendering(
-            tokenizer, original, stripped, sample_conversations_for_parity(conversations)
-        )
+        samples = parity_conversations(tokenizer, original, list(conversations or []))
+        check_same_rendering(tokenizer, original, stripped, samples)
     config = json.loads((model / "tokenizer_config.json").read_text(encoding="utf-8"))
     if isinstance(config.get("chat_template"), str) or stripped is None:
         config["chat_template"] = stripped
@@ -159,11 +158,8 @@ def tokenization_flags(tokenizer: Any, template: str | None) -> dict[str, bool]:
     """
     flags: dict[str, bool] = {}
     if template is not None:
-        rendered = str(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": "Hi"}], chat_template=template, tokenize=False
-            )
-        )
+        probe = [{"role": "user", "content": "Hi"}]
+        rendered = render_chat(tokenizer, probe, template=template, where="a one-turn probe")
         bos = tokenizer.bos_token
         flags["add_bos_token"] = bool(bos) and rendered.startswith(str(bos))
     backend = getattr(tokenizer, "backend_tokenizer", None)

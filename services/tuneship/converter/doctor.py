@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tuneship.common.chat import has_training_tags, read_chat_template
 from tuneship.common.errors import NotFound
 from tuneship.common.gguf_meta import GgufInfo, read_gguf
-from tuneship.converter.template import has_training_tags, read_chat_template
 
 Severity = Literal["error", "warning", "ok"]
 EMBEDDING_NAMES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from tuneship.common.atomic import staged_dir
+from tuneship.common.conversations import Conversation, load_conversations
 from tuneship.common.errors import InvalidInput
 from tuneship.common.events import EventSink, Log, Metrics, Progress
+from tuneship.common.gguf_meta import read_gguf
 from tuneship.common.spec import PipelineSpec
 from tuneship.common.toolchain import Toolchain
 from tuneship.converter.convert import convert, lineage_metadata
-from tuneship.converter.evaluate import against_baseline, baseline, context_for
-from tuneship.converter.gguf_info import read_gguf
+from tuneship.converter.evaluate import against_baseline, baseline, context_for, held_out_ids
 from tuneship.converter.quantize import check_types, compute_imatrix, needs_imatrix, quantize
-from tuneship.converter.render import load_conversations, write_rendered
+from tuneship.converter.render import write_rendered
 from tuneship.converter.report import ExportReport, QuantReport, recommend, write_report
-from tuneship.converter.template import Conversation
+from tuneship.converter.template import check_template_accepts
 from tuneship.converter.verify import VerifyResult, verify
 
 STAGE = "export"
@@ -44,17 +46,17 @@ def export(
     events: EventSink,
     toolchain: Toolchain,
     *,
-    eval_data: Path | None,
-    train_data: Path | None = None,
+    data: Mapping[str, Path] | None = None,
 ) -> ExportResult:
     """Export the merged HF model ``model`` into ``out`` as the spec's GGUFs plus a report.
 
-    ``eval_data`` (JSONL conversations) is the held-out set for perplexity and KL
-    divergence; the importance matrix is computed from ``train_data`` (default:
-    ``spec.dataset.train`` when it is a local file), else from ``eval_data``. ``out`` is
-    replaced once everything is written. Errors: ``InvalidInput`` (types, data),
-    ``FailedPrecondition`` (a model that cannot be converted, a GGUF that fails to load
-    or to match the template).
+    The conversations are ``spec.dataset`` read and split exactly as training did (any
+    format training accepts; ``data`` maps ``train``/``eval`` to local copies when a
+    worker fetched them): the held-out split is scored and checked for template parity,
+    the training split feeds the importance matrix. ``out`` is replaced once everything
+    is written. Errors: ``InvalidInput`` (types, data, a template that refuses a
+    conversation), ``FailedPrecondition`` (a model that cannot be converted, a GGUF that
+    fails to load or to match the template).
     """
     ex = spec.export
     check_types(ex.quant_types, imatrix_policy=ex.imatrix)
@@ -64,12 +66,16 @@ def export(
             where="export.outtype",
             hint="use outtype f16 or bf16 as the baseline, and q8_0 as one of the quant_types",
         )
-    held_out = load_conversations(_require(eval_data, "eval_data"))
-    train_path = train_data or Path(spec.dataset.train)
-    train = load_conversations(train_path) if train_path.is_file() else held_out
+    conversations = load_conversations(spec.dataset, data)
+    held_out = conversations.eval
+    if not held_out:
+        events.emit(Log(STAGE, "no held-out conversations (dataset.eval_fraction is 0): "
+                               "evaluating on training conversations", "warning"))  # fmt: skip
+        held_out = conversations.train
+    check_template_accepts(model, held_out)
     name = spec.metadata.name
     with staged_dir(out) as work:
-        result = _run(spec, model, work, events, toolchain, held_out, train, name)
+        result = _run(spec, model, work, events, toolchain, held_out, conversations.train, name)
     return _relocate(result, work, out)
 
 
@@ -109,7 +115,8 @@ def _run(
     events.emit(Progress(STAGE, 3, steps, message="verifying and evaluating every GGUF"))
     report = evaluate(
         model, ex.outtype, ggufs, held_out, toolchain=toolchain, events=events, work=scratch,
-        max_kld=ex.max_kld, max_context=ex.eval_context, check=ex.verify, name=name,
+        max_kld=ex.max_kld, max_context=ex.eval_context, max_tokens=ex.eval_tokens,
+        check=ex.verify, name=name,
     )  # fmt: skip
     files = [*ggufs.values(), *([imatrix] if imatrix else []), *write_report(report, work)]
     shutil.rmtree(scratch)
@@ -130,29 +137,30 @@ def evaluate(
     work: Path,
     max_kld: float,
     max_context: int = 256,
+    max_tokens: int = 2048,
     check: bool = True,
     name: str = "model",
 ) -> ExportReport:
     """Verify (when ``check``) and score every GGUF against ``ggufs[baseline_type]``.
 
-    ``model`` is the HF directory the GGUFs came from: its tokenizer renders the
-    held-out conversations and is the reference for template parity.
+    ``model`` is the HF directory the GGUFs came from: its tokenizer and template give
+    the held-out token ids, and it is the reference for template parity.
     """
     work.mkdir(parents=True, exist_ok=True)
     checks: dict[str, VerifyResult | None] = {
         quant_type: verify(path, model, toolchain=toolchain, events=events, work=work,
-                           conversations=held_out[:8]) if check else None
+                           conversations=held_out) if check else None
         for quant_type, path in ggufs.items()
     }  # fmt: skip
-    tokens = write_rendered(model, held_out, work / "eval.txt")
-    context = context_for(tokens, max_context)
-    logits = work / "baseline.kld"
-    base = baseline(ggufs[baseline_type], work / "eval.txt", logits, toolchain=toolchain,
-                    context=context)  # fmt: skip
+    sequences = held_out_ids(model, held_out, context=max_context, max_tokens=max_tokens)
+    logprobs = work / "baseline-logprobs.npy"
+    base = baseline(ggufs[baseline_type], sequences, logprobs, toolchain=toolchain)
     rows = []
     for quant_type, path in ggufs.items():
         is_base = quant_type == baseline_type
-        quality = base if is_base else against_baseline(path, logits, toolchain=toolchain)
+        quality = (
+            base if is_base else against_baseline(path, sequences, logprobs, toolchain=toolchain)
+        )
         info, result = read_gguf(path), checks[quant_type]
         rows.append(QuantReport(
             quant_type=quant_type, file=path.name, size_bytes=info.size_bytes,
@@ -164,8 +172,10 @@ def evaluate(
         ))  # fmt: skip
         events.emit(Metrics(STAGE, {"kld_mean": quality.kld_mean,
                                     "perplexity": quality.perplexity}))  # fmt: skip
+    logprobs.unlink(missing_ok=True)
     recommended, reason = recommend(rows, max_kld)
-    return ExportReport(name, max_kld, tokens, context, rows, recommended, reason)
+    context = max(len(s) for s in sequences)
+    return ExportReport(name, max_kld, base.tokens, context, rows, recommended, reason)
 
 
 def _write_manifest(
@@ -195,13 +205,3 @@ def _relocate(result: ExportResult, work: Path, out: Path) -> ExportResult:
         report=result.report,
         files=[moved(p) for p in result.files],
     )
-
-
-def _require(path: Path | None, name: str) -> Path:
-    if path is None or not path.is_file():
-        raise InvalidInput(
-            f"{name} must be a JSONL file of held-out conversations, got {path}",
-            where=name,
-            hint="set dataset.eval in the spec, or pass --data to `tuneship evaluate`",
-        )
-    return path

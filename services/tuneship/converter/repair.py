@@ -1,6 +1,6 @@
 """``doctor --fix``: repairs of an HF model directory that cannot change what it computes.
 
-- more tokens than embedding rows (the field notes' 32001 vs 32000): the embedding and
+- more tokens than embedding rows (a tokenizer of 32001 tokens on 32000 rows): the embedding and
   lm_head grow to the tokenizer size; the new rows are the mean of the existing ones,
   so the new tokens start out as an average token instead of noise;
 - more rows than tokens on the tokenizer.json-only path: unused placeholder tokens are
@@ -17,17 +17,13 @@ import json
 from pathlib import Path
 
 from tuneship.common.atomic import atomic_write_text, staged_file
+from tuneship.common.chat import read_chat_template, strip_training_tags
 from tuneship.converter.doctor import (
     EMBEDDING_NAMES,
     DoctorReport,
     check_hf,
 )
-from tuneship.converter.template import (
-    check_same_rendering,
-    read_chat_template,
-    sample_conversations_for_parity,
-    strip_training_tags,
-)
+from tuneship.converter.template import check_same_rendering, parity_conversations
 
 PLACEHOLDER = "<unused_{}>"
 
@@ -115,7 +111,8 @@ def _strip_template(model: Path) -> None:
         return
     stripped = strip_training_tags(original)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    check_same_rendering(tokenizer, original, stripped, sample_conversations_for_parity())
+    samples = parity_conversations(tokenizer, original, [])
+    check_same_rendering(tokenizer, original, stripped, samples)
     if (model / "chat_template.jinja").is_file():
         atomic_write_text(model / "chat_template.jinja", stripped)
     config_path = model / "tokenizer_config.json"

@@ -22,22 +22,16 @@ def run_export(
     """Fetch the merged model and held-out data, export, commit GGUFs and the report."""
     spec = parse_job_spec(job)
     versions = {"llama.cpp": toolchain.commit, "llama-cpp-python": toolchain.version}
+    # The held-out split depends on how the dataset is read, not on where its files are.
+    section = {
+        "export": spec.export.model_dump(mode="json"),
+        "dataset": spec.dataset.model_dump(mode="json", exclude={"train", "eval"}),
+    }
 
     def work(workdir: Path) -> tuple[Path, dict[str, Any]]:
         model, _ = ctx.fetch(job, "model", workdir / "model", sink)
-        train_file, _ = ctx.fetch(job, "train", workdir / "data-train", sink)
-        eval_name = "eval" if "eval" in job.inputs else "train"
-        eval_file = train_file if eval_name == "train" else ctx.fetch(
-            job, "eval", workdir / "data-eval", sink)[0]  # fmt: skip
-        result = export(
-            spec,
-            model,
-            workdir / "out",
-            sink,
-            toolchain,
-            eval_data=eval_file,
-            train_data=train_file,
-        )
+        files = ctx.fetch_dataset(job, workdir, sink)
+        result = export(spec, model, workdir / "out", sink, toolchain, data=files)
         report = json.loads((result.out / "report.json").read_text())
         return workdir / "out", {
             "recommended": report.get("recommended") or "",
@@ -45,7 +39,7 @@ def run_export(
         }
 
     return run_committed_stage(
-        ctx, job, sink, stage=STAGE, section={"export": spec.export.model_dump(mode="json")},
+        ctx, job, sink, stage=STAGE, section=section,
         versions=versions, work=work,
     )  # fmt: skip
 

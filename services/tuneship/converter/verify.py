@@ -13,16 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneship.common.chat import chat_ids, inference_template
+from tuneship.common.conversations import Conversation
 from tuneship.common.errors import FailedPrecondition
 from tuneship.common.events import EventSink, Log
 from tuneship.common.llama_server import LlamaServer
 from tuneship.common.toolchain import Toolchain
-from tuneship.converter.template import (
-    Conversation,
-    read_chat_template,
-    sample_conversations_for_parity,
-    strip_training_tags,
-)
+from tuneship.converter.template import parity_conversations
 
 STAGE = "verify"
 
@@ -42,9 +39,10 @@ def prompt_conversations(conversations: list[Conversation]) -> list[Conversation
     """Each conversation cut after its last user turn (a prompt awaiting the answer)."""
     prompts = []
     for conversation in conversations:
-        last_user = max((i for i, m in enumerate(conversation) if m["role"] == "user"), default=-1)
+        messages = conversation.messages
+        last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
         if last_user >= 0:
-            prompts.append(conversation[: last_user + 1])
+            prompts.append(Conversation(messages[: last_user + 1], conversation.where))
     return prompts
 
 
@@ -60,36 +58,40 @@ def verify(
 ) -> VerifyResult:
     """Load ``gguf`` in llama-server, chat once, and check template parity against ``model``.
 
-    ``model`` is the HF directory the GGUF came from (its tokenizer is the reference).
-    Raises ``FailedPrecondition`` when the model does not load, answers nothing, or a
-    conversation tokenizes differently.
+    ``model`` is the HF directory the GGUF came from (its tokenizer is the reference);
+    parity is checked on up to 8 of ``conversations`` (the user's, held-out first) and on
+    the generated variants the template accepts. Raises ``FailedPrecondition`` when the
+    model does not load, answers nothing, or a conversation tokenizes differently;
+    ``ChatTemplateError`` when the template refuses one of the user's conversations.
     """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
-    template = read_chat_template(model)
-    template = strip_training_tags(template) if template else None
-    samples = prompt_conversations(sample_conversations_for_parity(conversations))
+    template = inference_template(model)
+    samples = prompt_conversations(
+        parity_conversations(tokenizer, template, list(conversations or []))
+    )
     log = work / f"{gguf.stem}.server.log"
     server = LlamaServer(toolchain.binary("llama-server"), gguf, log, context=context)
     with server:
         rendered = []
-        for index, conversation in enumerate(samples):
-            expected = _hf_ids(tokenizer, template, conversation)
-            prompt = server.apply_template(conversation)
+        for conversation in samples:
+            expected = chat_ids(tokenizer, conversation.messages, template=template,
+                                generation_prompt=True, where=conversation.where)  # fmt: skip
+            prompt = server.apply_template(conversation.messages)
             rendered.append(prompt)
             got = [int(t) for t in server.post(
                 "/tokenize", {"content": prompt, "add_special": True, "parse_special": True}
             )["tokens"]]  # fmt: skip
             if got != expected:
                 raise FailedPrecondition(
-                    f"template parity failed for {gguf.name}, conversation {index}:\n"
+                    f"template parity failed for {gguf.name}, {conversation.where}:\n"
                     + parity_diff(tokenizer, expected, got),
                     where=str(gguf),
                     hint="llama.cpp formats or tokenizes this chat differently from the "
                     "training tokenizer; `tuneship doctor` on the GGUF shows its tokenizer flags",
                 )
-        answer = server.chat(samples[1], max_tokens=32, temperature=0)
+        answer = server.chat(samples[0].messages, max_tokens=32, temperature=0)
         if answer.get("usage", {}).get("completion_tokens", 0) < 1:
             raise FailedPrecondition(f"{gguf.name} loaded but generated nothing", where=str(gguf))
         prompt_tps, generation_tps = measure_speed(server, "".join(rendered), context)
@@ -118,14 +120,6 @@ def measure_speed(
             max(best[1], float(timings.get("predicted_per_second", 0.0))),
         )
     return best
-
-
-def _hf_ids(tokenizer: Any, template: str | None, conversation: Conversation) -> list[int]:
-    encoded = tokenizer.apply_chat_template(
-        conversation, chat_template=template, add_generation_prompt=True, tokenize=True
-    )
-    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
-    return [int(i) for i in ids]
 
 
 def parity_diff(tokenizer: Any, expected: list[int], got: list[int], around: int = 4) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from tuneship.common.chat import has_training_tags
 from tuneship.common.errors import InvalidInput
 from tuneship.serving.jinja_render import TemplateRaised, render_jinja
 
@@ -250,7 +251,7 @@ def to_go_template(jinja: str, *, bos_token: str = "", eos_token: str = "") -> G
 
     ``bos_token``/``eos_token`` are the texts the Jinja template sees (from the GGUF).
     """
-    if "{% generation %}" in jinja or "{%- generation" in jinja:
+    if has_training_tags(jinja):
         raise _refuse("it still has {% generation %} training markers; export strips them")
     shape = derive_shape(jinja, bos_token=bos_token, eos_token=eos_token)
     _verify(jinja, shape, bos_token, eos_token)

@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tuneship.common.conversations import Message, RecordError
 from tuneship.common.errors import FailedPrecondition
-from tuneship.trainer.data import Message, RecordError
 
 IGNORE = -100
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneship.common.conversations import ConversationSet, RecordError, Skipped, load_conversations
 from tuneship.common.errors import InvalidInput
 from tuneship.common.events import EventSink, Log
 from tuneship.common.spec import PipelineSpec
-from tuneship.trainer.data import ConversationSet, RecordError, Skipped, load_conversations
 from tuneship.trainer.masking import AssistantMask, Example
 from tuneship.trainer.model_io import load_tokenizer
 from tuneship.trainer.template import ChosenTemplate, choose_template

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneship.common.conversations import load_conversations
 from tuneship.common.errors import FailedPrecondition
 from tuneship.common.events import EventSink, Log
 from tuneship.common.spec import PipelineSpec, TrainSpec
@@ -25,7 +27,6 @@ from tuneship.trainer.batching import (
     TokenCount,
     choose_batching,
 )
-from tuneship.trainer.data import load_conversations
 from tuneship.trainer.manifest import build_manifest
 from tuneship.trainer.prepare import PreparedData, encode_all, prepare_tokenizer
 from tuneship.trainer.progress import STAGE, EventBridge, plot_loss, read_metrics
@@ -52,12 +53,20 @@ class TrainResult:
 
 
 def train(
-    spec: PipelineSpec, base: Path, out: Path, events: EventSink, *, resume: bool = True
+    spec: PipelineSpec,
+    base: Path,
+    out: Path,
+    events: EventSink,
+    *,
+    resume: bool = True,
+    data: Mapping[str, Path] | None = None,
 ) -> TrainResult:
     """Fine-tune ``base`` on ``spec.dataset`` and write the adapter, tokenizer and manifest.
 
     ``resume``: continue from the last checkpoint in ``<out>.partial`` (and return an
-    already complete ``out`` as it is); ``False`` starts over. Raises ``InvalidInput``
+    already complete ``out`` as it is); ``False`` starts over. ``data`` maps ``train`` /
+    ``eval`` to local copies of the dataset files (errors still name the spec's
+    locations). Raises ``InvalidInput``
     for bad data or spec, ``FailedPrecondition`` for a model or machine that cannot do
     what the spec asks (pickle weights, QLoRA without CUDA, an unusable template).
     """
@@ -75,7 +84,7 @@ def train(
     if not resume:
         shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True, exist_ok=True)
-    prepared, model, pad = _load(spec, base, events)
+    prepared, model, pad = _load(spec, base, events, data)
     tokenizer = prepared.tokenizer
 
     model = _with_method(model, spec.train)
@@ -108,7 +117,7 @@ def train(
 
 
 def _load(
-    spec: PipelineSpec, base: Path, events: EventSink
+    spec: PipelineSpec, base: Path, events: EventSink, data: Mapping[str, Path] | None
 ) -> tuple[PreparedData, Any, PadDecision]:
     """Tokenizer, template, model with its pad token, and the masked examples."""
     tokenizer, template, mask = prepare_tokenizer(spec, base)
@@ -121,7 +130,7 @@ def _load(
         spec.train.pad_to_multiple_of,
     )
     events.emit(Log(STAGE, f"pad token: {pad.pad_token!r} (id {pad.pad_token_id}, {pad.decision})"))
-    prepared = PreparedData(tokenizer, template, mask, load_conversations(spec.dataset))
+    prepared = PreparedData(tokenizer, template, mask, load_conversations(spec.dataset, data))
     encode_all(prepared, spec, events)
     return prepared, model, pad
 

@@ -104,19 +104,11 @@ def run_train(ctx: StageContext, job: StageJob, sink: EventSink) -> StageOutcome
 
     def work(workdir: Path) -> tuple[Path, dict[str, Any]]:
         base, _ = ctx.fetch(job, "base", workdir / "base", sink)
-        train_file, _ = ctx.fetch(job, "train", workdir / "data-train", sink)
-        eval_file = (
-            ctx.fetch(job, "eval", workdir / "data-eval", sink)[0] if "eval" in job.inputs else None
-        )
-        local = spec.model_copy(
-            update={"dataset": spec.dataset.model_copy(
-                update={"train": str(train_file), "eval": str(eval_file) if eval_file else None}
-            )}
-        )  # fmt: skip
+        files = ctx.fetch_dataset(job, workdir, sink)
         partial = workdir / "out.partial"
         restore_checkpoint(ctx.store, job.pipeline, partial, sink)
         mirror = CheckpointMirror(sink, ctx.store, job.pipeline, partial)
-        result = train(local, base, workdir / "out", mirror, resume=True)
+        result = train(spec, base, workdir / "out", mirror, resume=True, data=files)
         return workdir / "out", {"steps": result.steps, "final_loss": result.final_loss}
 
     return run_committed_stage(

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneship.common.chat_templates import family_template
+from tuneship.common.chat import has_training_tags
+from tuneship.common.chat_templates import FAMILIES, family_template
 from tuneship.common.errors import FailedPrecondition, InvalidInput
 from tuneship.common.spec import TemplateSpec
 
@@ -20,7 +21,7 @@ class ChosenTemplate:
 
     @property
     def has_generation_tags(self) -> bool:
-        return "{% generation" in self.text or "{%- generation" in self.text
+        return has_training_tags(self.text)
 
 
 def choose_template(spec: TemplateSpec, tokenizer: Any) -> ChosenTemplate:
@@ -46,8 +47,7 @@ def choose_template(spec: TemplateSpec, tokenizer: Any) -> ChosenTemplate:
         raise FailedPrecondition(
             "the base model has no chat template",
             where="template",
-            hint="set template.family (chatml, llama2, llama3, mistral, gemma, zephyr, phi3) "
-            "or template.path to a Jinja file",
+            hint=f"set template.family ({', '.join(FAMILIES)}) or template.path to a Jinja file",
         )
     tokenizer.chat_template = chosen.text
     return chosen

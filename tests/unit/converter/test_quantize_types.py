@@ -54,6 +54,5 @@ def test_export_refuses_to_quantize_from_a_q8_0_baseline(tmp_path: Path) -> None
         "export: {outtype: q8_0, quant_types: [q4_k_m]}\n"
     )
     with pytest.raises(InvalidInput) as caught:
-        export(spec, tmp_path, tmp_path / "out", NullSink(), Toolchain("0", "none", ()),
-               eval_data=None)  # fmt: skip
+        export(spec, tmp_path, tmp_path / "out", NullSink(), Toolchain("0", "none", ()))
     assert caught.value.where == "export.outtype"

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from tuneship.common.conversations import RecordError
 from tuneship.common.errors import FailedPrecondition
 from tuneship.common.spec import TemplateSpec
-from tuneship.trainer.data import RecordError
 from tuneship.trainer.masking import IGNORE, AssistantMask, TemplateSpanError
 from tuneship.trainer.template import choose_template
 
@@ -167,8 +167,7 @@ def test_every_family_template_trains_the_replies_and_their_stop_token(
         {"role": "user", "content": "Bye"},
         {"role": "assistant", "content": "Bye <|end|> now."},
     ]
-    if family != "gemma":
-        messages.insert(0, {"role": "system", "content": "Be brief."})
+    messages.insert(0, {"role": "system", "content": "Be brief."})  # every family takes one
     example = AssistantMask(tokenizer).encode(messages)
     replies = [m["content"] for m in messages if m["role"] == "assistant"]
     expected = [

@@ -41,7 +41,18 @@ class ExportSpec(Section):
     imatrix: Literal["auto", "always", "never"] = "auto"
     max_kld: float = Field(0.1, gt=0, description="Quality budget: mean KL divergence vs f16.")
     eval_context: int = Field(
-        256, ge=32, description="Largest context (tokens) for perplexity and imatrix chunks."
+        256,
+        ge=32,
+        le=32768,
+        description="Longest held-out conversation scored (tokens; longer ones are cut) "
+        "and the largest imatrix chunk.",
+    )
+    eval_tokens: int = Field(
+        2048,
+        ge=64,
+        le=1_000_000,
+        description="About this many held-out token positions are scored per GGUF (the "
+        "baseline keeps a full-vocabulary distribution for each on disk).",
     )
     imatrix_chunks: int = Field(
         128, gt=0, description="At most this many contexts of training text for the imatrix."

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from tuneship.common.conversations import load_conversations
 from tuneship.common.errors import InvalidInput, NotFound
 from tuneship.common.spec import DatasetSpec
 from tuneship.quickstart.conversations import sample_conversations, to_sharegpt, write_jsonl
-from tuneship.trainer.data import load_conversations
 
 pytestmark = pytest.mark.unit
 
@@ -119,3 +119,46 @@ def test_dedupe_and_split_are_deterministic(tmp_path: Path) -> None:
 def test_a_missing_file_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         load_conversations(spec(tmp_path / "nope.jsonl"))
+
+
+def test_errors_name_the_users_location_when_reading_a_fetched_copy(tmp_path: Path) -> None:
+    copy = tmp_path / "work" / "data-train" / "train.jsonl"
+    copy.parent.mkdir(parents=True)
+    copy.write_text('{"messages": [{"role": "user", "content": "Hi"}]}\n')
+    spec = DatasetSpec(train="s3://bucket/team/train.jsonl")
+    with pytest.raises(InvalidInput) as caught:
+        load_conversations(spec, {"train": copy})
+    assert caught.value.where == "s3://bucket/team/train.jsonl:1"
+    assert "work" not in caught.value.render()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
+def test_a_file_given_on_the_command_line_reads_in_every_format(
+    suffix: str, tmp_path: Path
+) -> None:
+    from tuneship.common.conversations import read_conversations
+
+    records = [{"messages": c} for c in sample_conversations(5, seed=1)]
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(records), path)
+    elif suffix == ".json":
+        path.write_text(json.dumps(records))
+    else:
+        write_jsonl(path, records)
+    loaded = read_conversations(path)
+    assert [c.messages for c in loaded] == [r["messages"] for r in records]
+    assert loaded[0].where.startswith(str(path))
+
+
+def test_a_parquet_file_that_is_not_parquet_is_named(tmp_path: Path) -> None:
+    from tuneship.common.conversations import read_conversations
+
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1 not really")
+    with pytest.raises(InvalidInput, match="not a readable Parquet file") as caught:
+        read_conversations(path)
+    assert caught.value.where == str(path)

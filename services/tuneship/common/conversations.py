@@ -1,4 +1,7 @@
-"""Conversation datasets: read, validate, deduplicate and split.
+"""Conversation datasets: read, validate, deduplicate and split — for every stage.
+
+Training, ``inspect-data``, the export's held-out evaluation and its importance matrix
+all read conversations through this module, so a dataset that trains also exports.
 
 Accepted shapes, detected per record unless the spec names one:
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,18 +72,28 @@ class RecordError(ValueError):
     """A record is invalid; the message says what is wrong."""
 
 
-def load_conversations(spec: DatasetSpec) -> ConversationSet:
+def load_conversations(
+    spec: DatasetSpec, files: Mapping[str, Path] | None = None
+) -> ConversationSet:
     """Read ``spec.train`` (and ``spec.eval``), validate, dedupe and split.
 
-    Raises ``InvalidInput`` naming the record when ``on_invalid`` is ``error`` or when
-    nothing valid remains; ``NotFound`` when a file does not exist.
+    ``files`` (``{"train": path, "eval": path}``) says where the bytes are when a
+    worker fetched them into a work directory: errors and skipped records still name
+    the location the user gave in the spec (``train.jsonl:4``, ``store:…``, ``s3://…``).
+    The split is seeded, so every stage that loads the same spec gets the same held-out
+    conversations. Raises ``InvalidInput`` naming the record when ``on_invalid`` is
+    ``error`` or when nothing valid remains; ``NotFound`` when a file does not exist.
     """
+    files = files or {}
     digest = hashlib.sha256()
     skipped: list[Skipped] = []
-    train = _read_valid(Path(spec.train), "dataset.train", spec, skipped, digest)
-    evaluation = (
-        _read_valid(Path(spec.eval), "dataset.eval", spec, skipped, digest) if spec.eval else []
+    train = _read_valid(
+        files.get("train", Path(spec.train)), spec.train, "dataset.train", spec, skipped, digest
     )
+    evaluation = []
+    if spec.eval:
+        source = files.get("eval", Path(spec.eval))
+        evaluation = _read_valid(source, spec.eval, "dataset.eval", spec, skipped, digest)
     train, duplicates = _dedupe(train) if spec.dedupe else (train, 0)
     if not spec.eval:
         train, evaluation = _split(train, spec.eval_fraction, spec.seed)
@@ -93,14 +106,29 @@ def load_conversations(spec: DatasetSpec) -> ConversationSet:
     return ConversationSet(train, evaluation, skipped, duplicates, digest.hexdigest())
 
 
+def read_conversations(path: Path, shape: str = "auto") -> list[Conversation]:
+    """Every conversation of one file (any accepted format); the first bad record raises
+    ``InvalidInput`` with its location. For commands given a file rather than a spec."""
+    spec = DatasetSpec(train=str(path), format=shape)
+    conversations = _read_valid(path, str(path), "--data", spec, [], hashlib.sha256())
+    if not conversations:
+        raise InvalidInput("no conversations in the file", where=str(path))
+    return conversations
+
+
 def _read_valid(
-    path: Path, spec_field: str, spec: DatasetSpec, skipped: list[Skipped], digest: Any
+    path: Path, label: str, spec_field: str, spec: DatasetSpec, skipped: list[Skipped], digest: Any
 ) -> list[Conversation]:
     if not path.is_file():
-        raise NotFound(f"dataset file not found: {path}", where=spec_field)
+        what = "a directory" if path.is_dir() else "not found"
+        raise NotFound(
+            f"dataset file {what}: {label}",
+            where=spec_field,
+            hint="give a JSONL, JSON or Parquet file",
+        )
     digest.update(path.read_bytes())
     valid = []
-    for where, record in _records(path):
+    for where, record in _records(path, label):
         try:
             if isinstance(record, RecordError):
                 raise record
@@ -116,31 +144,36 @@ def _read_valid(
     return valid
 
 
-def _records(path: Path) -> Iterator[tuple[str, Any]]:
-    """(location, record or RecordError) for every record of a file."""
+def _records(path: Path, label: str) -> Iterator[tuple[str, Any]]:
+    """(location, record or RecordError) for every record of a file; locations start
+    with ``label``, the name the user knows the file by."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for row, record in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}:row {row}", record
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow raises its own error types for bad files
+            raise InvalidInput(f"not a readable Parquet file: {exc}", where=label) from exc
+        for row, record in enumerate(rows):
+            yield f"{label}:row {row}", record
     elif suffix == ".json":
         try:
             data = json.loads(path.read_bytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidInput(f"not a valid UTF-8 JSON file: {exc}", where=str(path)) from exc
+            raise InvalidInput(f"not a valid UTF-8 JSON file: {exc}", where=label) from exc
         if not isinstance(data, list):
-            raise InvalidInput("a .json dataset is a list of records", where=str(path))
+            raise InvalidInput("a .json dataset is a list of records", where=label)
         for index, record in enumerate(data):
-            yield f"{path}:[{index}]", record
+            yield f"{label}:[{index}]", record
     else:
-        yield from _jsonl_records(path)
+        yield from _jsonl_records(path, label)
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
+def _jsonl_records(path: Path, label: str) -> Iterator[tuple[str, Any]]:
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
+            where = f"{label}:{number}"
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
