@@ -75,7 +75,9 @@ def test_merge_convert_quantize_evaluate_doctor(
     assert {"pirate-f16.gguf", "pirate-q4_k_m.gguf", "pirate-iq4_xs.gguf", "report.md"} <= names
 
 
-def test_doctor_fix_then_convert_the_field_notes_failure(tiny_llama2: Path, tmp_path: Path) -> None:
+def test_doctor_fix_then_convert_the_added_pad_token_failure(
+    tiny_llama2: Path, tmp_path: Path
+) -> None:
     import shutil
 
     from transformers import AutoTokenizer

@@ -1,4 +1,5 @@
-"""The field notes' failure, recreated: doctor names it, --fix repairs it, the model then loads."""
+"""The classic added-pad-token failure (32001 tokens on 32000 rows), recreated:
+doctor names it, --fix repairs it, the model then loads."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tuneship.common.chat import has_training_tags
 from tuneship.common.errors import FailedPrecondition
 from tuneship.common.events import ListSink
 from tuneship.common.llama_server import LlamaServer
 from tuneship.common.toolchain import Toolchain
 from tuneship.converter import check_gguf, check_hf, convert, fix_hf
-from tuneship.converter.template import has_training_tags
 from tuneship.testing.adapters import add_generation_tags
 
 pytestmark = pytest.mark.integration

@@ -2,8 +2,8 @@
 
 ``tiny-llama2``
     SentencePiece BPE tokenizer (``tokenizer.model`` kept beside ``tokenizer.json``),
-    Llama-2 ``[INST]`` template, BOS/EOS and **no pad token** (the situation of the
-    field notes), untied embeddings.
+    Llama-2 ``[INST]`` template, BOS/EOS and **no pad token** (the situation in which
+    people set pad = EOS and the model never learns to stop), untied embeddings.
 ``tiny-chatml``
     ``tokenizer.json`` only, ChatML with ``<|im_start|>``/``<|im_end|>`` as special
     tokens, eos = ``<|im_end|>``, system messages, tied embeddings.
