@@ -19,7 +19,7 @@ from tuneship.common.stages import COMPONENTS, stage_of_component
 from tuneship.common.stagework import StageContext
 from tuneship.common.store import ArtifactStore, LocalStore
 from tuneship.common.toolchain import Toolchain, find_toolchain
-from tuneship.common.wire import Server, StageServicer, start_server
+from tuneship.common.wire import Server, StageService, StageServicer
 from tuneship.controller.app import Controller, ControllerSettings, start_controller
 from tuneship.controller.inputs import input_uploader
 from tuneship.converter.servicer import converter_service
@@ -44,10 +44,9 @@ class ComponentNeeds:
         return self.toolchain
 
 
-ServiceParts = tuple[Any, Any, str, StageServicer]
 """(add-to-server function, gRPC servicer, full service name, stage servicer)."""
 
-SERVICES: dict[str, Callable[[ComponentNeeds], ServiceParts]] = {
+SERVICES: dict[str, Callable[[ComponentNeeds], StageService]] = {
     "trainer": lambda needs: trainer_service(needs.ctx, needs.capacity),
     "merger": lambda needs: merger_service(needs.ctx, needs.capacity),
     "converter": lambda needs: converter_service(
@@ -71,8 +70,8 @@ def component_server(
 ) -> tuple[Server, StageServicer]:
     """Start one stage service; returns the server and its stage servicer."""
     needs = ComponentNeeds(StageContext(store, work_root), capacity, toolchain, backend)
-    add, servicer, name, stage = SERVICES[component](needs)
-    return start_server([(add, servicer)], [name], host=host, port=port), stage
+    service = SERVICES[component](needs)
+    return service.start(host=host, port=port), service.stage
 
 
 @dataclass

@@ -194,13 +194,30 @@ class StageServicer:
         return stage_pb2.CancelResponse(cancelled=self.tasks.cancel(request.task_id))
 
 
+@dataclass(frozen=True)
+class StageService:
+    """A stage's gRPC service, ready for ``start_server``, and the servicer behind it."""
+
+    register: Callable[[Any, grpc.Server], None]
+    """The generated ``add_<Service>Servicer_to_server``."""
+    servicer: Any
+    """The grpc servicer instance (generated base class, our methods)."""
+    name: str
+    """The fully qualified service name (health checks, reflection)."""
+    stage: StageServicer
+    """Tasks, streaming and cancel: what tests and the embedded mode look into."""
+
+    def start(self, *, host: str = "127.0.0.1", port: int = 0) -> Server:
+        """Serve it alone on ``host:port`` (port 0 picks a free one)."""
+        return start_server([(self.register, self.servicer)], [self.name], host=host, port=port)
+
+
 def stage_service(
     stage: StageServicer, extra: dict[str, Callable[[Any, Any], Any]] | None = None
-) -> tuple[Any, Any, str]:
-    """(add-to-server function, grpc servicer, full service name) for a stage servicer.
-
-    ``extra`` adds a service's own RPCs by name (ServingService's Chat and friends),
-    each a ``(request, context)`` callable.
+) -> StageService:
+    """The gRPC service of a stage servicer (its stage RPC and Cancel, from the stage
+    table). ``extra`` adds a service's own RPCs by name (ServingService's Chat and
+    friends), each a ``(request, context)`` callable.
     """
     entry = stage_named(stage.stage)
     service = entry.service
@@ -216,4 +233,4 @@ def stage_service(
     methods: dict[str, Any] = {entry.method: run, "Cancel": cancel}
     methods.update({name: staticmethod(fn) for name, fn in (extra or {}).items()})
     servicer = type(f"{service}Impl", (generated,), methods)()
-    return add, servicer, entry.full_service
+    return StageService(add, servicer, entry.full_service, stage)

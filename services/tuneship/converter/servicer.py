@@ -10,7 +10,7 @@ from tuneship.common.events import EventSink
 from tuneship.common.jobs import StageJob, StageOutcome
 from tuneship.common.stagework import StageContext, parse_job_spec, run_committed_stage
 from tuneship.common.toolchain import Toolchain
-from tuneship.common.wire import StageServicer, stage_service
+from tuneship.common.wire import StageService, StageServicer, stage_service
 from tuneship.converter import export
 
 STAGE = "export"
@@ -44,9 +44,7 @@ def run_export(
     )  # fmt: skip
 
 
-def converter_service(
-    ctx: StageContext, toolchain: Toolchain, capacity: int = 1
-) -> tuple[Any, Any, str, StageServicer]:
-    """(add function, servicer, service name, stage servicer) for a gRPC server."""
+def converter_service(ctx: StageContext, toolchain: Toolchain, capacity: int = 1) -> StageService:
+    """The stage's gRPC service, ready to start."""
     stage = StageServicer(STAGE, lambda job, sink: run_export(ctx, toolchain, job, sink), capacity)
-    return (*stage_service(stage), stage)
+    return stage_service(stage)

@@ -9,7 +9,7 @@ from typing import Any
 from tuneship.common.events import EventSink
 from tuneship.common.jobs import StageJob, StageOutcome
 from tuneship.common.stagework import StageContext, parse_job_spec, run_committed_stage
-from tuneship.common.wire import StageServicer, stage_service
+from tuneship.common.wire import StageService, StageServicer, stage_service
 from tuneship.merger import merge
 
 STAGE = "merge"
@@ -32,7 +32,7 @@ def run_merge(ctx: StageContext, job: StageJob, sink: EventSink) -> StageOutcome
     )  # fmt: skip
 
 
-def merger_service(ctx: StageContext, capacity: int = 1) -> tuple[Any, Any, str, StageServicer]:
-    """(add function, servicer, service name, stage servicer) for a gRPC server."""
+def merger_service(ctx: StageContext, capacity: int = 1) -> StageService:
+    """The stage's gRPC service, ready to start."""
     stage = StageServicer(STAGE, lambda job, sink: run_merge(ctx, job, sink), capacity)
-    return (*stage_service(stage), stage)
+    return stage_service(stage)

@@ -14,7 +14,7 @@ from tuneship.common.events import EventSink
 from tuneship.common.jobs import StageJob, StageOutcome
 from tuneship.common.stagework import StageContext, artifact_of, parse_job_spec
 from tuneship.common.store.commit import commit_stage, read_manifest
-from tuneship.common.wire import StageServicer, stage_service
+from tuneship.common.wire import StageService, StageServicer, stage_service
 from tuneship.serving.backend import ServingBackend
 from tuneship.serving.publish import publish
 from tuneship.v1 import workers_pb2
@@ -118,10 +118,8 @@ class ServingRpcs:
         return workers_pb2.DeleteModelResponse()
 
 
-def serving_service(
-    ctx: StageContext, backend: ServingBackend, capacity: int = 1
-) -> tuple[Any, Any, str, StageServicer]:
-    """(add function, servicer, service name, stage servicer) for a gRPC server."""
+def serving_service(ctx: StageContext, backend: ServingBackend, capacity: int = 1) -> StageService:
+    """The stage's gRPC service, ready to start."""
     stage = StageServicer(STAGE, lambda job, sink: run_publish(ctx, backend, job, sink), capacity)
     rpcs = ServingRpcs(backend)
     extra: dict[str, Any] = {
@@ -129,4 +127,4 @@ def serving_service(
         "ListModels": rpcs.ListModels,
         "DeleteModel": rpcs.DeleteModel,
     }
-    return (*stage_service(stage, extra), stage)
+    return stage_service(stage, extra)

@@ -16,7 +16,7 @@ import grpc
 
 from tuneship.common.jobs import Artifact
 from tuneship.common.stages import STAGES
-from tuneship.common.wire import Server, StageServicer, stage_service, start_server
+from tuneship.common.wire import Server, StageServicer, stage_service
 from tuneship.controller.app import Controller, ControllerSettings, start_controller
 from tuneship.controller.scheduler import RetryPolicy
 from tuneship.testing.stages import ScriptedStage
@@ -71,9 +71,8 @@ def start_cluster(
             name, stages[name], capacity=capacity.get(name, 1), keepalive_s=0.5
         )
         extra: dict[str, Any] | None = {"Chat": chat_echo} if name == "publish" else None
-        add, impl, service = stage_service(servicer, extra)
         servicers[name] = servicer
-        workers.append(start_server([(add, impl)], [service]))
+        workers.append(stage_service(servicer, extra).start())
     settings = ControllerSettings(
         state_url=f"sqlite:///{tmp_path / 'state.db'}",
         workers={name: w.address for name, w in zip(STAGES, workers, strict=True)},

@@ -19,7 +19,7 @@ from tuneship.common.store.commit import (
     latest_checkpoint,
     prune_checkpoints,
 )
-from tuneship.common.wire import StageServicer, stage_service
+from tuneship.common.wire import StageService, StageServicer, stage_service
 from tuneship.trainer import train
 from tuneship.trainer.run import last_checkpoint
 
@@ -116,7 +116,7 @@ def run_train(ctx: StageContext, job: StageJob, sink: EventSink) -> StageOutcome
     )  # fmt: skip
 
 
-def trainer_service(ctx: StageContext, capacity: int = 1) -> tuple[Any, Any, str, StageServicer]:
-    """(add function, servicer, service name, stage servicer) for a gRPC server."""
+def trainer_service(ctx: StageContext, capacity: int = 1) -> StageService:
+    """The stage's gRPC service, ready to start."""
     stage = StageServicer(STAGE, lambda job, sink: run_train(ctx, job, sink), capacity)
-    return (*stage_service(stage), stage)
+    return stage_service(stage)
