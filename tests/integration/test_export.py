@@ -240,3 +240,17 @@ def test_a_template_that_refuses_system_messages_exports_conversations_without_o
     assert caught.value.where == f"{tmp_path / 'eval.jsonl'}:3"
     assert "System role not supported" in caught.value.message
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_gguf_llama_cpp_cannot_load_fails_the_evaluation_by_name(
+    toolchain: Toolchain, tmp_path: Path
+) -> None:
+    from tuneship.converter.evaluate import baseline
+
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 60)
+    with pytest.raises(FailedPrecondition) as caught:
+        baseline(broken, [[1, 2, 3]], tmp_path / "base.npy", toolchain=toolchain)
+    assert "evaluating broken.gguf in llama.cpp failed" in caught.value.message
+    assert caught.value.where == str(broken)
+    assert not list(tmp_path.glob("*.eval.json"))  # the request file is not left behind

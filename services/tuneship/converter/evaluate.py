@@ -116,6 +116,8 @@ def _quality(result: dict, *, compared: bool) -> Quality:
 def _run(toolchain: Toolchain, request: dict, work: Path) -> dict:
     """One ``llama_eval`` subprocess; a failure names the GGUF and the worker's last lines."""
     env = {**os.environ, **toolchain.bindings_env()}
+    if os.environ.get("PYTHONPATH"):  # keep the caller's path after the bindings
+        env["PYTHONPATH"] += os.pathsep + os.environ["PYTHONPATH"]
     request = {**request, "threads": os.cpu_count() or 1}
     gguf = Path(request["gguf"])
     request_file = work / f"{gguf.name}.eval.json"
