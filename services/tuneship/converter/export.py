@@ -154,6 +154,26 @@ def evaluate(
     }  # fmt: skip
     sequences = held_out_ids(model, held_out, context=max_context, max_tokens=max_tokens)
     logprobs = work / "baseline-logprobs.npy"
+    try:  # the saved distributions are large: never leave them behind
+        rows = _score(baseline_type, ggufs, sequences, logprobs, checks, toolchain, events)
+    finally:
+        logprobs.unlink(missing_ok=True)
+    recommended, reason = recommend(rows, max_kld)
+    context = max(len(s) for s in sequences)
+    tokens = sum(len(s) - 1 for s in sequences)
+    return ExportReport(name, max_kld, tokens, context, rows, recommended, reason)
+
+
+def _score(
+    baseline_type: str,
+    ggufs: dict[str, Path],
+    sequences: list[list[int]],
+    logprobs: Path,
+    checks: dict[str, VerifyResult | None],
+    toolchain: Toolchain,
+    events: EventSink,
+) -> list[QuantReport]:
+    """One report row per GGUF: the baseline saves its distributions, the rest compare."""
     base = baseline(ggufs[baseline_type], sequences, logprobs, toolchain=toolchain)
     rows = []
     for quant_type, path in ggufs.items():
@@ -172,10 +192,7 @@ def evaluate(
         ))  # fmt: skip
         events.emit(Metrics(STAGE, {"kld_mean": quality.kld_mean,
                                     "perplexity": quality.perplexity}))  # fmt: skip
-    logprobs.unlink(missing_ok=True)
-    recommended, reason = recommend(rows, max_kld)
-    context = max(len(s) for s in sequences)
-    return ExportReport(name, max_kld, base.tokens, context, rows, recommended, reason)
+    return rows
 
 
 def _write_manifest(
