@@ -97,18 +97,7 @@ def render_chat(
     Raises ``ChatTemplateError`` naming ``template_name`` and ``where`` when the template
     refuses the conversation or breaks on it.
     """
-    try:
-        text = tokenizer.apply_chat_template(
-            messages, chat_template=template, tokenize=False,
-            add_generation_prompt=generation_prompt,
-        )  # fmt: skip
-    except Exception as exc:  # the template's own raise_exception, or any Jinja error
-        raise ChatTemplateError(
-            f"{template_name} cannot render {where}: {type(exc).__name__}: {exc}",
-            where=where,
-            hint="give conversations the template accepts (some templates refuse a system "
-            "message or a first assistant turn), or choose another template.family",
-        ) from exc
+    text = _apply(tokenizer, messages, template, generation_prompt, False, where, template_name)
     return str(text)
 
 
@@ -125,16 +114,29 @@ def chat_ids(
 
     The same errors as ``render_chat``.
     """
-    render_chat(
-        tokenizer,
-        messages,
-        template=template,
-        generation_prompt=generation_prompt,
-        where=where,
-        template_name=template_name,
-    )  # fmt: skip  (a refusal raises here, with its name and place)
-    encoded = tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=True, add_generation_prompt=generation_prompt
-    )
+    encoded = _apply(tokenizer, messages, template, generation_prompt, True, where, template_name)
     ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
     return [int(i) for i in ids]
+
+
+def _apply(
+    tokenizer: Any,
+    messages: list[Message],
+    template: str | None,
+    generation_prompt: bool,
+    tokenize: bool,
+    where: str,
+    template_name: str,
+) -> Any:
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=tokenize,
+            add_generation_prompt=generation_prompt,
+        )  # fmt: skip
+    except Exception as exc:  # the template's own raise_exception, or any Jinja error
+        raise ChatTemplateError(
+            f"{template_name} cannot render {where}: {type(exc).__name__}: {exc}",
+            where=where,
+            hint="give conversations the template accepts (some templates refuse a system "
+            "message or a first assistant turn), or choose another template.family",
+        ) from exc

@@ -112,7 +112,11 @@ def read_conversations(path: Path, shape: str = "auto") -> list[Conversation]:
     spec = DatasetSpec(train=str(path), format=shape)
     conversations = _read_valid(path, str(path), "--data", spec, [], hashlib.sha256())
     if not conversations:
-        raise InvalidInput("no conversations in the file", where=str(path))
+        raise InvalidInput(
+            "no conversations in the file",
+            where=str(path),
+            hint="one conversation per line (JSONL), a JSON list, or Parquet rows",
+        )
     return conversations
 
 
@@ -154,7 +158,11 @@ def _records(path: Path, label: str) -> Iterator[tuple[str, Any]]:
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as exc:  # pyarrow raises its own error types for bad files
-            raise InvalidInput(f"not a readable Parquet file: {exc}", where=label) from exc
+            raise InvalidInput(
+                f"not a readable Parquet file: {exc}",
+                where=label,
+                hint="write it with pyarrow or pandas (to_parquet), or give JSONL instead",
+            ) from exc
         for row, record in enumerate(rows):
             yield f"{label}:row {row}", record
     elif suffix == ".json":
