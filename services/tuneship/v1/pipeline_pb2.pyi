@@ -25,7 +25,7 @@ FAILED: Phase
 CANCELLED: Phase
 
 class StageStatus(_message.Message):
-    __slots__ = ("stage", "phase", "task_id", "attempts", "error", "started", "finished", "outputs", "summary_json")
+    __slots__ = ("stage", "phase", "task_id", "attempts", "error", "started", "finished", "outputs", "summary_json", "waiting")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class StageStatus(_message.Message):
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     stage: str
     phase: Phase
     task_id: str
@@ -51,7 +52,8 @@ class StageStatus(_message.Message):
     finished: float
     outputs: _containers.MessageMap[str, _stage_pb2.ArtifactRef]
     summary_json: str
-    def __init__(self, stage: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., task_id: _Optional[str] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., started: _Optional[float] = ..., finished: _Optional[float] = ..., outputs: _Optional[_Mapping[str, _stage_pb2.ArtifactRef]] = ..., summary_json: _Optional[str] = ...) -> None: ...
+    waiting: str
+    def __init__(self, stage: _Optional[str] = ..., phase: _Optional[_Union[Phase, str]] = ..., task_id: _Optional[str] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., started: _Optional[float] = ..., finished: _Optional[float] = ..., outputs: _Optional[_Mapping[str, _stage_pb2.ArtifactRef]] = ..., summary_json: _Optional[str] = ..., waiting: _Optional[str] = ...) -> None: ...
 
 class Pipeline(_message.Message):
     __slots__ = ("id", "name", "phase", "spec_json", "stages", "priority", "created", "updated", "error", "labels")
