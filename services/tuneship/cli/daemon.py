@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tuneship.common.errors import InvalidInput
+from tuneship.common.errors import EXIT_FAILED, EXIT_OK, InvalidInput, exit_code_of
 from tuneship.common.settings import Settings
 from tuneship.common.stages import COMPONENTS, PIPELINE, STAGES
 from tuneship.common.store import StoreSettings, open_store
 from tuneship.common.toolchain import find_toolchain
+from tuneship.common.wire import StageServicer
 from tuneship.controller.app import ControllerSettings, start_controller
 from tuneship.controller.inputs import input_uploader
 
@@ -67,13 +69,27 @@ def controller_settings(env: Mapping[str, str], host: str, port: int) -> Control
     )  # fmt: skip
 
 
-def serve_component(component: str, host: str, port: int, env: Mapping[str, str]) -> None:
-    """Start ``component`` and block until SIGTERM/SIGINT."""
+def serve_component(
+    component: str, host: str, port: int, env: Mapping[str, str], once: bool = False
+) -> int:
+    """Start ``component`` and block until SIGTERM/SIGINT; returns the exit code.
+
+    ``once``: serve only the task named by ``TUNESHIP_TASK_ID`` (a Job pod) and return
+    when its end has been streamed to the controller, or ``TUNESHIP_ONCE_GRACE_S``
+    (default 600) after it ended if nobody came for it. The code is 0 when it
+    succeeded, ``EXIT_INVALID_INPUT`` when no retry can help, 1 otherwise.
+    """
     from tuneship.cli.embedded import component_server
 
     if component not in ("controller", *COMPONENTS):
         raise InvalidInput(f"unknown component {component!r}", where="COMPONENT",
                            hint=f"one of controller, {', '.join(COMPONENTS)}")  # fmt: skip
+    task_id = env.get("TUNESHIP_TASK_ID", "") if once else ""
+    if once and (component == "controller" or not task_id):
+        raise InvalidInput(
+            "--once serves one stage task: it needs a stage component and TUNESHIP_TASK_ID",
+            where="--once", hint="the controller sets TUNESHIP_TASK_ID in each Job it creates",
+        )  # fmt: skip
     settings = Settings.from_env(env)
     store = open_store(StoreSettings.from_env(env))
     stop = threading.Event()
@@ -85,19 +101,43 @@ def serve_component(component: str, host: str, port: int, env: Mapping[str, str]
                 controller_settings(env, host, port), input_uploader(store)
             )
             stack.callback(controller.stop)
-        else:
-            backend = None
-            if component == "serving":
-                kind = env.get("TUNESHIP_SERVING_BACKEND", "ollama")
-                backend = _serving_backend(kind, env, settings, stack)
-            toolchain = find_toolchain(settings).require_all() if component == "converter" else None
-            server, _ = component_server(
-                component, store, Path(env.get("TUNESHIP_WORK_DIR", "/tmp/tuneship")),
-                toolchain=toolchain, backend=backend, host=host, port=port,
-                capacity=int(env.get("TUNESHIP_CAPACITY", "1")),
-            )  # fmt: skip
-            stack.callback(server.stop)
-        stop.wait()
+            stop.wait()
+            return EXIT_OK
+        backend = None
+        if component == "serving":
+            kind = env.get("TUNESHIP_SERVING_BACKEND", "ollama")
+            backend = _serving_backend(kind, env, settings, stack)
+        toolchain = find_toolchain(settings).require_all() if component == "converter" else None
+        server, stage = component_server(
+            component, store, Path(env.get("TUNESHIP_WORK_DIR", "/tmp/tuneship")),
+            toolchain=toolchain, backend=backend, host=host, port=port,
+            capacity=int(env.get("TUNESHIP_CAPACITY", "1")),
+        )  # fmt: skip
+        stack.callback(server.stop)
+        if not once:
+            stop.wait()
+            return EXIT_OK
+        stage.only_task = task_id
+        return _serve_once(stage, task_id, stop, float(env.get("TUNESHIP_ONCE_GRACE_S", "600")))
+
+
+def _serve_once(stage: StageServicer, task_id: str, stop: threading.Event, grace_s: float) -> int:
+    """Wait for the one task to end and reach the controller; its exit code."""
+    ended_at: float | None = None
+    while not stop.is_set():
+        if stage.delivered.wait(0.5):
+            break
+        finished = stage.outcome(task_id)
+        if finished is not None:
+            ended_at = ended_at or time.monotonic()
+            if time.monotonic() - ended_at > grace_s:
+                break
+    else:
+        # SIGTERM (preemption, eviction, the Job deleted): stop the task at its next event.
+        stage.tasks.cancel(task_id)
+        return EXIT_FAILED
+    finished = stage.outcome(task_id)
+    return exit_code_of(finished.error if finished is not None else None)
 
 
 def _serving_backend(

@@ -217,14 +217,19 @@ def serve(
     component: Annotated[str, typer.Argument(help=" | ".join(("controller", *COMPONENTS)))],
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 50051,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "0.0.0.0",
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="Serve only the task TUNESHIP_TASK_ID, then exit (a Job pod)."),
+    ] = False,
 ) -> None:
-    """Run one tuneship component as a long-lived gRPC server (what the images start)."""
+    """Run one tuneship component as a gRPC server (what the images start)."""
     from tuneship.cli.daemon import serve_component
 
     try:
-        serve_component(component, host, port, dict(os.environ))
+        code = serve_component(component, host, port, dict(os.environ), once=once)
     except TuneshipError as exc:
         raise fail(exc) from exc
+    raise typer.Exit(code=code)
 
 
 def validate(

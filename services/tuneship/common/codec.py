@@ -109,6 +109,7 @@ def job_from_proto(request: stage_pb2.StageRequest) -> StageJob:
         inputs,
         request.output_prefix,
         request.attempt,
+        request.attach_only,
     )
 
 
@@ -121,6 +122,7 @@ def job_to_proto(job: StageJob) -> stage_pb2.StageRequest:
         inputs={k: artifact_to_proto(v) for k, v in job.inputs.items()},
         output_prefix=job.output_prefix,
         attempt=job.attempt,
+        attach_only=job.attach_only,
     )
 
 

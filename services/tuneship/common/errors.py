@@ -84,3 +84,20 @@ class DeadlineExceeded(TuneshipError):
 
     status = "DEADLINE_EXCEEDED"
     retryable = True
+
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID_INPUT = 3
+"""Exit code of a one-task worker (``tuneship serve COMPONENT --once``) whose task
+failed in a way no retry can fix (``INVALID_ARGUMENT`` / ``FAILED_PRECONDITION`` /
+``NOT_FOUND``); the chart's Job ``podFailurePolicy`` fails the Job at once on it."""
+
+
+def exit_code_of(error: TuneshipError | None) -> int:
+    """The process exit code for a task that ended with ``error`` (None: succeeded)."""
+    if error is None:
+        return EXIT_OK
+    if error.status in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND"):
+        return EXIT_INVALID_INPUT
+    return EXIT_FAILED

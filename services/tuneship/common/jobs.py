@@ -29,6 +29,8 @@ class StageJob:
     inputs: dict[str, Artifact]
     output_prefix: str
     attempt: int = 0
+    attach_only: bool = False
+    """Follow the task only if the worker already has it (``NotFound`` otherwise)."""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Domain code never imports protobuf; the conversions live in ``codec.py``.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tuneship.common.codec import event_to_proto, job_from_proto, outcome_event
-from tuneship.common.errors import TuneshipError
+from tuneship.common.errors import FailedPrecondition, NotFound, TuneshipError
 from tuneship.common.jobs import StageJob, StageOutcome
 from tuneship.common.stages import stage_named
 from tuneship.common.tasks import Finished, Task, TaskRegistry, TaskState
@@ -164,12 +165,27 @@ class StageServicer:
         self.keepalive_s = keepalive_s
         self.runner = runner
         self.tasks = TaskRegistry(stage, capacity)
+        self.only_task: str | None = None
+        """Serve this task id alone and refuse others (``tuneship serve --once``)."""
+        self.delivered = threading.Event()
+        """Set once the end of ``only_task`` (its result or error) went out on a stream."""
 
     def run(
         self, request: stage_pb2.StageRequest, context: grpc.ServicerContext
     ) -> Iterator[stage_pb2.StageEvent]:
         job = job_from_proto(request)
-        task = self.tasks.start_or_attach(job.task_id, lambda sink: self.runner(job, sink))
+        if self.only_task is not None and job.task_id != self.only_task:
+            raise FailedPrecondition(
+                f"this {self.stage} worker serves only task {self.only_task}, not {job.task_id}",
+                hint="a one-task worker (a Job pod) is started for each attempt",
+            )
+        if job.attach_only:
+            known = self.tasks.get(job.task_id)
+            if known is None:
+                raise NotFound(f"task {job.task_id} is not on this {self.stage} worker")
+            task = known
+        else:
+            task = self.tasks.start_or_attach(job.task_id, lambda sink: self.runner(job, sink))
         yield from self.stream(task, context)
 
     def stream(self, task: Task, context: grpc.ServicerContext) -> Iterator[stage_pb2.StageEvent]:
@@ -184,9 +200,23 @@ class StageServicer:
                 yield event_to_proto(item, stage=self.stage, seq=seq, task_id=task.task_id)
             elif item.state is TaskState.SUCCEEDED:
                 yield outcome_event(item.result, stage=self.stage, seq=seq, task_id=task.task_id)
+                self._delivered(task)
             else:
                 assert item.error is not None
+                self._delivered(task)
                 raise item.error
+
+    def _delivered(self, task: Task) -> None:
+        if task.task_id == self.only_task:
+            self.delivered.set()
+
+    def outcome(self, task_id: str) -> Finished | None:
+        """How the task ended, or None while it runs (or if it is unknown)."""
+        task = self.tasks.get(task_id)
+        if task is None or task.state is TaskState.RUNNING:
+            return None
+        last = task.items[-1]
+        return last if isinstance(last, Finished) else None
 
     def cancel(
         self, request: stage_pb2.CancelRequest, context: grpc.ServicerContext

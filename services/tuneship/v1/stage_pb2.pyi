@@ -17,7 +17,7 @@ class ArtifactRef(_message.Message):
     def __init__(self, key: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class StageRequest(_message.Message):
-    __slots__ = ("task_id", "pipeline", "spec_json", "inputs", "output_prefix", "attempt")
+    __slots__ = ("task_id", "pipeline", "spec_json", "inputs", "output_prefix", "attempt", "attach_only")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,13 +31,15 @@ class StageRequest(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_ONLY_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     pipeline: str
     spec_json: str
     inputs: _containers.MessageMap[str, ArtifactRef]
     output_prefix: str
     attempt: int
-    def __init__(self, task_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., spec_json: _Optional[str] = ..., inputs: _Optional[_Mapping[str, ArtifactRef]] = ..., output_prefix: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+    attach_only: bool
+    def __init__(self, task_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., spec_json: _Optional[str] = ..., inputs: _Optional[_Mapping[str, ArtifactRef]] = ..., output_prefix: _Optional[str] = ..., attempt: _Optional[int] = ..., attach_only: _Optional[bool] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("step", "total", "unit", "eta_s", "message")
