@@ -18,7 +18,7 @@ S3_VENV ?= .venv-s3
 S3_INSTALLED := $(S3_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv s3-venv go-toolchain toolchain proto lint format test test-all bench run clean
+.PHONY: help venv s3-venv go-toolchain toolchain proto lint format test test-all bench run images clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -85,6 +85,18 @@ bench: $(INSTALLED) $(TOOLCHAIN) ## benchmarks; results in bench/results/*.json
 
 run: $(INSTALLED) $(TOOLCHAIN) ## the quickstart: the bundled pipeline on this machine, offline
 	$(BIN)/tuneship run
+
+# The images the Helm chart runs, tagged with the version in pyproject.toml.
+images: ## build ghcr.io/tuneship/tuneship{,-train,-convert}:VERSION with docker build
+	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine is available" \
+	  "('docker info' failed): install Docker or point DOCKER_HOST at an engine" >&2; exit 1; }
+	@version="$$(sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)"; \
+	  for pair in tuneship=Dockerfile tuneship-train=Dockerfile.train \
+	      tuneship-convert=Dockerfile.convert; do \
+	    image="ghcr.io/tuneship/$${pair%%=*}:$$version"; echo "== $$image ($${pair#*=})"; \
+	    docker build -f "$${pair#*=}" --build-arg TUNESHIP_VERSION="$$version" -t "$$image" . \
+	      || exit 1; \
+	  done
 
 clean: ## remove the venv and local run data (the toolchain cache stays)
 	rm -rf $(VENV) $(S3_VENV) .tuneship .pytest_cache .mypy_cache .ruff_cache
