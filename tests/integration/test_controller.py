@@ -146,7 +146,7 @@ def test_controller_restart_reattaches_instead_of_duplicating(cluster_factory, t
     cluster.controller.stop()  # the worker keeps running its task
     settings = ControllerSettings(
         state_url=f"sqlite:///{tmp_path / 'state.db'}",
-        workers=cluster.controller.workers.addresses,
+        workers={s: p.address() for s, p in cluster.controller.workers.providers.items()},
         retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.05),
     )
     cluster.controller = start_controller(settings, upload_nothing)

@@ -7,7 +7,13 @@ Environment (read here, once, and passed down):
 - ``TUNESHIP_CAPACITY``: tasks a stage service runs at once (default 1).
 - ``TUNESHIP_STATE_URL``: the controller's database (default SQLite under the data dir).
 - ``TUNESHIP_WORKERS``: ``train=host:port,merge=host:port,export=host:port,publish=host:port``.
-- ``TUNESHIP_LIMITS``: per-stage concurrency, e.g. ``train=4,merge=2`` (default 1 each).
+- ``TUNESHIP_LIMITS``: per-stage concurrency, e.g. ``train=4,merge=2`` (default 1 for a
+  static stage; a pool's Ready pods times their capacity otherwise).
+- ``TUNESHIP_PROVIDERS``, ``TUNESHIP_K8S_NAMESPACE``, ``TUNESHIP_JOB_TEMPLATES``,
+  ``TUNESHIP_POOLS``, ``TUNESHIP_POOL_CAPACITY``, ``TUNESHIP_UNSCHEDULABLE_TIMEOUT_S``,
+  ``TUNESHIP_START_TIMEOUT_S``: where stages run in a cluster (docs/kubernetes.md).
+- ``TUNESHIP_HEARTBEAT_TIMEOUT_S``: a stage stream silent this long is retried (60).
+- ``TUNESHIP_TASK_ID``, ``TUNESHIP_ONCE_GRACE_S``: the one task of ``serve --once``.
 - ``TUNESHIP_METRICS_PORT``: the controller's Prometheus ``/metrics`` port (default
   9090; empty: not served).
 - ``OLLAMA_HOST``: the Ollama sidecar of the serving service.
@@ -25,6 +31,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from tuneship.cli.kube_env import kube_settings, number, numbers, pairs
 from tuneship.common.errors import EXIT_FAILED, EXIT_OK, InvalidInput, exit_code_of
 from tuneship.common.settings import Settings
 from tuneship.common.stages import COMPONENTS, PIPELINE, STAGES
@@ -35,36 +42,30 @@ from tuneship.controller.app import ControllerSettings, start_controller
 from tuneship.controller.inputs import input_uploader
 
 
-def _pairs(text: str, what: str) -> dict[str, str]:
-    pairs = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not value:
-            raise InvalidInput(f"{item!r} is not name=value", where=what)
-        pairs[key.strip()] = value.strip()
-    return pairs
-
-
 def controller_settings(env: Mapping[str, str], host: str, port: int) -> ControllerSettings:
     """The controller's settings from the environment."""
     settings = Settings.from_env(env)
-    workers = _pairs(env.get("TUNESHIP_WORKERS", ""), "TUNESHIP_WORKERS")
-    missing = [s for s in STAGES if s not in workers]
+    kinds = pairs(env.get("TUNESHIP_PROVIDERS", ""), "TUNESHIP_PROVIDERS")
+    kube = kube_settings(env, kinds)
+    workers = pairs(env.get("TUNESHIP_WORKERS", ""), "TUNESHIP_WORKERS")
+    static = [s for s in STAGES if kinds.get(s, "static") == "static"]
+    missing = [s for s in static if s not in workers]
     if missing:
         raise InvalidInput(
             f"no address for {', '.join(missing)}", where="TUNESHIP_WORKERS",
-            hint=",".join(f"{s.name}={s.component}:50051" for s in PIPELINE),
+            hint=",".join(f"{s.name}={s.component}:50051" for s in PIPELINE if s.name in missing),
         )  # fmt: skip
-    limits = {
-        k: int(v) for k, v in _pairs(env.get("TUNESHIP_LIMITS", ""), "TUNESHIP_LIMITS").items()
-    }
+    # Static stages default to one attempt at a time; the others to their capacity.
+    limits = {**dict.fromkeys(static, 1),
+              **numbers(env.get("TUNESHIP_LIMITS", ""), "TUNESHIP_LIMITS")}  # fmt: skip
     state = env.get("TUNESHIP_STATE_URL")
     if not state:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         state = f"sqlite:///{settings.data_dir.resolve() / 'state.db'}"
     metrics_port = env.get("TUNESHIP_METRICS_PORT", "9090")
     return ControllerSettings(
-        state_url=state, workers=workers, limits={**dict.fromkeys(STAGES, 1), **limits},
+        state_url=state, workers=workers, limits=limits, providers=kinds, kube=kube,
+        heartbeat_timeout_s=number(env, "TUNESHIP_HEARTBEAT_TIMEOUT_S", 60.0),
         host=host, port=port, metrics_port=int(metrics_port) if metrics_port else None,
     )  # fmt: skip
 

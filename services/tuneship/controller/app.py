@@ -9,6 +9,9 @@ from tuneship.common.jobs import Artifact
 from tuneship.common.stages import STAGES, stage_named
 from tuneship.common.wire import Server, start_server
 from tuneship.controller.metrics import ControllerMetrics
+from tuneship.controller.providers import StageWorkers
+from tuneship.controller.providers.build import build_workers
+from tuneship.controller.providers.kube import KubeSettings
 from tuneship.controller.scheduler import RetryPolicy, Scheduler
 from tuneship.controller.servicer import (
     SERVICE_NAME,
@@ -18,7 +21,6 @@ from tuneship.controller.servicer import (
     add_to_server,
 )
 from tuneship.controller.state import PipelineView, StateStore
-from tuneship.controller.wire_clients import GrpcWorkers
 
 
 def inputs_for(pipeline: PipelineView, stage: str) -> dict[str, Artifact]:
@@ -42,9 +44,14 @@ class ControllerSettings:
     state_url: str
     """SQLAlchemy URL: sqlite:///path/state.db, or postgresql+psycopg://..."""
     workers: dict[str, str]
-    """Stage name -> host:port of its service."""
+    """Stage name -> host:port of its service (stages on the ``static`` provider)."""
     limits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 1))
-    """Per-stage concurrency (= worker capacity)."""
+    """Per-stage concurrency; a stage left out runs as many attempts as its provider's
+    capacity (a pool's Ready pods) allows."""
+    providers: dict[str, str] = field(default_factory=dict)
+    """Stage name -> worker provider: static (default), k8s-job, k8s-pool."""
+    kube: KubeSettings | None = None
+    """The Kubernetes API and the chart's Job templates and pools (k8s-* providers)."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     heartbeat_timeout_s: float = 60.0
     host: str = "127.0.0.1"
@@ -59,7 +66,7 @@ class Controller:
 
     state: StateStore
     scheduler: Scheduler
-    workers: GrpcWorkers
+    workers: StageWorkers
     server: Server
     metrics: ControllerMetrics
     metrics_server: Any = None
@@ -83,14 +90,14 @@ def start_controller(
 ) -> Controller:
     """Open the state, start the scheduler (re-attaching to running stages) and serve."""
     state = StateStore(settings.state_url)
-    workers = GrpcWorkers(settings.workers)
+    workers = build_workers(settings.workers, settings.providers, settings.kube)
     scheduler = Scheduler(
         state, workers, inputs_for, limits=settings.limits, retry=settings.retry,
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
     )  # fmt: skip
     metrics = ControllerMetrics(state, scheduler.running)
     scheduler.observer = metrics
-    forward = chat or (workers.chat if "publish" in settings.workers else None)
+    forward = chat or workers.chat
     servicer = PipelineServicer(state, scheduler, upload_inputs, forward)
     server = start_server(
         [(add_to_server, servicer)],

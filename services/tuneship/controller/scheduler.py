@@ -40,20 +40,35 @@ class StageFailure(Exception):
         self.code, self.message, self.retryable = code, message, retryable
 
 
-class StageCall(Protocol):
-    """One running stage RPC: iterate events, then the outcome; ``cancel`` stops it."""
+@dataclass(frozen=True)
+class Waiting:
+    """Why a started attempt has no worker yet (queued in Kueue, no node for its pod);
+    ``reason`` empty: it has one now. The stage stays RUNNING, shown as waiting."""
 
-    def __iter__(self) -> Iterator[Event | StageOutcome]: ...
+    reason: str
+
+
+class StageCall(Protocol):
+    """One running stage RPC: iterate events (``None`` = keepalive), then the outcome;
+    ``cancel`` stops following it."""
+
+    def __iter__(self) -> Iterator[Event | StageOutcome | Waiting | None]: ...
 
     def cancel(self) -> None: ...
 
 
 class Workers(Protocol):
-    """The stage workers as the scheduler sees them (gRPC in practice)."""
+    """The stage workers as the scheduler sees them (worker providers in practice)."""
 
-    def run(self, stage: str, job: StageJob) -> StageCall: ...
+    def run(self, stage: str, job: StageJob, reattach: bool = False) -> StageCall:
+        """Start an attempt; ``reattach``: it may already run (the controller restarted)."""
+        ...
 
     def cancel(self, stage: str, task_id: str) -> bool: ...
+
+    def capacity(self, stage: str) -> int | None:
+        """Attempts of ``stage`` that can run at once now (None: use the limit)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,7 @@ class _Active:
     call: StageCall | None = None
     cancelled: bool = False
     thread: threading.Thread | None = None
+    waiting: str = ""
 
 
 @dataclass
@@ -137,6 +153,21 @@ class Scheduler:
         with self._lock:
             return sum(1 for a in self._active.values() if a.stage == stage)
 
+    def limit(self, stage: str) -> int:
+        """Attempts of ``stage`` allowed at once: the workers' capacity when they know
+        it (a pool's Ready pods), capped by the configured limit when one is set."""
+        capacity = self.workers.capacity(stage)
+        configured = self.limits.get(stage)
+        if capacity is None:
+            return configured if configured is not None else 1
+        return capacity if configured is None else min(capacity, configured)
+
+    def waiting(self, pipeline_id: str, stage: str) -> str:
+        """Why the running ``stage`` of ``pipeline_id`` has no worker yet ("" if it has)."""
+        with self._lock:
+            active = self._active.get((pipeline_id, stage))
+            return active.waiting if active is not None else ""
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -158,9 +189,9 @@ class Scheduler:
             if current is None or current.name in driven:
                 continue
             if current.phase is Phase.RUNNING:
-                self._launch(pipeline, current.name, current.task_id, current.attempts)
+                self._launch(pipeline, current.name, current.task_id, current.attempts, True)
             elif current.phase is Phase.PENDING and current.not_before <= now:
-                if self.running(current.name) >= self.limits.get(current.name, 1):
+                if self.running(current.name) >= self.limit(current.name):
                     continue
                 attempts = current.attempts + 1
                 task_id = f"{pipeline_id}.{current.name}.{attempts}"
@@ -175,7 +206,10 @@ class Scheduler:
                 )
                 self._launch(pipeline, current.name, task_id, attempts)
 
-    def _launch(self, pipeline: PipelineView, stage: str, task_id: str, attempts: int) -> None:
+    def _launch(
+        self, pipeline: PipelineView, stage: str, task_id: str, attempts: int,
+        reattach: bool = False,
+    ) -> None:  # fmt: skip
         active = _Active(pipeline.id, stage, task_id)
         with self._lock:
             self._active[(pipeline.id, stage)] = active
@@ -184,14 +218,14 @@ class Scheduler:
             self.output_prefix(pipeline.id, stage), attempts,
         )  # fmt: skip
         active.thread = threading.Thread(
-            target=self._drive, args=(active, job), name=f"drive-{task_id}", daemon=True
+            target=self._drive, args=(active, job, reattach), name=f"drive-{task_id}", daemon=True
         )
         active.thread.start()
 
-    def _drive(self, active: _Active, job: StageJob) -> None:
+    def _drive(self, active: _Active, job: StageJob, reattach: bool) -> None:
         pipeline_id, stage = active.pipeline_id, active.stage
         try:
-            outcome = self._consume(active, job)
+            outcome = self._consume(active, job, reattach)
         except StageFailure as failure:
             if not self._stop.is_set():  # a stopping controller leaves the stage RUNNING
                 self._failed(active, failure)
@@ -201,11 +235,8 @@ class Scheduler:
             with self._lock:
                 self._active.pop((pipeline_id, stage), None)
 
-    def _consume(self, active: _Active, job: StageJob) -> StageOutcome:
-        try:
-            call = self.workers.run(active.stage, job)
-        except StageFailure:
-            raise
+    def _consume(self, active: _Active, job: StageJob, reattach: bool) -> StageOutcome:
+        call = self.workers.run(active.stage, job, reattach)
         active.call = call
         last_seen = [time.monotonic()]
         silent = threading.Event()
@@ -224,7 +255,9 @@ class Scheduler:
                 last_seen[0] = time.monotonic()
                 if isinstance(item, StageOutcome):
                     return item
-                if item is not None:
+                if isinstance(item, Waiting):
+                    self._waiting(active, item.reason)
+                elif item is not None:
                     self._record_event(active.pipeline_id, active.stage, item)
         except StageFailure as failure:
             if silent.is_set():
@@ -240,6 +273,13 @@ class Scheduler:
         finally:
             done.set()
         raise StageFailure("ABORTED", f"{active.stage} stream ended without a result", True)
+
+    def _waiting(self, active: _Active, reason: str) -> None:
+        if reason == active.waiting:
+            return
+        active.waiting = reason
+        if reason:
+            self._record(active.pipeline_id, active.stage, f"{active.stage} {reason}")
 
     def _succeeded(self, pipeline_id: str, stage: str, outcome: StageOutcome) -> None:
         outputs = {k: vars(v) for k, v in outcome.outputs.items()}

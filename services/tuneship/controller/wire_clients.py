@@ -1,7 +1,8 @@
-"""gRPC clients for the stage workers: the scheduler's ``Workers`` port over the wire."""
+"""gRPC clients for the stage workers: channels, the stage call, cancel and chat."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,36 +49,57 @@ class GrpcStageCall:
         self._call.cancel()
 
 
-class GrpcWorkers:
-    """Channels to the stage services, by stage name."""
+class Channels:
+    """One gRPC channel per worker address, opened on first use."""
 
-    def __init__(self, addresses: dict[str, str]) -> None:
-        self.addresses = addresses
-        self._channels = {stage: grpc.insecure_channel(a) for stage, a in addresses.items()}
-        self._stubs: dict[str, Any] = {
-            stage: getattr(workers_pb2_grpc, f"{stage_named(stage).service}Stub")(channel)
-            for stage, channel in self._channels.items()
-        }
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
 
-    def run(self, stage: str, job: StageJob) -> GrpcStageCall:
-        method = getattr(self._stubs[stage], stage_named(stage).method)
-        return GrpcStageCall(method(job_to_proto(job)))
+    def get(self, address: str) -> grpc.Channel:
+        with self._lock:
+            if address not in self._channels:
+                self._channels[address] = grpc.insecure_channel(address)
+            return self._channels[address]
 
-    def cancel(self, stage: str, task_id: str) -> bool:
-        try:
-            answer = self._stubs[stage].Cancel(stage_pb2.CancelRequest(task_id=task_id), timeout=10)
-        except grpc.RpcError:
-            return False
-        return bool(answer.cancelled)
-
-    def chat(self, request: workers_pb2.ChatRequest) -> Iterator[workers_pb2.ChatChunk]:
-        """Forward a chat to the serving service (streams its chunks)."""
-        try:
-            yield from self._stubs["publish"].Chat(request)
-        except grpc.RpcError as error:
-            failure = failure_of(error)
-            raise StageFailure(failure.code, failure.message, failure.retryable) from error
+    def drop(self, address: str) -> None:
+        """Close the channel of a worker that went away (a pod IP is not reused soon)."""
+        with self._lock:
+            channel = self._channels.pop(address, None)
+        if channel is not None:
+            channel.close()
 
     def close(self) -> None:
-        for channel in self._channels.values():
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
             channel.close()
+
+
+def _stub(channel: grpc.Channel, stage: str) -> Any:
+    return getattr(workers_pb2_grpc, f"{stage_named(stage).service}Stub")(channel)
+
+
+def start_stage(channel: grpc.Channel, stage: str, job: StageJob) -> GrpcStageCall:
+    """Call the stage RPC of ``stage`` with ``job`` (it starts or re-attaches by task_id)."""
+    method = getattr(_stub(channel, stage), stage_named(stage).method)
+    return GrpcStageCall(method(job_to_proto(job)))
+
+
+def cancel_task(channel: grpc.Channel, stage: str, task_id: str) -> bool:
+    """Ask the worker behind ``channel`` to cancel ``task_id`` (False if it could not)."""
+    try:
+        answer = _stub(channel, stage).Cancel(stage_pb2.CancelRequest(task_id=task_id), timeout=10)
+    except grpc.RpcError:
+        return False
+    return bool(answer.cancelled)
+
+
+def chat_stub(
+    channel: grpc.Channel, request: workers_pb2.ChatRequest
+) -> Iterator[workers_pb2.ChatChunk]:
+    """Forward a chat to the serving service behind ``channel`` (streams its chunks)."""
+    try:
+        yield from _stub(channel, "publish").Chat(request)
+    except grpc.RpcError as error:
+        raise failure_of(error) from error

@@ -1,0 +1,379 @@
+"""The ``k8s-job`` provider: one ``batch/v1`` Job per stage attempt (GPU stages).
+
+The Job's name is a hash of the task id, so creating it again after a controller
+restart answers ``AlreadyExists`` and the controller re-attaches to it. Its pod runs
+``tuneship serve COMPONENT --once``; once the pod is Ready the controller dials the pod
+IP with the usual ``StageRequest``. While Kueue keeps the Job suspended the stage is
+*queued* (no heartbeat timeout: the call sends keepalives); a pod that no node can take
+for ``unschedulable_timeout_s`` fails the attempt with ``UNAVAILABLE`` (retried). When
+the pod dies mid-stage its status says why: preempted or evicted → ``UNAVAILABLE``
+(the retry resumes from the store checkpoint); OOMKilled → failed, naming the memory
+limit and the spec fields that use less memory; the invalid-input exit code → failed
+at once. A failed or cancelled attempt's Job is deleted so it holds no GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Generator, Iterator
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tuneship.common.errors import EXIT_INVALID_INPUT
+from tuneship.common.events import Event
+from tuneship.common.jobs import StageJob, StageOutcome
+from tuneship.controller.providers.informer import Informer
+from tuneship.controller.providers.kube import (
+    JOB_NAME_LABEL,
+    TASK_ANNOTATION,
+    TASK_LABEL,
+    KubeSettings,
+    condition,
+    grpc_port,
+    is_true,
+    job_manifest,
+    job_name,
+)
+from tuneship.controller.scheduler import StageFailure, Waiting
+from tuneship.controller.wire_clients import Channels, GrpcStageCall, start_stage
+
+log = logging.getLogger("tuneship.controller.k8s")
+
+IMAGE_ERRORS = {
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+    "CreateContainerError",
+}  # fmt: skip
+"""Container waiting reasons that no retry fixes: the chart's values are wrong."""
+MEMORY_HINT = (
+    "lower train.per_device_train_batch_size (raise train.gradient_accumulation_steps to "
+    "keep the effective batch), lower dataset.max_length, set train.gradient_checkpointing: "
+    "true or train.method: qlora; or raise the trainer's memory limit in the chart values "
+    "(trainer.resources.limits.memory)"
+)
+
+
+class JobWorkloads:
+    """The Jobs and pods of this controller's attempts, watched once for every stage."""
+
+    def __init__(self, settings: KubeSettings, api: client.ApiClient) -> None:
+        self.settings = settings
+        self.batch = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
+        namespace = settings.namespace
+        self.jobs = Informer(self.batch.list_namespaced_job, namespace, TASK_LABEL, what="jobs")
+        self.pods = Informer(self.core.list_namespaced_pod, namespace, TASK_LABEL, what="pods")
+        self._started = False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._started:
+                self.jobs.start()
+                self.pods.start()
+                self._started = True
+
+    def stop(self) -> None:
+        self.jobs.stop()
+        self.pods.stop()
+
+    def pod_of(self, name: str) -> dict[str, Any] | None:
+        """The newest pod of Job ``name`` (a Job may replace a disrupted pod)."""
+        pods = [
+            p for p in self.pods.items()
+            if (p["metadata"].get("labels") or {}).get(JOB_NAME_LABEL) == name
+        ]  # fmt: skip
+        return max(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), default=None)
+
+    def delete(self, name: str) -> bool:
+        """Delete Job ``name`` and its pods; False when it was already gone."""
+        try:
+            self.batch.delete_namespaced_job(
+                name, self.settings.namespace, propagation_policy="Background"
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    def why_waiting(self, name: str) -> str:
+        """The newest event's message about Job ``name`` (Kueue's or the scheduler's)."""
+        try:
+            events = self.core.list_namespaced_event(
+                self.settings.namespace, field_selector=f"involvedObject.name={name}"
+            ).items
+        except ApiException:
+            return ""
+        if not events:
+            return ""
+        newest = max(events, key=lambda e: str(e.last_timestamp or e.event_time or ""))
+        return str(newest.message or "")
+
+    def log_tail(self, pod: str, lines: int = 20) -> str:
+        try:
+            text = self.core.read_namespaced_pod_log(
+                pod, self.settings.namespace, container="worker", tail_lines=lines
+            )
+        except ApiException:
+            return ""
+        return str(text).strip()
+
+
+class JobProvider:
+    """A Job per attempt of ``stage``, from the chart's template."""
+
+    kind = "k8s-job"
+
+    def __init__(self, stage: str, workloads: JobWorkloads, channels: Channels) -> None:
+        self.stage, self.workloads, self.channels = stage, workloads, channels
+        self.template = workloads.settings.job_templates[stage]
+        self.port = grpc_port(self.template)
+
+    def run(self, job: StageJob, reattach: bool) -> JobStageCall:
+        self.workloads.start()
+        return JobStageCall(self, job)
+
+    def cancel(self, task_id: str) -> bool:
+        return self.workloads.delete(job_name(self.stage, task_id))
+
+    def capacity(self) -> int | None:
+        return None  # TUNESHIP_LIMITS caps Jobs in flight; Kueue and the cluster do the rest
+
+    def address(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        self.workloads.stop()
+
+
+class JobStageCall:
+    """One attempt: create (or re-attach to) its Job, wait for its pod, stream from it."""
+
+    def __init__(self, provider: JobProvider, job: StageJob) -> None:
+        self.provider, self.job = provider, job
+        self.stage = provider.stage
+        self.name = job_name(self.stage, job.task_id)
+        self.workloads = provider.workloads
+        self.settings = provider.workloads.settings
+        self._inner: GrpcStageCall | None = None
+        self._closing = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop following the attempt (shutdown or silence); the Job is left alone:
+        a user's cancel deletes it through ``JobProvider.cancel``."""
+        self._closing.set()
+        if self._inner is not None:
+            self._inner.cancel()
+
+    def __iter__(self) -> Iterator[Event | StageOutcome | Waiting | None]:
+        try:
+            self._create()
+            pod = yield from self._wait_until_ready()
+            yield Waiting("")
+            address = f"{pod['status']['podIP']}:{self.provider.port}"
+            self._inner = start_stage(self.provider.channels.get(address), self.stage, self.job)
+            if self._closing.is_set():
+                self._inner.cancel()
+            try:
+                yield from self._inner
+            except StageFailure as failure:
+                raise self._explain(failure) from failure
+        except StageFailure:
+            if not self._closing.is_set():
+                self._delete_job()  # hold no GPU; a retry makes a new Job
+            raise
+
+    def _delete_job(self) -> None:
+        try:
+            self.workloads.delete(self.name)
+        except Exception as error:  # the failure being raised matters more
+            log.warning("could not delete job %s: %s", self.name, error)
+
+    def _create(self) -> None:
+        manifest = job_manifest(
+            self.provider.template, self.stage, self.job.task_id, self.settings.namespace
+        )
+        try:
+            self.workloads.batch.create_namespaced_job(self.settings.namespace, cast(Any, manifest))
+            log.info("created job %s for task %s", self.name, self.job.task_id)
+        except ApiException as error:
+            if error.status != 409:
+                raise StageFailure(
+                    "UNAVAILABLE", f"cannot create job {self.name}: {error.status} {error.reason}",
+                    error.status >= 500 or error.status == 429,
+                ) from error  # fmt: skip
+            existing = self.workloads.batch.read_namespaced_job(self.name, self.settings.namespace)
+            meta = existing.metadata
+            owner = ((meta.annotations if meta else None) or {}).get(TASK_ANNOTATION)
+            if owner != self.job.task_id:
+                raise StageFailure(
+                    "FAILED_PRECONDITION",
+                    f"job {self.name} exists for another task ({owner})", False,
+                ) from error  # fmt: skip
+            log.info("re-attached to job %s (task %s)", self.name, self.job.task_id)
+
+    def _wait_until_ready(self) -> Generator[Waiting | None, None, dict[str, Any]]:
+        """Keepalives and reasons until the Job's pod is Ready; returns the pod."""
+        said = ""
+        unschedulable_since: float | None = None
+        started = time.monotonic()
+        while True:
+            if self._closing.is_set():
+                raise StageFailure("CANCELLED", "stopped following the job", False)
+            waiting, pod = self._state(started)
+            if pod is not None:
+                return pod
+            if waiting.startswith("waiting for a node"):
+                unschedulable_since = unschedulable_since or time.monotonic()
+                if time.monotonic() - unschedulable_since > self.settings.unschedulable_timeout_s:
+                    raise StageFailure(
+                        "UNAVAILABLE",
+                        f"no node could run job {self.name} for "
+                        f"{self.settings.unschedulable_timeout_s:.0f}s: {waiting}", True,
+                    )  # fmt: skip
+            else:
+                unschedulable_since = None
+            if waiting != said:
+                said = waiting
+                yield Waiting(waiting)
+            else:
+                yield None  # keepalive: the scheduler's heartbeat does not run out while queued
+            self.workloads.pods.wait(1.0)
+
+    def _state(self, started: float) -> tuple[str, dict[str, Any] | None]:
+        """(why it waits, the Ready pod or None); raises when the attempt cannot go on."""
+        job = self.workloads.jobs.get(self.name)
+        if job is None:
+            if time.monotonic() - started > 30:
+                raise StageFailure("UNAVAILABLE", f"job {self.name} was deleted", True)
+            return f"creating job {self.name}", None
+        if (job.get("spec") or {}).get("suspend"):
+            why = self.workloads.why_waiting(self.name)
+            return f"queued: Kueue has not admitted job {self.name}" + (
+                f" ({why})" if why else ""), None  # fmt: skip
+        if is_true(job, "Failed"):
+            raise self._job_failed(job)
+        if is_true(job, "Complete"):
+            raise StageFailure(
+                "ABORTED", f"job {self.name} finished while the controller was away; "
+                "the retry reuses its committed output", True,
+            )  # fmt: skip
+        pod = self.workloads.pod_of(self.name)
+        if pod is None:
+            return f"waiting for job {self.name} to create its pod", None
+        return self._pod_state(pod, started)
+
+    def _pod_state(self, pod: dict[str, Any], started: float) -> tuple[str, dict[str, Any] | None]:
+        name = pod["metadata"]["name"]
+        status = pod.get("status") or {}
+        if status.get("phase") == "Failed":
+            raise self._pod_failed(pod)
+        scheduled = condition(pod, "PodScheduled")
+        if scheduled and scheduled.get("status") == "False":
+            why = scheduled.get("message") or scheduled.get("reason")
+            return f"waiting for a node: {why}", None
+        for container in status.get("containerStatuses") or []:
+            reason = ((container.get("state") or {}).get("waiting") or {}).get("reason")
+            if reason in IMAGE_ERRORS:
+                message = container["state"]["waiting"].get("message", "")
+                raise StageFailure(
+                    "FAILED_PRECONDITION",
+                    f"pod {name} cannot start its container: {reason}: {message}", False,
+                )  # fmt: skip
+        if is_true(pod, "Ready") and status.get("podIP"):
+            return "", pod
+        if time.monotonic() - started > self.settings.start_timeout_s:
+            raise StageFailure(
+                "UNAVAILABLE", f"pod {name} was not Ready after "
+                f"{self.settings.start_timeout_s:.0f}s", True,
+            )  # fmt: skip
+        return f"starting pod {name}", None
+
+    def _explain(self, failure: StageFailure) -> StageFailure:
+        """Why the stream broke, from the pod's status (which may lag a moment)."""
+        if failure.code not in ("UNAVAILABLE", "CANCELLED", "UNKNOWN", "INTERNAL", "ABORTED"):
+            return failure  # the worker said why (INVALID_ARGUMENT...): keep its words
+        if self._closing.is_set():
+            return failure
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            pod = self.workloads.pod_of(self.name)
+            if pod is None or (pod.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
+                break
+            if is_true(pod, "DisruptionTarget"):
+                break
+            self.workloads.pods.wait(0.5)
+        pod = self.workloads.pod_of(self.name)
+        if pod is None:
+            return StageFailure("UNAVAILABLE", f"the pod of job {self.name} is gone", True)
+        if is_true(pod, "DisruptionTarget") or pod.get("status", {}).get("phase") == "Failed":
+            return self._pod_failed(pod)
+        return failure
+
+    def _pod_failed(self, pod: dict[str, Any]) -> StageFailure:
+        name = pod["metadata"]["name"]
+        disruption = condition(pod, "DisruptionTarget")
+        if disruption and disruption.get("status") == "True":
+            return StageFailure(
+                "UNAVAILABLE",
+                f"pod {name} was {_disruption(disruption)}; the retry resumes from the last "
+                "checkpoint in the store", True,
+            )  # fmt: skip
+        terminated = _terminated(pod)
+        if terminated.get("reason") == "OOMKilled":
+            return StageFailure(
+                "RESOURCE_EXHAUSTED",
+                f"pod {name} ran out of memory (OOMKilled at its limit of "
+                f"{_memory_limit(pod)}): {MEMORY_HINT}", False,
+            )  # fmt: skip
+        code = terminated.get("exitCode")
+        tail = self.workloads.log_tail(name)
+        detail = f"\n{tail}" if tail else ""
+        if code == EXIT_INVALID_INPUT:
+            return StageFailure(
+                "INVALID_ARGUMENT", f"pod {name} rejected its input (exit {code}){detail}", False
+            )
+        return StageFailure("UNAVAILABLE", f"pod {name} failed (exit {code}){detail}", True)
+
+    def _job_failed(self, job: dict[str, Any]) -> StageFailure:
+        failed = condition(job, "Failed") or {}
+        pod = self.workloads.pod_of(self.name)
+        if pod is not None and (pod.get("status") or {}).get("phase") == "Failed":
+            return self._pod_failed(pod)
+        reason = failed.get("reason", "")
+        message = f"job {self.name} failed: {reason}: {failed.get('message', '')}"
+        return StageFailure("DEADLINE_EXCEEDED" if reason == "DeadlineExceeded" else "UNAVAILABLE",
+                            message, True)  # fmt: skip
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container.get("name") == "worker":
+            state = container.get("state") or {}
+            last = container.get("lastState") or {}
+            return dict(state.get("terminated") or last.get("terminated") or {})
+    return {}
+
+
+def _memory_limit(pod: dict[str, Any]) -> str:
+    for container in pod["spec"]["containers"]:
+        if container.get("name") == "worker":
+            limits = (container.get("resources") or {}).get("limits") or {}
+            return str(limits.get("memory", "no limit set"))
+    return "unknown"
+
+
+def _disruption(cond: dict[str, Any]) -> str:
+    reason = cond.get("reason", "")
+    words = {
+        "PreemptionByScheduler": "preempted by a higher-priority pod",
+        "PreemptionByKubeScheduler": "preempted by a higher-priority pod",
+        "EvictionByEvictionAPI": "evicted (node drain)",
+        "DeletionByTaintManager": "evicted (node taint)",
+        "TerminationByKubelet": "terminated by the kubelet (node pressure or shutdown)",
+    }
+    return words.get(reason, f"disrupted ({reason})")

@@ -1,0 +1,168 @@
+"""The ``k8s-pool`` provider: a Deployment of stage workers behind a headless Service.
+
+The controller watches the Service's EndpointSlices (never polls): the Ready endpoints
+are the workers and, times each pod's capacity, the stage's concurrency. An attempt goes
+to the least busy Ready endpoint. A pod that goes away mid-stage (its endpoint leaves
+the slices, or its stream breaks) ends the attempt with ``UNAVAILABLE``: the retry runs
+elsewhere. After a controller restart, ``reattach`` asks each endpoint for the task
+(``attach_only``) before starting it anew, so no task runs twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from kubernetes import client
+
+from tuneship.common.events import Event
+from tuneship.common.jobs import StageJob, StageOutcome
+from tuneship.controller.providers.informer import Informer
+from tuneship.controller.providers.kube import GRPC_PORT_NAME, SERVICE_NAME_LABEL, KubeSettings
+from tuneship.controller.scheduler import StageFailure
+from tuneship.controller.wire_clients import Channels, GrpcStageCall, cancel_task, start_stage
+
+log = logging.getLogger("tuneship.controller.k8s")
+
+
+def ready_endpoints(slices: list[dict[str, Any]], port_name: str = GRPC_PORT_NAME) -> list[str]:
+    """``ip:port`` of every Ready endpoint in ``slices`` (sorted, no duplicates)."""
+    found: set[str] = set()
+    for piece in slices:
+        ports = [p for p in piece.get("ports") or [] if p.get("name") == port_name]
+        if not ports or ports[0].get("port") is None:
+            continue
+        for endpoint in piece.get("endpoints") or []:
+            # Per the API, an unset "ready" means ready.
+            if (endpoint.get("conditions") or {}).get("ready") is False:
+                continue
+            for address in endpoint.get("addresses") or []:
+                found.add(f"{address}:{ports[0]['port']}")
+    return sorted(found)
+
+
+class PoolProvider:
+    """Attempts of ``stage`` on the Ready pods behind ``service``."""
+
+    kind = "k8s-pool"
+
+    def __init__(
+        self, stage: str, settings: KubeSettings, api: client.ApiClient, channels: Channels
+    ) -> None:
+        self.stage, self.channels = stage, channels
+        self.service = settings.pools[stage]
+        self.per_pod = settings.pool_capacity.get(stage, 1)
+        discovery = client.DiscoveryV1Api(api)
+        self.slices = Informer(
+            discovery.list_namespaced_endpoint_slice, settings.namespace,
+            f"{SERVICE_NAME_LABEL}={self.service}", what=f"endpointslices of {self.service}",
+        ).start()  # fmt: skip
+        self._busy: dict[str, int] = {}
+        self._placed: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def endpoints(self) -> list[str]:
+        return ready_endpoints(self.slices.items())
+
+    def run(self, job: StageJob, reattach: bool) -> PoolStageCall:
+        return PoolStageCall(self, job, reattach)
+
+    def cancel(self, task_id: str) -> bool:
+        with self._lock:
+            address = self._placed.get(task_id)
+        return address is not None and cancel_task(self.channels.get(address), self.stage, task_id)
+
+    def capacity(self) -> int | None:
+        return len(self.endpoints()) * self.per_pod
+
+    def address(self) -> str | None:
+        ready = self.endpoints()
+        if not ready:
+            return None
+        with self._lock:
+            return min(ready, key=lambda a: self._busy.get(a, 0))
+
+    def close(self) -> None:
+        self.slices.stop()
+
+    def place(self, task_id: str, address: str) -> None:
+        with self._lock:
+            self._placed[task_id] = address
+            self._busy[address] = self._busy.get(address, 0) + 1
+
+    def release(self, task_id: str) -> None:
+        with self._lock:
+            address = self._placed.pop(task_id, None)
+            if address is not None:
+                self._busy[address] = max(0, self._busy.get(address, 0) - 1)
+
+
+class PoolStageCall:
+    """One attempt on one pool pod, abandoned if that pod leaves the pool."""
+
+    def __init__(self, provider: PoolProvider, job: StageJob, reattach: bool) -> None:
+        self.provider, self.job, self.reattach = provider, job, reattach
+        self._inner: GrpcStageCall | None = None
+        self._gone = threading.Event()
+        self._done = threading.Event()
+
+    def cancel(self) -> None:
+        self._done.set()
+        if self._inner is not None:
+            self._inner.cancel()
+
+    def __iter__(self) -> Iterator[Event | StageOutcome | None]:
+        provider = self.provider
+        address, first = self._reattached() if self.reattach else (None, [])
+        if address is None:
+            address = provider.address()
+            if address is None:
+                raise StageFailure(
+                    "UNAVAILABLE", f"no Ready pod behind service {provider.service}", True
+                )
+            self._inner = start_stage(provider.channels.get(address), provider.stage, self.job)
+        provider.place(self.job.task_id, address)
+        threading.Thread(target=self._watch, args=(address,), daemon=True).start()
+        try:
+            yield from first
+            assert self._inner is not None
+            yield from self._inner
+        except StageFailure as failure:
+            if self._gone.is_set():
+                raise StageFailure(
+                    "UNAVAILABLE", f"pod {address} left the {provider.service} pool mid-stage",
+                    True,
+                ) from failure  # fmt: skip
+            raise
+        finally:
+            self._done.set()
+            provider.release(self.job.task_id)
+
+    def _reattached(self) -> tuple[str | None, list[Any]]:
+        """The endpoint that already runs this task, and the first item it sent."""
+        probe = StageJob(**{**vars(self.job), "attach_only": True})
+        for address in self.provider.endpoints():
+            call = start_stage(self.provider.channels.get(address), self.provider.stage, probe)
+            try:
+                first = next(iter(call))
+            except StageFailure as failure:
+                if failure.code != "NOT_FOUND":
+                    log.info("re-attach probe of %s failed: %s", address, failure)
+                continue
+            except StopIteration:
+                continue
+            self._inner = call
+            return address, [first]
+        return None, []
+
+    def _watch(self, address: str) -> None:
+        """Cancel the stream when ``address`` leaves the Ready endpoints."""
+        while not self._done.is_set():
+            if address not in self.provider.endpoints():
+                self._gone.set()
+                if self._inner is not None:
+                    self._inner.cancel()
+                return
+            self.provider.slices.wait(1.0)
