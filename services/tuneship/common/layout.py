@@ -10,6 +10,7 @@ functions, so the layout of a bucket can be read (and changed) in one place::
     pipelines/{pipeline}/stages/{stage}/checkpoints/step-{step:08d}/{name}
     pipelines/{pipeline}/stages/{stage}/checkpoints/step-{step:08d}/manifest.json
     cache/{cache_key}.json                            a copy of the manifest that made it
+    serving/models/{name}.json                        what every serving replica re-publishes
 """
 
 from __future__ import annotations
@@ -144,3 +145,27 @@ def cache_entry(cache_key: str) -> str:
     if not _DIGEST.match(cache_key):
         raise InvalidInput(f"cache key {cache_key!r} is not a hex sha256", where="cache_key")
     return f"cache/{cache_key}.json"
+
+
+SERVED_MODELS = "serving/models/"
+"""Prefix of the served-model records (one per model name) that serving replicas sync."""
+
+
+def served_model(name: str) -> str:
+    """The record of model ``name`` (no tag): what a serving replica needs to re-publish it.
+
+    A namespaced name (``team/pirate``) keeps its ``/`` as a key level.
+    """
+    parts = [segment(part, "model name") for part in name.split("/")]
+    return SERVED_MODELS + "/".join(parts) + ".json"
+
+
+def served_model_name(key: str) -> str | None:
+    """The model name of a record key built by :func:`served_model`, else None."""
+    if not key.startswith(SERVED_MODELS) or not key.endswith(".json"):
+        return None
+    name = key[len(SERVED_MODELS) : -len(".json")]
+    try:
+        return name if served_model(name) == key else None
+    except InvalidInput:
+        return None

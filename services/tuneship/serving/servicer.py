@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tuneship.common import layout
 from tuneship.common.errors import InvalidInput, NotFound
 from tuneship.common.events import EventSink
 from tuneship.common.jobs import StageJob, StageOutcome
@@ -17,6 +18,8 @@ from tuneship.common.store.commit import commit_stage, read_manifest
 from tuneship.common.wire import StageService, StageServicer, stage_service
 from tuneship.serving.backend import ServingBackend
 from tuneship.serving.publish import publish
+from tuneship.serving.replicas import ReplicaSync
+from tuneship.serving.served_models import GgufSource
 from tuneship.v1 import workers_pb2
 
 STAGE = "publish"
@@ -44,13 +47,21 @@ def choose_gguf(export_manifest_files: list[str], report: dict[str, Any], quant:
 
 
 def run_publish(
-    ctx: StageContext, backend: ServingBackend, job: StageJob, sink: EventSink
+    ctx: StageContext,
+    backend: ServingBackend,
+    job: StageJob,
+    sink: EventSink,
+    replicas: ReplicaSync | None = None,
 ) -> StageOutcome:
-    """Fetch the chosen GGUF, publish it (smoke-tested), commit a record of what was served.
+    """Fetch the chosen GGUF, publish it (smoke-tested), record it for every serving
+    replica, commit a record of what was served.
 
     Publishing is a side effect on the backend, so it is never skipped as cached.
     """
+    replicas = replicas or ReplicaSync(ctx.store, backend, ctx.work_root)
     spec = parse_job_spec(job)
+    model_name = spec.serve.name or spec.metadata.name
+    _check_recordable(model_name)
     if spec.serve.backend not in ("auto", backend.kind):
         raise InvalidInput(
             f"serve.backend asks for {spec.serve.backend}, but this serving service "
@@ -66,8 +77,14 @@ def run_publish(
     report = json.loads(ctx.store.get_bytes(exported.file_key("report.json")))
     name = choose_gguf([f.name for f in exported.files], report, spec.serve.quant)
     gguf = workdir / name
-    ctx.store.get_file(exported.file_key(name), gguf, sha256=exported.file(name).sha256)
-    result = publish(spec, gguf, backend, sink)
+    entry = exported.file(name)
+    ctx.store.get_file(exported.file_key(name), gguf, sha256=entry.sha256)
+    source = GgufSource(exported.file_key(name), entry.sha256, entry.size, export_key)
+    with replicas.publishing(model_name):
+        result = publish(spec, gguf, backend, sink)
+        replicas.record_published(
+            result, spec.serve, source, {"pipeline": job.pipeline, "task_id": job.task_id}
+        )
     record = {**asdict(result), "gguf": name, "export": export_key}
     with tempfile.TemporaryDirectory(dir=workdir) as staging:
         (Path(staging) / "publish.json").write_text(json.dumps(record, indent=2, default=str))
@@ -85,11 +102,27 @@ def run_publish(
     return StageOutcome({STAGE: artifact_of(manifest)}, summary)
 
 
-class ServingRpcs:
-    """The serving service's own RPCs, over one backend."""
+def _check_recordable(name: str) -> None:
+    """Refuse, before publishing, a model name that cannot key a served-model record."""
+    try:
+        layout.served_model(name)
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"model name {name!r} cannot be served by every replica: {exc.message}",
+            where="serve.name", hint=exc.hint,
+        ) from exc  # fmt: skip
 
-    def __init__(self, backend: ServingBackend) -> None:
+
+class ServingRpcs:
+    """The serving service's own RPCs, over one backend and the replica sync.
+
+    A chat for a model the backend lacks syncs that model from the store first; a
+    delete of the recorded model removes it from every replica (``ReplicaSync.delete``).
+    """
+
+    def __init__(self, backend: ServingBackend, replicas: ReplicaSync) -> None:
         self.backend = backend
+        self.replicas = replicas
 
     def Chat(
         self, request: workers_pb2.ChatRequest, context: Any
@@ -99,6 +132,7 @@ class ServingRpcs:
             raise InvalidInput("a chat needs at least one message", where="ChatRequest.messages")
         # Options travel as doubles; integral ones (num_predict, seed) go back to ints.
         options = {k: int(v) if float(v).is_integer() else v for k, v in request.options.items()}
+        self.replicas.ensure(request.model)
         stream = self.backend.chat(request.model, messages, **options)
         for piece in stream:
             yield workers_pb2.ChatChunk(content=piece)
@@ -114,14 +148,28 @@ class ServingRpcs:
     def DeleteModel(
         self, request: workers_pb2.DeleteModelRequest, context: Any
     ) -> workers_pb2.DeleteModelResponse:
-        self.backend.delete(request.name)
+        self.replicas.delete(request.name)
         return workers_pb2.DeleteModelResponse()
 
 
-def serving_service(ctx: StageContext, backend: ServingBackend, capacity: int = 1) -> StageService:
-    """The stage's gRPC service, ready to start."""
-    stage = StageServicer(STAGE, lambda job, sink: run_publish(ctx, backend, job, sink), capacity)
-    rpcs = ServingRpcs(backend)
+def serving_service(
+    ctx: StageContext,
+    backend: ServingBackend,
+    capacity: int = 1,
+    replicas: ReplicaSync | None = None,
+) -> StageService:
+    """The stage's gRPC service, ready to start.
+
+    ``replicas`` comes from ``start_replica_sync`` (called before the server starts, so
+    that health reports SERVING only once every recorded model is here). Without it,
+    publishes and deletes are still recorded and chats still sync a missing model, but
+    nothing syncs at start or periodically.
+    """
+    replicas = replicas or ReplicaSync(ctx.store, backend, ctx.work_root)
+    stage = StageServicer(
+        STAGE, lambda job, sink: run_publish(ctx, backend, job, sink, replicas), capacity
+    )
+    rpcs = ServingRpcs(backend, replicas)
     extra: dict[str, Any] = {
         "Chat": rpcs.Chat,
         "ListModels": rpcs.ListModels,
