@@ -8,22 +8,36 @@
   committed as an input.
 - a local path: uploaded (content-addressed, so the same files are stored once). Only a
   controller that shares a filesystem with the user (embedded mode) sees local paths;
-  clients of a cluster upload first.
+  clients of a cluster upload first: straight to the store, or through the controller
+  (``StoreInputs.receive``, the ``UploadInput`` RPC) when they cannot reach the store.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-from tuneship.common.errors import FailedPrecondition, InvalidInput, Unavailable
+from tuneship.common import layout
+from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound, Unavailable
+from tuneship.common.hashing import sha256_bytes
 from tuneship.common.jobs import Artifact
+from tuneship.common.manifest import FileEntry, Manifest, now
 from tuneship.common.spec import PipelineSpec
-from tuneship.common.store import ArtifactStore
-from tuneship.common.store.commit import read_manifest, upload_input
+from tuneship.common.store import ArtifactStore, CorruptArtifact
+from tuneship.common.store.commit import (
+    read_manifest,
+    upload_input,
+    verify_committed,
+    write_manifest,
+)
 
 STORE_SCHEME = "store:"
+GiB = 1 << 30
 
 
 def spec_inputs(spec: PipelineSpec) -> list[tuple[str, str, str, str | None]]:
@@ -101,14 +115,235 @@ def _from_hub(location: str, revision: str | None, field: str, dest: Path) -> Pa
         ) from exc
 
 
-def input_uploader(store: ArtifactStore) -> Callable[[PipelineSpec], dict[str, Artifact]]:
-    """The controller's ``InputUploader`` over ``store``."""
+@dataclass(frozen=True)
+class UploadSettings:
+    """How the controller takes inputs that clients upload through it."""
 
-    def upload(spec: PipelineSpec) -> dict[str, Artifact]:
+    max_bytes: int = 20 * GiB
+    """The most one upload (all the files of one input together) may carry; a larger
+    input is refused before any byte is sent (put it in the store directly instead)."""
+
+    scratch_dir: Path | None = None
+    """Where a file being received waits until its sha256 is checked and it is stored
+    (one file at a time; default: the system's temporary directory)."""
+
+
+@dataclass(frozen=True)
+class IncomingInput:
+    """An input a client is about to upload: its kind, the spec field it fills, the name
+    the user gave it (for messages) and every file with its size and sha256."""
+
+    kind: str
+    field: str
+    name: str
+    files: tuple[FileEntry, ...]
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class StoredInput:
+    """A committed input; ``already_stored`` when identical content was there before."""
+
+    artifact: Artifact
+    already_stored: bool
+
+    @property
+    def location(self) -> str:
+        """What a spec names instead of the local path."""
+        return STORE_SCHEME + self.artifact.key
+
+
+def human_size(size: int) -> str:
+    """``size`` bytes as people read it: ``1.5 GiB``."""
+    for unit, scale in (("GiB", GiB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def _listing_digest(files: Iterable[FileEntry]) -> str:
+    # The content address ``upload_input`` gives the same files (its listing, sorted).
+    ordered = sorted(files, key=lambda f: f.name)
+    return sha256_bytes(json.dumps([vars(f) for f in ordered], sort_keys=True).encode())
+
+
+class StoreInputs:
+    """The controller's inputs over one store.
+
+    Called with a spec (the controller's ``InputUploader``), it commits or finds each
+    input the spec names. ``find`` and ``receive`` take inputs that clients upload
+    through the controller: under the same content-addressed key and manifest as
+    ``upload_input`` (so a direct upload and one through the controller dedupe), each
+    file checked against its listed size and sha256, the manifest written last.
+    """
+
+    def __init__(self, store: ArtifactStore, settings: UploadSettings | None = None) -> None:
+        self.store = store
+        self.settings = settings or UploadSettings()
+
+    def __call__(self, spec: PipelineSpec) -> dict[str, Artifact]:
         return {
-            name: resolve_input(store, kind, field, location, spec.model.revision)
+            name: resolve_input(self.store, kind, field, location, spec.model.revision)
             for name, kind, field, location in spec_inputs(spec)
             if location is not None
         }
 
-    return upload
+    def find(self, incoming: IncomingInput) -> StoredInput | None:
+        """The committed input with exactly these files, or None. InvalidInput when the
+        listing is malformed or over ``settings.max_bytes``."""
+        self._check(incoming)
+        key = layout.input_manifest(incoming.kind, _listing_digest(incoming.files))
+        try:
+            manifest = verify_committed(self.store, key)
+        except (NotFound, CorruptArtifact):
+            return None  # absent, or its files are gone: upload it (again)
+        return StoredInput(Artifact(manifest.key, manifest.digest, manifest.total_size), True)
+
+    def receive(self, incoming: IncomingInput, pieces: Iterable[tuple[str, bytes]]) -> StoredInput:
+        """Store ``incoming`` from ``pieces``: ``(path, data)`` where a non-empty path
+        starts the next file of the listing and data continues the current one.
+
+        Returns at once (reading nothing) when the input is committed already.
+        InvalidInput when the files arrive out of order, differ from the listing or the
+        stream ends early; then no manifest is written, so nothing is visible.
+        """
+        found = self.find(incoming)
+        if found is not None:
+            return found
+        digest = _listing_digest(incoming.files)
+        root = layout.input_files_prefix(incoming.kind, digest)
+        expected = iter(incoming.files)
+        receiving: _IncomingFile | None = None
+        try:
+            for path, data in pieces:
+                if path:
+                    if receiving is not None:
+                        self._store_file(receiving, root)
+                    receiving = self._start_file(incoming, next(expected, None), path)
+                elif receiving is None:
+                    raise InvalidInput(
+                        "data arrived before any file was started", where=incoming.field
+                    )
+                receiving.write(data)
+            if receiving is not None:
+                self._store_file(receiving, root)
+                receiving = None
+        finally:
+            if receiving is not None:
+                receiving.discard()
+        missing = [entry.name for entry in expected]
+        if missing:
+            raise InvalidInput(
+                f"the upload of {incoming.name} ended before {', '.join(missing[:3])}"
+                f"{' …' if len(missing) > 3 else ''} ({len(missing)} files missing)",
+                where=incoming.field, hint="upload it again",
+            )  # fmt: skip
+        again = self.find(incoming)  # another client may have committed the same meanwhile
+        if again is not None:
+            return StoredInput(again.artifact, already_stored=False)
+        manifest = write_manifest(
+            self.store,
+            layout.input_manifest(incoming.kind, digest),
+            Manifest(
+                kind=layout.ManifestKind.INPUT, root=root, files=incoming.files,
+                labels={layout.Labels.INPUT_KIND: incoming.kind}, created=now(),
+            ),
+        )  # fmt: skip
+        return StoredInput(Artifact(manifest.key, manifest.digest, manifest.total_size), False)
+
+    def _check(self, incoming: IncomingInput) -> None:
+        where = incoming.field or "InputHeader"
+        layout.segment(incoming.kind, "input kind")
+        if not incoming.files:
+            raise InvalidInput(f"{incoming.name} lists no files to upload", where=where)
+        names = [entry.name for entry in incoming.files]
+        if len(set(names)) != len(names):
+            raise InvalidInput(f"{incoming.name} lists a file twice", where=where)
+        for entry in incoming.files:
+            layout.check_key(entry.name)
+            if entry.size < 0 or len(entry.sha256) != 64:
+                raise InvalidInput(
+                    f"{entry.name}: size {entry.size} or sha256 {entry.sha256!r} is not valid",
+                    where=where,
+                )
+        limit = self.settings.max_bytes
+        if incoming.total_size > limit:
+            raise InvalidInput(
+                f"{incoming.name} is {human_size(incoming.total_size)}; this controller takes "
+                f"uploads of at most {human_size(limit)}",
+                where=where,
+                hint="put it in the store directly (`tuneship store put`), or raise the "
+                "controller's upload limit",
+            )
+
+    def _start_file(
+        self, incoming: IncomingInput, entry: FileEntry | None, path: str
+    ) -> _IncomingFile:
+        if entry is None or entry.name != path:
+            wanted = entry.name if entry is not None else "no more files"
+            raise InvalidInput(
+                f"the upload of {incoming.name} sent {path!r} where the listing has {wanted!r}",
+                where=incoming.field,
+                hint="send the files in the order of the header's listing",
+            )
+        return _IncomingFile(entry, incoming.field, self.settings.scratch_dir)
+
+    def _store_file(self, receiving: _IncomingFile, root: str) -> None:
+        try:
+            receiving.finish()
+            self.store.put_file(
+                layout.join(root, receiving.entry.name), receiving.path,
+                sha256=receiving.entry.sha256,
+            )  # fmt: skip
+        finally:
+            receiving.discard()
+
+
+class _IncomingFile:
+    """One file being received into a scratch file, hashed as it arrives."""
+
+    def __init__(self, entry: FileEntry, field: str, scratch_dir: Path | None) -> None:
+        self.entry = entry
+        self.field = field
+        handle, name = tempfile.mkstemp(prefix="tuneship-upload-", dir=scratch_dir)
+        self.path = Path(name)
+        self._out = os.fdopen(handle, "wb")
+        self._hash = hashlib.sha256()
+        self.received = 0
+
+    def write(self, data: bytes) -> None:
+        if self.received + len(data) > self.entry.size:
+            raise InvalidInput(
+                f"{self.entry.name} sent more than the {self.entry.size} bytes it listed",
+                where=self.field, hint="the file changed while it was uploaded: upload again",
+            )  # fmt: skip
+        self._out.write(data)
+        self._hash.update(data)
+        self.received += len(data)
+
+    def finish(self) -> None:
+        """Close the scratch file; InvalidInput unless it has the listed size and sha256."""
+        self._out.close()
+        if self.received != self.entry.size:
+            raise InvalidInput(
+                f"{self.entry.name} ended after {self.received} of {self.entry.size} bytes",
+                where=self.field, hint="upload it again",
+            )  # fmt: skip
+        if self._hash.hexdigest() != self.entry.sha256:
+            raise InvalidInput(
+                f"{self.entry.name} does not match the sha256 it was listed with",
+                where=self.field, hint="the file changed while it was uploaded: upload again",
+            )  # fmt: skip
+
+    def discard(self) -> None:
+        if not self._out.closed:
+            self._out.close()
+        self.path.unlink(missing_ok=True)
+
+
+def input_uploader(store: ArtifactStore, settings: UploadSettings | None = None) -> StoreInputs:
+    """The controller's ``InputUploader`` over ``store``; it also takes client uploads."""
+    return StoreInputs(store, settings)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from itertools import chain
+from typing import Any, Protocol, runtime_checkable
 
 import grpc
 
@@ -13,9 +15,12 @@ from tuneship.common.codec import (
     event_from_record,
     event_to_proto,
 )
-from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound
+from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound, TuneshipError
 from tuneship.common.jobs import Artifact
+from tuneship.common.manifest import FileEntry
 from tuneship.common.spec import PipelineSpec, parse_spec
+from tuneship.common.wire import status_of
+from tuneship.controller.inputs import IncomingInput, StoredInput, UploadSettings
 from tuneship.controller.machine import Phase
 from tuneship.controller.scheduler import Scheduler
 from tuneship.controller.state import EventView, PipelineView, StateStore
@@ -23,6 +28,8 @@ from tuneship.v1 import pipeline_pb2, pipeline_pb2_grpc, stage_pb2, workers_pb2
 
 SERVICE_NAME = "tuneship.v1.PipelineService"
 add_to_server = pipeline_pb2_grpc.add_PipelineServiceServicer_to_server
+
+log = logging.getLogger("tuneship.controller")
 
 InputUploader = Callable[[PipelineSpec], dict[str, Artifact]]
 ChatForwarder = Callable[[workers_pb2.ChatRequest], Iterator[workers_pb2.ChatChunk]]
@@ -76,6 +83,33 @@ def pipeline_event_to_proto(view: EventView, phase: Phase) -> pipeline_pb2.Pipel
             )
     message.stage_event.CopyFrom(stage_event)
     return message
+
+
+@runtime_checkable
+class InputReceiver(Protocol):
+    """An ``InputUploader`` that also takes uploads from clients (``inputs.StoreInputs``)."""
+
+    settings: UploadSettings
+
+    def find(self, incoming: IncomingInput) -> StoredInput | None: ...
+
+    def receive(
+        self, incoming: IncomingInput, pieces: Iterator[tuple[str, bytes]]
+    ) -> StoredInput: ...
+
+
+def incoming_from_proto(header: pipeline_pb2.InputHeader) -> IncomingInput:
+    files = tuple(FileEntry(f.name, f.size, f.sha256) for f in header.files)
+    return IncomingInput(header.kind, header.field, header.name or header.field, files)
+
+
+def stored_to_proto(stored: StoredInput | None, max_bytes: int) -> pipeline_pb2.UploadInputResponse:
+    if stored is None:
+        return pipeline_pb2.UploadInputResponse(max_upload_bytes=max_bytes)
+    return pipeline_pb2.UploadInputResponse(
+        location=stored.location, manifest=artifact_to_proto(stored.artifact),
+        already_stored=stored.already_stored, max_upload_bytes=max_bytes,
+    )  # fmt: skip
 
 
 class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
@@ -205,3 +239,50 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
             model=str(model), messages=request.messages, options=request.options
         )
         yield from self.forward_chat(forwarded)
+
+    def _receiver(self, context: grpc.ServicerContext) -> InputReceiver:
+        if isinstance(self.upload_inputs, InputReceiver):
+            return self.upload_inputs
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "this controller takes no uploads; put inputs in the store with "
+            "`tuneship store put` and name them store:KEY",
+        )
+        raise AssertionError("context.abort returns only by raising")
+
+    def FindInput(
+        self, request: pipeline_pb2.InputHeader, context: grpc.ServicerContext
+    ) -> pipeline_pb2.UploadInputResponse:
+        receiver = self._receiver(context)
+        found = receiver.find(incoming_from_proto(request))
+        return stored_to_proto(found, receiver.settings.max_bytes)
+
+    def UploadInput(
+        self, request_iterator: Iterator[pipeline_pb2.UploadChunk], context: grpc.ServicerContext
+    ) -> pipeline_pb2.UploadInputResponse:
+        receiver = self._receiver(context)
+        # The error interceptor wraps unary and server-streaming methods only: a
+        # client-streaming one maps tuneship errors to status codes itself.
+        try:
+            first = next(request_iterator, None)
+            if first is None or not first.HasField("header"):
+                raise InvalidInput(
+                    "the first chunk of an upload carries no header", where="UploadChunk.header"
+                )
+            rest = ((chunk.path, chunk.data) for chunk in request_iterator)
+            stored = receiver.receive(
+                incoming_from_proto(first.header), chain([(first.path, first.data)], rest)
+            )
+            return stored_to_proto(stored, receiver.settings.max_bytes)
+        except grpc.RpcError:
+            raise  # the client went away: nothing was committed, nobody to answer
+        except TuneshipError as exc:
+            code = status_of(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                log.error("upload failed: %s", exc.render())
+            context.abort(code, exc.render() if code is not grpc.StatusCode.INTERNAL
+                          else "internal error (details in the server log)")  # fmt: skip
+        except Exception:
+            log.exception("upload failed")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error (details in the server log)")
+        raise AssertionError("context.abort returns only by raising")

@@ -203,3 +203,47 @@ class PipelineChatRequest(_message.Message):
     messages: _containers.RepeatedCompositeFieldContainer[_workers_pb2.ChatMessage]
     options: _containers.ScalarMap[str, float]
     def __init__(self, id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_workers_pb2.ChatMessage, _Mapping]]] = ..., options: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class InputFile(_message.Message):
+    __slots__ = ("name", "size", "sha256")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    sha256: str
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class InputHeader(_message.Message):
+    __slots__ = ("kind", "field", "name", "files")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    field: str
+    name: str
+    files: _containers.RepeatedCompositeFieldContainer[InputFile]
+    def __init__(self, kind: _Optional[str] = ..., field: _Optional[str] = ..., name: _Optional[str] = ..., files: _Optional[_Iterable[_Union[InputFile, _Mapping]]] = ...) -> None: ...
+
+class UploadChunk(_message.Message):
+    __slots__ = ("header", "path", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: InputHeader
+    path: str
+    data: bytes
+    def __init__(self, header: _Optional[_Union[InputHeader, _Mapping]] = ..., path: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadInputResponse(_message.Message):
+    __slots__ = ("location", "manifest", "already_stored", "max_upload_bytes")
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_STORED_FIELD_NUMBER: _ClassVar[int]
+    MAX_UPLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    location: str
+    manifest: _stage_pb2.ArtifactRef
+    already_stored: bool
+    max_upload_bytes: int
+    def __init__(self, location: _Optional[str] = ..., manifest: _Optional[_Union[_stage_pb2.ArtifactRef, _Mapping]] = ..., already_stored: _Optional[bool] = ..., max_upload_bytes: _Optional[int] = ...) -> None: ...

@@ -80,6 +80,16 @@ class PipelineServiceStub:
                 request_serializer=tuneship_dot_v1_dot_pipeline__pb2.PipelineChatRequest.SerializeToString,
                 response_deserializer=tuneship_dot_v1_dot_workers__pb2.ChatChunk.FromString,
                 _registered_method=True)
+        self.FindInput = channel.unary_unary(
+                '/tuneship.v1.PipelineService/FindInput',
+                request_serializer=tuneship_dot_v1_dot_pipeline__pb2.InputHeader.SerializeToString,
+                response_deserializer=tuneship_dot_v1_dot_pipeline__pb2.UploadInputResponse.FromString,
+                _registered_method=True)
+        self.UploadInput = channel.stream_unary(
+                '/tuneship.v1.PipelineService/UploadInput',
+                request_serializer=tuneship_dot_v1_dot_pipeline__pb2.UploadChunk.SerializeToString,
+                response_deserializer=tuneship_dot_v1_dot_pipeline__pb2.UploadInputResponse.FromString,
+                _registered_method=True)
 
 
 class PipelineServiceServicer:
@@ -139,6 +149,25 @@ class PipelineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindInput(self, request, context):
+        """Is an input with exactly this listing committed already? (already_stored, with its
+        location; nothing is sent). INVALID_ARGUMENT when it is over the upload limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadInput(self, request_iterator, context):
+        """Store a local input through the controller (for clients that cannot reach the store),
+        under the same content-addressed key as a direct upload. Every file is checked against
+        the header's size and sha256; the manifest is written last, so an interrupted upload
+        leaves nothing a pipeline can use. INVALID_ARGUMENT over the upload limit;
+        UNIMPLEMENTED where the controller takes no uploads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PipelineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +215,16 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.Chat,
                     request_deserializer=tuneship_dot_v1_dot_pipeline__pb2.PipelineChatRequest.FromString,
                     response_serializer=tuneship_dot_v1_dot_workers__pb2.ChatChunk.SerializeToString,
+            ),
+            'FindInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindInput,
+                    request_deserializer=tuneship_dot_v1_dot_pipeline__pb2.InputHeader.FromString,
+                    response_serializer=tuneship_dot_v1_dot_pipeline__pb2.UploadInputResponse.SerializeToString,
+            ),
+            'UploadInput': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadInput,
+                    request_deserializer=tuneship_dot_v1_dot_pipeline__pb2.UploadChunk.FromString,
+                    response_serializer=tuneship_dot_v1_dot_pipeline__pb2.UploadInputResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -431,6 +470,60 @@ class PipelineService:
             '/tuneship.v1.PipelineService/Chat',
             tuneship_dot_v1_dot_pipeline__pb2.PipelineChatRequest.SerializeToString,
             tuneship_dot_v1_dot_workers__pb2.ChatChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneship.v1.PipelineService/FindInput',
+            tuneship_dot_v1_dot_pipeline__pb2.InputHeader.SerializeToString,
+            tuneship_dot_v1_dot_pipeline__pb2.UploadInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadInput(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tuneship.v1.PipelineService/UploadInput',
+            tuneship_dot_v1_dot_pipeline__pb2.UploadChunk.SerializeToString,
+            tuneship_dot_v1_dot_pipeline__pb2.UploadInputResponse.FromString,
             options,
             channel_credentials,
             insecure,
