@@ -5,6 +5,8 @@
     for event in client.watch(pipeline.id):
         print(event.text)
     print("".join(client.chat(pipeline.id, [{"role": "user", "content": "Hi"}])))
+    uploaded = client.upload_input(Path("conversations.jsonl"), kind="dataset")
+    print(uploaded.location)   # store:inputs/dataset/<digest>/manifest.json
 
 Errors come back as tuneship errors (``NotFound``, ``InvalidInput``, ...), built from
 the gRPC status code, so callers handle the same types as in-process code.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import grpc
 from tuneship.common import errors
 from tuneship.common.codec import event_from_proto, event_to_record
 from tuneship.common.events import Log, Metrics, Progress
+from tuneship.common.manifest import FileEntry, scan_dir
 from tuneship.v1 import pipeline_pb2, pipeline_pb2_grpc, workers_pb2
 
 _ERRORS: dict[grpc.StatusCode, type[errors.TuneshipError]] = {
@@ -49,6 +52,11 @@ def _error(exc: grpc.RpcError, address: str) -> errors.TuneshipError:
 
 
 PHASES = {v: k.lower() for k, v in pipeline_pb2.Phase.items()}
+UPLOAD_CHUNK = 1 << 20
+"""Bytes of a file per ``UploadChunk`` (well under the servers' 64 MiB message limit)."""
+
+FileStarted = Callable[[int, int, FileEntry], None]
+"""``(index from 1, file count, file)``, called as each file of an upload starts."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,40 @@ class WatchEvent:
     kind: str
     text: str
     data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UploadedInput:
+    """An input stored through the controller: ``location`` (``store:KEY``) is what a
+    spec names; ``already_stored`` when identical content was there and nothing was sent."""
+
+    location: str
+    key: str
+    sha256: str
+    size: int
+    already_stored: bool
+
+
+def _uploaded(answer: pipeline_pb2.UploadInputResponse) -> UploadedInput:
+    ref = answer.manifest
+    return UploadedInput(answer.location, ref.key, ref.sha256, ref.size, answer.already_stored)
+
+
+def _upload_chunks(
+    header: pipeline_pb2.InputHeader, path: Path, on_file: FileStarted | None
+) -> Iterator[pipeline_pb2.UploadChunk]:
+    """The header, then every file of the listing in order, ``UPLOAD_CHUNK`` bytes a chunk."""
+    first: pipeline_pb2.InputHeader | None = header
+    for index, entry in enumerate(header.files, start=1):
+        if on_file is not None:
+            on_file(index, len(header.files), FileEntry(entry.name, entry.size, entry.sha256))
+        source = path if path.is_file() else path / entry.name
+        with source.open("rb") as handle:
+            piece = handle.read(UPLOAD_CHUNK)
+            yield pipeline_pb2.UploadChunk(header=first, path=entry.name, data=piece)
+            first = None
+            while piece := handle.read(UPLOAD_CHUNK):
+                yield pipeline_pb2.UploadChunk(data=piece)
 
 
 def pipeline_info(message: pipeline_pb2.Pipeline) -> PipelineInfo:
@@ -218,6 +260,40 @@ class PipelineClient:
                 final = {"done_reason": chunk.done_reason} if chunk.done else {}
                 yield chunk.content, final
         except grpc.RpcError as exc:
+            raise _error(exc, self.address) from exc
+
+    def upload_input(
+        self, path: Path, kind: str, field: str = "", on_file: FileStarted | None = None
+    ) -> UploadedInput:
+        """Store a local model directory or dataset file through the controller, under
+        the same content-addressed key as a direct upload to the store.
+
+        Every file is hashed first; when the controller has identical content already,
+        nothing is sent (``already_stored``). ``on_file`` hears of each file as it
+        starts. Errors: InvalidInput (over the controller's upload limit, or a file that
+        changed while it was sent), FailedPrecondition (the controller takes no uploads),
+        Unavailable.
+        """
+        path = Path(path)
+        files = scan_dir(path)
+        header = pipeline_pb2.InputHeader(
+            kind=kind, field=field, name=str(path),
+            files=[pipeline_pb2.InputFile(name=f.name, size=f.size, sha256=f.sha256)
+                   for f in files],
+        )  # fmt: skip
+        try:
+            found = self._stub.FindInput(header, timeout=self.timeout_s)
+            if found.already_stored:
+                return _uploaded(found)
+            # No deadline: a large model takes as long as the link needs.
+            return _uploaded(self._stub.UploadInput(_upload_chunks(header, path, on_file)))
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                raise errors.FailedPrecondition(
+                    f"the controller at {self.address} takes no uploads (UNIMPLEMENTED)",
+                    hint="put the input in the store with `tuneship store put` and name it "
+                    "store:KEY in the spec",
+                ) from exc
             raise _error(exc, self.address) from exc
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -18,11 +19,12 @@ from rich.table import Table
 from tuneship.cli.errors import fail, print_error
 from tuneship.cli.progress import follow
 from tuneship.client import PipelineClient, PipelineInfo, WatchEvent
-from tuneship.common.errors import InvalidInput, TuneshipError
+from tuneship.common.errors import FailedPrecondition, InvalidInput, TuneshipError
+from tuneship.common.manifest import FileEntry
 from tuneship.common.spec import PipelineSpec, load_spec
 from tuneship.common.stages import COMPONENTS
 from tuneship.common.store import StoreSettings, open_store
-from tuneship.controller.inputs import STORE_SCHEME, resolve_input, spec_inputs
+from tuneship.controller.inputs import STORE_SCHEME, human_size, resolve_input, spec_inputs
 
 out = Console()
 err = Console(stderr=True)
@@ -33,24 +35,66 @@ ControllerOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-def upload_local_inputs(spec: PipelineSpec, store_settings: StoreSettings) -> PipelineSpec:
-    """Upload a spec's local inputs to the store and point the spec at them (store:KEY)."""
+def upload_local_inputs(
+    spec: PipelineSpec, store_settings: StoreSettings | None, client: PipelineClient
+) -> PipelineSpec:
+    """Upload a spec's local inputs and point the spec at them (``store:KEY``).
+
+    With ``store_settings`` (the client has ``TUNESHIP_STORE``) straight to that store,
+    else through the controller (``client``): a cluster's store is rarely reachable from
+    outside it. Both give the same content-addressed key, so identical inputs are
+    stored once whichever way they went.
+    """
     updates: dict[str, dict[str, str]] = {"model": {}, "dataset": {}}
     store = None
     for _name, kind, field, location in spec_inputs(spec):
         if location is None or "://" in location or location.startswith(STORE_SCHEME):
             continue
-        store = store or open_store(store_settings)
-        artifact = resolve_input(store, kind, field, location)
-        err.print(f"[dim]uploaded {location} as {artifact.key}[/]")
-        section, key = field.split(".")
-        updates[section][key] = STORE_SCHEME + artifact.key
+        if store_settings is not None:
+            store = store or open_store(store_settings)
+            key = resolve_input(store, kind, field, location).key
+            err.print(f"[dim]uploaded {escape(location)} as {key}[/]", soft_wrap=True)
+        else:
+            key = _upload_through_controller(client, Path(location), kind, field)
+        section, name = field.split(".")
+        updates[section][name] = STORE_SCHEME + key
     return spec.model_copy(
         update={
             "model": spec.model.model_copy(update=updates["model"]),
             "dataset": spec.dataset.model_copy(update=updates["dataset"]),
         }
     )
+
+
+def _upload_through_controller(client: PipelineClient, path: Path, kind: str, field: str) -> str:
+    """Upload one local input through the controller, a progress line per file; returns
+    its manifest key. A refusal says which ``tuneship store put`` to run instead."""
+    if not path.exists():
+        raise InvalidInput(f"{path} does not exist", where=field, hint="check the path")
+
+    def started(index: int, count: int, entry: FileEntry) -> None:
+        err.print(f"[dim]{field}: uploading {escape(entry.name)} ({human_size(entry.size)}) "
+                  f"[{index}/{count}][/]", highlight=False, soft_wrap=True)  # fmt: skip
+
+    err.print(f"[dim]{field}: hashing {escape(str(path))}[/]", highlight=False, soft_wrap=True)
+    try:
+        uploaded = client.upload_input(path, kind, field, on_file=started)
+    except (InvalidInput, FailedPrecondition) as exc:
+        put = f"tuneship store put {shlex.quote(str(path))} --kind {kind}"
+        reason = exc.message.splitlines()[0].removeprefix(f"{field}: ")  # the server's hint
+        raise type(exc)(
+            f"the controller did not take {path}: {reason}", where=field,
+            hint=f"upload it to the cluster's store yourself: `{put}` with TUNESHIP_STORE "
+            f"(and TUNESHIP_S3_*) pointing at that store, then set {field}: store:<the key "
+            "it prints>; or submit with TUNESHIP_STORE set, which uploads straight to it",
+        ) from exc  # fmt: skip
+    if uploaded.already_stored:
+        err.print(f"[dim]{escape(str(path))} is already in the store as {uploaded.key}[/]",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+    else:
+        err.print(f"[dim]uploaded {escape(str(path))} through the controller as "
+                  f"{uploaded.key}[/]", highlight=False, soft_wrap=True)  # fmt: skip
+    return uploaded.key
 
 
 def submit(
@@ -60,11 +104,14 @@ def submit(
     watch: Annotated[bool, typer.Option(help="Follow the pipeline until it ends.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Submit pipelines to a controller (local inputs are uploaded to the store first)."""
+    """Submit pipelines to a controller. Local inputs are uploaded first: to the store
+    TUNESHIP_STORE names, or else through the controller."""
     try:
-        store_settings = StoreSettings.from_env()
-        texts = [upload_local_inputs(load_spec(p), store_settings).model_dump_json() for p in specs]
         client = PipelineClient(controller)
+        # Only a store the user configured: the default local one is not the cluster's.
+        direct = StoreSettings.from_env() if os.environ.get("TUNESHIP_STORE") else None
+        texts = [upload_local_inputs(load_spec(p), direct, client).model_dump_json()
+                 for p in specs]  # fmt: skip
         created = client.submit_batch(texts, priority) if len(texts) > 1 else [
             client.submit(texts[0], priority)]  # fmt: skip
         for info in created:  # plain lines: scripts read them
