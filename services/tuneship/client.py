@@ -69,6 +69,16 @@ class StageInfo:
     summary: dict[str, Any]
     started: float = 0.0
     finished: float = 0.0
+    waiting: str = ""
+    """Why a running stage has no worker yet ("queued: Kueue has not admitted ...")."""
+
+    @property
+    def shown_phase(self) -> str:
+        """The phase as people read it: a running stage still waiting for its worker
+        (a Kueue queue, no node for its pod) shows as ``queued`` or ``waiting``."""
+        if self.phase != "running" or not self.waiting:
+            return self.phase
+        return "queued" if self.waiting.startswith("queued") else "waiting"
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,7 @@ def pipeline_info(message: pipeline_pb2.Pipeline) -> PipelineInfo:
             s.stage, PHASES[s.phase], s.attempts, s.error,
             {k: v.key for k, v in s.outputs.items()},
             json.loads(s.summary_json) if s.summary_json else {}, s.started, s.finished,
+            s.waiting,
         )
         for s in message.stages
     ]  # fmt: skip

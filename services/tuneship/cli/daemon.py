@@ -17,6 +17,8 @@ Environment (read here, once, and passed down):
 - ``TUNESHIP_METRICS_PORT``: the controller's Prometheus ``/metrics`` port (default
   9090; empty: not served).
 - ``OLLAMA_HOST``: the Ollama sidecar of the serving service.
+- ``TUNESHIP_SERVING_SYNC_S``: how often a serving replica picks up models published
+  on the others (default 30; 0: only at start and on demand).
 - ``TUNESHIP_SERVING_BACKEND``: ``ollama`` (default, the sidecar) or ``llama-server``
   (models served by the pinned llama.cpp in the serving process itself).
 """
@@ -35,6 +37,7 @@ from tuneship.cli.kube_env import kube_settings, number, numbers, pairs
 from tuneship.common.errors import EXIT_FAILED, EXIT_OK, InvalidInput, exit_code_of
 from tuneship.common.settings import Settings
 from tuneship.common.stages import COMPONENTS, PIPELINE, STAGES
+from tuneship.common.stagework import StageContext
 from tuneship.common.store import StoreSettings, open_store
 from tuneship.common.toolchain import find_toolchain
 from tuneship.common.wire import StageServicer
@@ -104,15 +107,23 @@ def serve_component(
             stack.callback(controller.stop)
             stop.wait()
             return EXIT_OK
-        backend = None
+        work_root = Path(env.get("TUNESHIP_WORK_DIR", "/tmp/tuneship"))
+        backend = replicas = None
         if component == "serving":
+            from tuneship.serving.replicas import DEFAULT_SYNC_S, start_replica_sync
+
             kind = env.get("TUNESHIP_SERVING_BACKEND", "ollama")
             backend = _serving_backend(kind, env, settings, stack)
+            # Every current model is on this replica before its gRPC health says SERVING.
+            replicas = start_replica_sync(
+                StageContext(store, work_root), backend,
+                number(env, "TUNESHIP_SERVING_SYNC_S", DEFAULT_SYNC_S),
+            )  # fmt: skip
+            stack.callback(replicas.stop)
         toolchain = find_toolchain(settings).require_all() if component == "converter" else None
         server, stage = component_server(
-            component, store, Path(env.get("TUNESHIP_WORK_DIR", "/tmp/tuneship")),
-            toolchain=toolchain, backend=backend, host=host, port=port,
-            capacity=int(env.get("TUNESHIP_CAPACITY", "1")),
+            component, store, work_root, toolchain=toolchain, backend=backend, host=host,
+            port=port, capacity=int(env.get("TUNESHIP_CAPACITY", "1")), replicas=replicas,
         )  # fmt: skip
         stack.callback(server.stop)
         if not once:

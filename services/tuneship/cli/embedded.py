@@ -24,6 +24,7 @@ from tuneship.controller.app import Controller, ControllerSettings, start_contro
 from tuneship.controller.inputs import input_uploader
 from tuneship.converter.servicer import converter_service
 from tuneship.merger.servicer import merger_service
+from tuneship.serving.replicas import ReplicaSync
 from tuneship.serving.servicer import serving_service
 from tuneship.trainer.servicer import trainer_service
 
@@ -38,6 +39,8 @@ class ComponentNeeds:
     """The llama.cpp build (the converter)."""
     backend: Any = None
     """The serving backend (the serving service)."""
+    replicas: ReplicaSync | None = None
+    """The serving replica's sync with the store's served-model records (a cluster)."""
 
     def require_toolchain(self) -> Toolchain:
         assert self.toolchain is not None, "the converter needs a toolchain"
@@ -52,7 +55,9 @@ SERVICES: dict[str, Callable[[ComponentNeeds], StageService]] = {
     "converter": lambda needs: converter_service(
         needs.ctx, needs.require_toolchain(), needs.capacity
     ),
-    "serving": lambda needs: serving_service(needs.ctx, needs.backend, needs.capacity),
+    "serving": lambda needs: serving_service(
+        needs.ctx, needs.backend, needs.capacity, needs.replicas
+    ),
 }
 """How to build each component's service (keys: ``common.stages.COMPONENTS``)."""
 
@@ -67,9 +72,10 @@ def component_server(
     host: str = "127.0.0.1",
     port: int = 0,
     capacity: int = 1,
+    replicas: ReplicaSync | None = None,
 ) -> tuple[Server, StageServicer]:
     """Start one stage service; returns the server and its stage servicer."""
-    needs = ComponentNeeds(StageContext(store, work_root), capacity, toolchain, backend)
+    needs = ComponentNeeds(StageContext(store, work_root), capacity, toolchain, backend, replicas)
     service = SERVICES[component](needs)
     return service.start(host=host, port=port), service.stage
 

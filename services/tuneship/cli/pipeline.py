@@ -208,7 +208,10 @@ def list_cmd(
     for column in ("id", "phase", "stage", "updated", "error"):
         table.add_column(column)
     for item in items:
-        current = next((s.name for s in item.stages if s.phase != "succeeded"), "-")
+        current = next(
+            (f"{s.name} ({s.shown_phase})" if s.waiting else s.name
+             for s in item.stages if s.phase != "succeeded"), "-",
+        )  # fmt: skip
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item.updated))
         table.add_row(item.id, item.phase, current, updated, item.error[:60])
     out.print(table)
@@ -230,8 +233,10 @@ def _one(action: str, pipeline_id: str, controller: str, as_json: bool) -> None:
         return
     out.print(f"{info.id}: {info.phase} {info.error}")
     for stage in info.stages:
-        detail = stage.error or ", ".join(stage.outputs.values())
-        out.print(f"  {stage.name:<8} {stage.phase:<10} attempts={stage.attempts} {escape(detail)}")
+        detail = stage.error or stage.waiting or ", ".join(stage.outputs.values())
+        out.print(
+            f"  {stage.name:<8} {stage.shown_phase:<10} attempts={stage.attempts} {escape(detail)}"
+        )
 
 
 def get(

@@ -44,13 +44,21 @@ _PHASES = {
 _FROM_PROTO = {v: k for k, v in _PHASES.items()}
 
 
-def pipeline_to_proto(view: PipelineView) -> pipeline_pb2.Pipeline:
+def _not_waiting(pipeline_id: str, stage: str) -> str:
+    return ""
+
+
+def pipeline_to_proto(
+    view: PipelineView, waiting: Callable[[str, str], str] = _not_waiting
+) -> pipeline_pb2.Pipeline:
+    """``waiting(pipeline_id, stage)`` says why a running stage has no worker yet."""
     stages = [
         pipeline_pb2.StageStatus(
             stage=s.name, phase=_PHASES[s.phase], task_id=s.task_id, attempts=s.attempts,
             error=s.error, started=s.started, finished=s.finished,
             outputs={k: artifact_to_proto(Artifact(**v)) for k, v in s.outputs.items()},
             summary_json=json.dumps(s.summary, sort_keys=True),
+            waiting=waiting(view.id, s.name) if s.phase is Phase.RUNNING else "",
         )
         for s in view.stages
     ]  # fmt: skip
@@ -152,7 +160,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         return pipeline_pb2.SubmitBatchResponse(pipelines=[pipeline_to_proto(v) for v in views])
 
     def Get(self, request: pipeline_pb2.GetRequest, context: Any) -> pipeline_pb2.Pipeline:
-        return pipeline_to_proto(self.state.get(request.id))
+        return pipeline_to_proto(self.state.get(request.id), self.scheduler.waiting)
 
     def List(self, request: pipeline_pb2.ListRequest, context: Any) -> pipeline_pb2.ListResponse:
         try:
@@ -167,7 +175,8 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         )
         next_token = str(offset + len(views)) if more else ""
         return pipeline_pb2.ListResponse(
-            pipelines=[pipeline_to_proto(v) for v in views], next_page_token=next_token
+            pipelines=[pipeline_to_proto(v, self.scheduler.waiting) for v in views],
+            next_page_token=next_token,
         )
 
     def Watch(
@@ -196,11 +205,11 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         self, request: pipeline_pb2.CancelPipelineRequest, context: Any
     ) -> pipeline_pb2.Pipeline:
         self.scheduler.cancel(request.id)
-        return pipeline_to_proto(self.state.get(request.id))
+        return pipeline_to_proto(self.state.get(request.id), self.scheduler.waiting)
 
     def Retry(self, request: pipeline_pb2.RetryRequest, context: Any) -> pipeline_pb2.Pipeline:
         self.scheduler.retry_pipeline(request.id)
-        return pipeline_to_proto(self.state.get(request.id))
+        return pipeline_to_proto(self.state.get(request.id), self.scheduler.waiting)
 
     def Delete(
         self, request: pipeline_pb2.DeleteRequest, context: Any

@@ -12,12 +12,11 @@ find (or create) the worker. ``StageWorkers`` routes the scheduler's calls by st
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from tuneship.common.jobs import StageJob
 from tuneship.controller.scheduler import StageCall, StageFailure
 from tuneship.controller.wire_clients import Channels, chat_stub
-from tuneship.v1 import workers_pb2
 
 
 class WorkerProvider(Protocol):
@@ -63,8 +62,8 @@ class StageWorkers:
     def kinds(self) -> dict[str, str]:
         return {stage: p.kind for stage, p in self.providers.items()}
 
-    def chat(self, request: workers_pb2.ChatRequest) -> Iterator[workers_pb2.ChatChunk]:
-        """Forward a chat to a serving worker (streams its chunks)."""
+    def chat(self, request: Any) -> Iterator[Any]:
+        """Forward a ``ChatRequest`` to a serving worker (streams its ``ChatChunk``s)."""
         address = self.providers["publish"].address()
         if address is None:
             raise StageFailure("UNAVAILABLE", "no serving worker is ready", True)
