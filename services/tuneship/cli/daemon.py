@@ -12,6 +12,8 @@ Environment (read here, once, and passed down):
 - ``TUNESHIP_PROVIDERS``, ``TUNESHIP_K8S_NAMESPACE``, ``TUNESHIP_JOB_TEMPLATES``,
   ``TUNESHIP_POOLS``, ``TUNESHIP_POOL_CAPACITY``, ``TUNESHIP_UNSCHEDULABLE_TIMEOUT_S``,
   ``TUNESHIP_START_TIMEOUT_S``: where stages run in a cluster (docs/kubernetes.md).
+- ``TUNESHIP_MAX_UPLOAD_GIB``: the largest input ``tuneship submit`` may upload through
+  the controller (default 20).
 - ``TUNESHIP_HEARTBEAT_TIMEOUT_S``: a stage stream silent this long is retried (60).
 - ``TUNESHIP_TASK_ID``, ``TUNESHIP_ONCE_GRACE_S``: the one task of ``serve --once``.
 - ``TUNESHIP_METRICS_PORT``: the controller's Prometheus ``/metrics`` port (default
@@ -42,7 +44,7 @@ from tuneship.common.store import StoreSettings, open_store
 from tuneship.common.toolchain import find_toolchain
 from tuneship.common.wire import StageServicer
 from tuneship.controller.app import ControllerSettings, start_controller
-from tuneship.controller.inputs import input_uploader
+from tuneship.controller.inputs import UploadSettings, input_uploader
 
 
 def controller_settings(env: Mapping[str, str], host: str, port: int) -> ControllerSettings:
@@ -102,7 +104,13 @@ def serve_component(
     with ExitStack() as stack:
         if component == "controller":
             controller = start_controller(
-                controller_settings(env, host, port), input_uploader(store)
+                controller_settings(env, host, port),
+                input_uploader(
+                    store,
+                    UploadSettings(
+                        max_bytes=int(number(env, "TUNESHIP_MAX_UPLOAD_GIB", 20) * 2**30)
+                    ),
+                ),
             )
             stack.callback(controller.stop)
             stop.wait()
