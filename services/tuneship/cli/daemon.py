@@ -138,11 +138,25 @@ def serve_component(
             stop.wait()
             return EXIT_OK
         stage.only_task = task_id
-        return _serve_once(stage, task_id, stop, float(env.get("TUNESHIP_ONCE_GRACE_S", "600")))
+        return _serve_once(
+            stage, task_id, stop, number(env, "TUNESHIP_ONCE_GRACE_S", 600.0),
+            keeps_progress=component == "trainer",
+        )  # fmt: skip
 
 
-def _serve_once(stage: StageServicer, task_id: str, stop: threading.Event, grace_s: float) -> int:
-    """Wait for the one task to end and reach the controller; its exit code."""
+def _serve_once(
+    stage: StageServicer,
+    task_id: str,
+    stop: threading.Event,
+    grace_s: float,
+    keeps_progress: bool,
+    stop_wait_s: float = 300.0,
+) -> int:
+    """Wait for the one task to end and reach the controller; its exit code.
+
+    On SIGTERM (preemption, eviction, the Job deleted) a task that ``keeps_progress``
+    (training) saves a checkpoint at the end of its current step and ends, within the
+    pod's termination grace period; any other task is cancelled at once."""
     ended_at: float | None = None
     while not stop.is_set():
         if stage.delivered.wait(0.5):
@@ -153,8 +167,12 @@ def _serve_once(stage: StageServicer, task_id: str, stop: threading.Event, grace
             if time.monotonic() - ended_at > grace_s:
                 break
     else:
-        # SIGTERM (preemption, eviction, the Job deleted): stop the task at its next event.
-        stage.tasks.cancel(task_id)
+        if not keeps_progress or not stage.tasks.request_stop(task_id):
+            stage.tasks.cancel(task_id)
+        deadline = time.monotonic() + stop_wait_s
+        while stage.outcome(task_id) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stage.delivered.wait(2.0)  # let the controller read why it ended
         return EXIT_FAILED
     finished = stage.outcome(task_id)
     return exit_code_of(finished.error if finished is not None else None)

@@ -57,6 +57,9 @@ class Task:
     state: TaskState = TaskState.RUNNING
     items: list[Event | Finished] = field(default_factory=list)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    """Finish the current step, keep the progress (a checkpoint) and end: the process
+    is going away (SIGTERM on preemption); a retry elsewhere resumes."""
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def move(self, target: TaskState) -> None:
@@ -99,6 +102,11 @@ class TaskSink:
     def emit(self, event: Event) -> None:
         self.task.append(event)
         self.check_cancelled()
+
+    def stop_requested(self) -> bool:
+        """True once the worker is going away: a stage that can keep its progress
+        (training's checkpoint) saves it and ends with ``Unavailable``."""
+        return self.task.stop_requested.is_set()
 
     def check_cancelled(self) -> None:
         """Raise ``Cancelled`` if the task was asked to stop."""
@@ -153,6 +161,15 @@ class TaskRegistry:
         if task is None or task.state is not TaskState.RUNNING:
             return False
         task.cancel_requested.set()
+        return True
+
+    def request_stop(self, task_id: str) -> bool:
+        """Ask a running task to save its progress and end (the process is stopping)."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+        if task is None or task.state is not TaskState.RUNNING:
+            return False
+        task.stop_requested.set()
         return True
 
     def get(self, task_id: str) -> Task | None:

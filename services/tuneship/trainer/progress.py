@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,17 @@ STAGE = "train"
 class EventBridge(TrainerCallback):
     """Turns Trainer logs into stage events and ``metrics.jsonl`` lines."""
 
-    def __init__(self, events: EventSink, metrics_path: Path, count: TokenCount) -> None:
+    def __init__(
+        self,
+        events: EventSink,
+        metrics_path: Path,
+        count: TokenCount,
+        stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.events = events
+        self.stop = stop
+        self.stopped_at: int | None = None
+        """The step where training stopped early on request (a checkpoint is there)."""
         self.metrics_path = metrics_path
         self.count = count
         self.eta: Eta | None = None
@@ -56,6 +66,13 @@ class EventBridge(TrainerCallback):
         self.events.emit(Metrics(STAGE, values, step))
         eta = self.eta.seconds_left(step - self.first_step) if self.eta else None
         self.events.emit(Progress(STAGE, step, int(state.max_steps), "steps", eta))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.stop is not None and self.stop() and state.global_step < state.max_steps:
+            # Save here and end: the worker is going away (SIGTERM) and a retry resumes.
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = int(state.global_step)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.events.emit(Log(STAGE, f"checkpoint saved at step {state.global_step}"))

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tuneship.common.conversations import load_conversations
-from tuneship.common.errors import FailedPrecondition
+from tuneship.common.errors import FailedPrecondition, Unavailable
 from tuneship.common.events import EventSink, Log
 from tuneship.common.spec import PipelineSpec, TrainSpec
 from tuneship.trainer import model_io
@@ -60,13 +60,15 @@ def train(
     *,
     resume: bool = True,
     data: Mapping[str, Path] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Fine-tune ``base`` on ``spec.dataset`` and write the adapter, tokenizer and manifest.
 
     ``resume``: continue from the last checkpoint in ``<out>.partial`` (and return an
     already complete ``out`` as it is); ``False`` starts over. ``data`` maps ``train`` /
     ``eval`` to local copies of the dataset files (errors still name the spec's
-    locations). Raises ``InvalidInput``
+    locations). ``stop`` returning True (the worker is going away) saves a checkpoint
+    at the end of the current step and raises ``Unavailable``. Raises ``InvalidInput``
     for bad data or spec, ``FailedPrecondition`` for a model or machine that cannot do
     what the spec asks (pickle weights, QLoRA without CUDA, an unusable template).
     """
@@ -95,9 +97,16 @@ def train(
         PaddingFreeCollator(count) if packed else PaddedCollator(pad.pad_token_id, count)
     )
     events.emit(Log(STAGE, f"batches: {batching}"))
-    trainer = _trainer(model, prepared, spec.train, partial, collator, events, count, packed)
+    bridge = EventBridge(events, partial / "metrics.jsonl", count, stop)
+    trainer = _trainer(model, prepared, spec.train, partial, collator, bridge, packed)
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=last_checkpoint(partial / "checkpoints"))
+    if bridge.stopped_at is not None:
+        raise Unavailable(
+            f"training stopped at step {bridge.stopped_at} because the worker is stopping; "
+            "a checkpoint was saved there",
+            hint="the controller retries; the next attempt resumes from that checkpoint",
+        )
     seconds = time.monotonic() - started
     eval_loss = trainer.evaluate()["eval_loss"] if prepared.eval else None
 
@@ -162,8 +171,7 @@ def _trainer(
     train: TrainSpec,
     partial: Path,
     collator: Any,
-    events: EventSink,
-    count: TokenCount,
+    bridge: EventBridge,
     packed: bool,
 ) -> Any:
     import torch
@@ -204,7 +212,7 @@ def _trainer(
         train_dataset=rows(prepared.train),
         eval_dataset=rows(prepared.eval) or None,
         data_collator=collator,
-        callbacks=[EventBridge(events, partial / "metrics.jsonl", count)],
+        callbacks=[bridge],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through the event sink only
     return trainer

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneship.common import layout
+from tuneship.common.errors import Unavailable
 from tuneship.common.events import Event, EventSink, Log, Progress
 from tuneship.common.jobs import StageJob, StageOutcome
 from tuneship.common.stagework import StageContext, parse_job_spec, run_committed_stage
@@ -108,7 +109,14 @@ def run_train(ctx: StageContext, job: StageJob, sink: EventSink) -> StageOutcome
         partial = workdir / "out.partial"
         restore_checkpoint(ctx.store, job.pipeline, partial, sink)
         mirror = CheckpointMirror(sink, ctx.store, job.pipeline, partial)
-        result = train(spec, base, workdir / "out", mirror, resume=True, data=files)
+        # A task sink knows when its worker is stopping (SIGTERM): save and hand over.
+        stop = getattr(sink, "stop_requested", None)
+        try:
+            result = train(spec, base, workdir / "out", mirror, resume=True, data=files,
+                           stop=stop)  # fmt: skip
+        except Unavailable:
+            mirror.sync()  # the checkpoint saved on the way out, for the next attempt
+            raise
         return workdir / "out", {"steps": result.steps, "final_loss": result.final_loss}
 
     return run_committed_stage(
