@@ -80,3 +80,7 @@ def fixtures_build(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -229,6 +229,11 @@ class Scheduler:
         except StageFailure as failure:
             if not self._stop.is_set():  # a stopping controller leaves the stage RUNNING
                 self._failed(active, failure)
+        except Exception as error:  # a bug must not leave the stage running unwatched
+            log.exception("driving %s failed", active.task_id)
+            if not self._stop.is_set():
+                message = f"internal error in the controller: {type(error).__name__}: {error}"
+                self._failed(active, StageFailure("INTERNAL", message, False))
         else:
             self._succeeded(pipeline_id, stage, outcome)
         finally:

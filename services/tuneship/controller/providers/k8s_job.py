@@ -101,7 +101,8 @@ class JobWorkloads:
         return True
 
     def why_waiting(self, name: str) -> str:
-        """The newest event's message about Job ``name`` (Kueue's or the scheduler's)."""
+        """The newest event's message about Job ``name`` (Kueue's or the scheduler's);
+        a Warning (e.g. Kueue's "Pending: insufficient quota") over a Normal one."""
         try:
             events = self.core.list_namespaced_event(
                 self.settings.namespace, field_selector=f"involvedObject.name={name}"
@@ -110,8 +111,13 @@ class JobWorkloads:
             return ""
         if not events:
             return ""
-        newest = max(events, key=lambda e: str(e.last_timestamp or e.event_time or ""))
-        return str(newest.message or "")
+
+        def rank(event: Any) -> tuple[bool, str, int]:
+            when = str(event.last_timestamp or event.event_time or "")
+            version = (event.metadata.resource_version or "0") if event.metadata else "0"
+            return event.type == "Warning", when, int(version) if version.isdigit() else 0
+
+        return str(max(events, key=rank).message or "")
 
     def log_tail(self, pod: str, lines: int = 20) -> str:
         try:
@@ -161,6 +167,7 @@ class JobStageCall:
         self.settings = provider.workloads.settings
         self._inner: GrpcStageCall | None = None
         self._closing = threading.Event()
+        self._why, self._asked_why = "", -1e9
 
     def cancel(self) -> None:
         """Stop following the attempt (shutdown or silence); the Job is left alone:
@@ -202,11 +209,13 @@ class JobStageCall:
             log.info("created job %s for task %s", self.name, self.job.task_id)
         except ApiException as error:
             if error.status != 409:
-                raise StageFailure(
-                    "UNAVAILABLE", f"cannot create job {self.name}: {error.status} {error.reason}",
-                    error.status >= 500 or error.status == 429,
-                ) from error  # fmt: skip
-            existing = self.workloads.batch.read_namespaced_job(self.name, self.settings.namespace)
+                raise _api_failure(f"cannot create job {self.name}", error) from error
+            try:
+                existing = self.workloads.batch.read_namespaced_job(
+                    self.name, self.settings.namespace
+                )
+            except ApiException as read_error:
+                raise _api_failure(f"cannot read job {self.name}", read_error) from read_error
             meta = existing.metadata
             owner = ((meta.annotations if meta else None) or {}).get(TASK_ANNOTATION)
             if owner != self.job.task_id:
@@ -252,7 +261,9 @@ class JobStageCall:
                 raise StageFailure("UNAVAILABLE", f"job {self.name} was deleted", True)
             return f"creating job {self.name}", None
         if (job.get("spec") or {}).get("suspend"):
-            why = self.workloads.why_waiting(self.name)
+            if time.monotonic() - self._asked_why > 15:  # events are listed, not watched
+                self._why, self._asked_why = self.workloads.why_waiting(self.name), time.monotonic()
+            why = self._why
             return f"queued: Kueue has not admitted job {self.name}" + (
                 f" ({why})" if why else ""), None  # fmt: skip
         if is_true(job, "Failed"):
@@ -348,6 +359,15 @@ class JobStageCall:
         message = f"job {self.name} failed: {reason}: {failed.get('message', '')}"
         return StageFailure("DEADLINE_EXCEEDED" if reason == "DeadlineExceeded" else "UNAVAILABLE",
                             message, True)  # fmt: skip
+
+
+def _api_failure(what: str, error: ApiException) -> StageFailure:
+    """An API error as a stage failure: server-side and throttling errors are retried;
+    anything else (403: the Role; 422: the chart's template) will not fix itself."""
+    status = int(error.status or 0)
+    retryable = status >= 500 or status in (0, 429)
+    return StageFailure("UNAVAILABLE" if retryable else "FAILED_PRECONDITION",
+                        f"{what}: {status} {error.reason}", retryable)  # fmt: skip
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any]:

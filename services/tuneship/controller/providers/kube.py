@@ -98,6 +98,8 @@ def job_manifest(template: dict[str, Any], stage: str, task_id: str, namespace: 
     meta.setdefault("annotations", {})[TASK_ANNOTATION] = task_id
     pod_meta = job["spec"]["template"].setdefault("metadata", {})
     pod_meta.setdefault("labels", {}).update(labels)
+    for spec in job["spec"]["template"]["spec"].get("containers", []):
+        _quantities_as_strings(spec.get("resources") or {})
     container = worker_container(job)
     env = [e for e in container.get("env", []) if e.get("name") != "TUNESHIP_TASK_ID"]
     container["env"] = [*env, {"name": "TUNESHIP_TASK_ID", "value": task_id}]
@@ -105,6 +107,13 @@ def job_manifest(template: dict[str, Any], stage: str, task_id: str, namespace: 
         # Created suspended: Kueue un-suspends it when the workload is admitted.
         job["spec"]["suspend"] = True
     return job
+
+
+def _quantities_as_strings(resources: dict[str, Any]) -> None:
+    # YAML lets `nvidia.com/gpu: 1` be a number; the API client's models want strings.
+    for part in ("requests", "limits"):
+        for name, value in (resources.get(part) or {}).items():
+            resources[part][name] = str(value)
 
 
 def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:

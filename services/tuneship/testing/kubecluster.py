@@ -1,0 +1,217 @@
+"""tuneship installed by its chart on the fake Kubernetes API, as a cluster runs it.
+
+The chart is rendered with Helm's engine; its workloads (the pools' Deployments and
+Services, ConfigMaps, Secrets) are applied to ``FakeKube``, whose kubelet runs each pod
+as a real ``tuneship serve ...`` process on its own loopback IP. The controller runs as
+a real ``tuneship serve controller`` process with the environment the chart gives its
+Deployment, a kubeconfig instead of the in-cluster token, and the jobs ConfigMap's
+files where the chart mounts them. Only what no test machine has is swapped: the
+object store is a local directory (no MinIO here), serving uses the pinned llama-server
+(no Ollama; the Ollama sidecar's image runs an idle process), and paths under a pod's
+read-only root point into the pod's own directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneship.client import PipelineClient
+from tuneship.common.settings import Settings
+from tuneship.testing.helm import NAMESPACE, Rendered, render
+from tuneship.testing.kube import FakeKube, Kubelet
+
+TUNESHIP = str(Path(sys.executable).parent / "tuneship")
+IDLE = [sys.executable, "-c", "import time\nwhile True: time.sleep(60)"]
+S3_SECRET = "s3-credentials"
+
+TEST_VALUES: dict[str, Any] = {
+    "minio": {"enabled": False},
+    "s3": {"endpoint": "s3.example.invalid:9000", "existingSecret": S3_SECRET},
+    "networkPolicy": {"s3": {"cidrs": ["10.0.0.0/8"]}},
+}
+"""An external S3 by values (the processes use a local store instead: see above)."""
+
+
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``, dicts merged key by key (as Helm merges values)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ChartCluster:
+    """A rendered release running on ``kube``; ``stop`` ends every process."""
+
+    kube: FakeKube
+    rendered: Rendered
+    root: Path
+    controller_env: dict[str, str]
+    controller: subprocess.Popen[bytes] | None = None
+    port: int = field(default_factory=free_port)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start_controller(self) -> PipelineClient:
+        """Start the controller process (again) and wait until it answers."""
+        log = (self.root / "controller.log").open("ab")
+        self.controller = subprocess.Popen(
+            [TUNESHIP, "serve", "controller", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.controller_env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+        )  # fmt: skip
+        client = PipelineClient(self.address, timeout_s=10)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.list(page_size=1)
+                return client
+            except Exception as error:
+                if self.controller.poll() is not None or time.monotonic() > deadline:
+                    log_text = self.controller_log()
+                    raise AssertionError(f"controller did not start:\n{log_text}") from error
+                time.sleep(0.2)
+
+    def kill_controller(self) -> None:
+        """SIGKILL: nothing is cleaned up, as when a node dies."""
+        assert self.controller is not None
+        self.controller.send_signal(signal.SIGKILL)
+        self.controller.wait(timeout=30)
+
+    def controller_log(self) -> str:
+        path = self.root / "controller.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.controller is not None and self.controller.poll() is None:
+            self.controller.terminate()
+            try:
+                self.controller.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.controller.kill()
+        self.kube.stop()
+
+
+def deploy_chart(
+    root: Path,
+    values: dict[str, Any] | None = None,
+    *,
+    controller_env: dict[str, str] | None = None,
+    gpus: int = 1,
+    kueue_hold: bool = False,
+    grace_cap_s: float = 30.0,
+) -> ChartCluster:
+    """Render the chart with ``values`` (over ``TEST_VALUES``), start the fake API with
+    the chart's Role, apply the workloads and start the controller process."""
+    rendered = render(merged(TEST_VALUES, values or {}))
+    store = root / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    pod_env = {
+        "TUNESHIP_STORE": f"local:{store}",
+        "TUNESHIP_CACHE_DIR": str(Settings.from_env().cache_dir),
+        "TUNESHIP_SERVING_BACKEND": "llama-server",
+        # A pod's writable paths are its own volumes: here, its own directory.
+        "TUNESHIP_WORK_DIR": "work",
+        "HOME": "home",
+        "XDG_CACHE_HOME": "home/.cache",
+        "HF_HOME": "home/.cache/huggingface",
+        "TUNESHIP_SERVING_SYNC_S": "2",
+    }
+    kubelet = Kubelet(
+        images={"*": [TUNESHIP], "ollama/ollama": IDLE},
+        env=pod_env, grace_cap_s=grace_cap_s, workdir=root / "pods",
+    )  # fmt: skip
+    role = rendered.get("Role", "controller")
+    kube = FakeKube(NAMESPACE, role=role, kubelet=kubelet, gpus=gpus, kueue_hold=kueue_hold)
+    kube.start()
+    kube.apply([credentials_secret(), *workloads(rendered)])
+    cluster = ChartCluster(kube, rendered, root, {})
+    cluster.controller_env = controller_environment(rendered, kube, root, store)
+    cluster.controller_env.update(controller_env or {})
+    return cluster
+
+
+def credentials_secret() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": S3_SECRET, "namespace": NAMESPACE},
+        "stringData": {"access-key": "test", "secret-key": "test-secret"},
+    }  # fmt: skip
+
+
+def workloads(rendered: Rendered) -> list[dict[str, Any]]:
+    """What a cluster runs besides the controller: hooks and the test pod left out."""
+    controller = f"{rendered.fullname}-controller"
+    return [
+        m
+        for m in rendered.manifests
+        if not (m["kind"] == "Deployment" and m["metadata"]["name"] == controller)
+        and "helm.sh/hook" not in (m["metadata"].get("annotations") or {})
+    ]
+
+
+def controller_environment(
+    rendered: Rendered, kube: FakeKube, root: Path, store: Path
+) -> dict[str, str]:
+    """The controller Deployment's environment, with files where the chart mounts them."""
+    spec = rendered.get("Deployment", "controller")["spec"]["template"]["spec"]
+    [container] = [c for c in spec["containers"] if c["name"] == "controller"]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    jobs = root / "jobs"
+    jobs.mkdir(exist_ok=True)
+    for key, text in rendered.get("ConfigMap", "jobs")["data"].items():
+        (jobs / key).write_text(text)
+    kubeconfig = root / "kubeconfig"
+    kube.write_kubeconfig(kubeconfig, token="controller")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    return {
+        **base, **env,
+        "TUNESHIP_K8S_NAMESPACE": NAMESPACE,
+        "TUNESHIP_JOB_TEMPLATES": str(jobs),
+        "KUBECONFIG": str(kubeconfig),
+        "TUNESHIP_STORE": f"local:{store}",
+        "TUNESHIP_STATE_URL": f"sqlite:///{root / 'state.db'}",
+        "TUNESHIP_DATA_DIR": str(root / "controller"),
+        "TUNESHIP_METRICS_PORT": "",
+    }  # fmt: skip
+
+
+def write_spec(path: Path, base: Path, data: Path, **sections: Any) -> Path:
+    """The quickstart's pipeline for a tiny base model and the pirate conversations in
+    ``data`` (``sections`` override its parts)."""
+    spec: dict[str, Any] = {
+        "apiVersion": "tuneship/v1",
+        "kind": "Pipeline",
+        "metadata": {"name": path.stem},
+        "model": {"base": str(base)},
+        "dataset": {"train": str(data / "train.jsonl"), "eval": str(data / "eval.jsonl")},
+        # The quickstart's recipe: enough for the tiny model to learn to stop answering.
+        "train": {"max_steps": 80, "save_steps": 20, "per_device_train_batch_size": 4,
+                  "learning_rate": 0.003},
+        "export": {"quant_types": ["q8_0"]},
+        "serve": {"name": path.stem, "smoke_prompts": ["Where is the treasure?"]},
+    }  # fmt: skip
+    spec = merged(spec, sections)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
