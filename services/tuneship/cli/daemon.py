@@ -15,6 +15,8 @@ Environment (read here, once, and passed down):
 - ``TUNESHIP_MAX_UPLOAD_GIB``: the largest input ``tuneship submit`` may upload through
   the controller (default 20).
 - ``TUNESHIP_HEARTBEAT_TIMEOUT_S``: a stage stream silent this long is retried (60).
+- ``TUNESHIP_RETRY_ATTEMPTS``, ``TUNESHIP_RETRY_BACKOFF_S``: attempts per stage for
+  transient failures (4) and the first backoff, doubling after each (2).
 - ``TUNESHIP_TASK_ID``, ``TUNESHIP_ONCE_GRACE_S``: the one task of ``serve --once``.
 - ``TUNESHIP_METRICS_PORT``: the controller's Prometheus ``/metrics`` port (default
   9090; empty: not served).
@@ -45,6 +47,7 @@ from tuneship.common.toolchain import find_toolchain
 from tuneship.common.wire import StageServicer
 from tuneship.controller.app import ControllerSettings, start_controller
 from tuneship.controller.inputs import UploadSettings, input_uploader
+from tuneship.controller.scheduler import RetryPolicy
 
 
 def controller_settings(env: Mapping[str, str], host: str, port: int) -> ControllerSettings:
@@ -71,6 +74,10 @@ def controller_settings(env: Mapping[str, str], host: str, port: int) -> Control
     return ControllerSettings(
         state_url=state, workers=workers, limits=limits, providers=kinds, kube=kube,
         heartbeat_timeout_s=number(env, "TUNESHIP_HEARTBEAT_TIMEOUT_S", 60.0),
+        retry=RetryPolicy(
+            max_attempts=int(number(env, "TUNESHIP_RETRY_ATTEMPTS", 4)),
+            initial_backoff_s=number(env, "TUNESHIP_RETRY_BACKOFF_S", 2.0),
+        ),
         host=host, port=port, metrics_port=int(metrics_port) if metrics_port else None,
     )  # fmt: skip
 

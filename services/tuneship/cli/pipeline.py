@@ -19,7 +19,12 @@ from rich.table import Table
 from tuneship.cli.errors import fail, print_error
 from tuneship.cli.progress import follow
 from tuneship.client import PipelineClient, PipelineInfo, WatchEvent
-from tuneship.common.errors import FailedPrecondition, InvalidInput, TuneshipError
+from tuneship.common.errors import (
+    FailedPrecondition,
+    InvalidInput,
+    TuneshipError,
+    exit_code_of,
+)
 from tuneship.common.manifest import FileEntry
 from tuneship.common.spec import PipelineSpec, load_spec
 from tuneship.common.stages import COMPONENTS
@@ -280,7 +285,8 @@ def serve(
     try:
         code = serve_component(component, host, port, dict(os.environ), once=once)
     except TuneshipError as exc:
-        raise fail(exc) from exc
+        # A Job pod that cannot even start says whether a retry could help (exit 3: no).
+        raise fail(exc, exit_code_of(exc) if once else 2) from exc
     raise typer.Exit(code=code)
 
 

@@ -121,9 +121,11 @@ def deploy_chart(
     gpus: int = 1,
     kueue_hold: bool = False,
     grace_cap_s: float = 30.0,
+    pod_env: dict[str, str] | None = None,
 ) -> ChartCluster:
     """Render the chart with ``values`` (over ``TEST_VALUES``), start the fake API with
-    the chart's Role, apply the workloads and start the controller process."""
+    the chart's Role and apply the workloads; ``start_controller`` starts the controller.
+    ``pod_env`` adds to (or replaces) what every pod's processes see."""
     rendered = render(merged(TEST_VALUES, values or {}))
     store = root / "store"
     store.mkdir(parents=True, exist_ok=True)
@@ -137,6 +139,7 @@ def deploy_chart(
         "XDG_CACHE_HOME": "home/.cache",
         "HF_HOME": "home/.cache/huggingface",
         "TUNESHIP_SERVING_SYNC_S": "2",
+        **(pod_env or {}),
     }
     kubelet = Kubelet(
         images={"*": [TUNESHIP], "ollama/ollama": IDLE},

@@ -24,7 +24,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tuneship.common.errors import EXIT_INVALID_INPUT
-from tuneship.common.events import Event
+from tuneship.common.events import Event, Log
 from tuneship.common.jobs import StageJob, StageOutcome
 from tuneship.controller.providers.informer import Informer
 from tuneship.controller.providers.kube import (
@@ -181,6 +181,7 @@ class JobStageCall:
             self._create()
             pod = yield from self._wait_until_ready()
             yield Waiting("")
+            yield Log(self.stage, f"running in pod {pod['metadata']['name']} of job {self.name}")
             address = f"{pod['status']['podIP']}:{self.provider.port}"
             self._inner = start_stage(self.provider.channels.get(address), self.stage, self.job)
             if self._closing.is_set():
@@ -188,6 +189,10 @@ class JobStageCall:
             try:
                 yield from self._inner
             except StageFailure as failure:
+                if not failure.retryable and failure.code != "CANCELLED":
+                    # The worker said no retry can help: its pod exits on its own (exit 3
+                    # fails the Job by its podFailurePolicy) and the Job keeps its logs.
+                    self._closing.set()
                 raise self._explain(failure) from failure
         except StageFailure:
             if not self._closing.is_set():

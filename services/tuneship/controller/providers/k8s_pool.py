@@ -17,7 +17,7 @@ from typing import Any
 
 from kubernetes import client
 
-from tuneship.common.events import Event
+from tuneship.common.events import Event, Log
 from tuneship.common.jobs import StageJob, StageOutcome
 from tuneship.controller.providers.informer import Informer
 from tuneship.controller.providers.kube import GRPC_PORT_NAME, SERVICE_NAME_LABEL, KubeSettings
@@ -126,6 +126,7 @@ class PoolStageCall:
         provider.place(self.job.task_id, address)
         threading.Thread(target=self._watch, args=(address,), daemon=True).start()
         try:
+            yield Log(provider.stage, f"running on {address} ({provider.service})")
             yield from first
             assert self._inner is not None
             yield from self._inner
