@@ -56,7 +56,7 @@ def build_workers(
             workloads = workloads or JobWorkloads(kube, api)
             providers[stage] = JobProvider(stage, workloads, channels)
         else:
-            from tuneship.controller.providers.k8s_pool import PoolProvider
+            from tuneship.controller.providers.k8s_pool import pool_provider
 
             if stage not in kube.pools:
                 raise InvalidInput(
@@ -64,5 +64,5 @@ def build_workers(
                     where="TUNESHIP_POOLS",
                     hint=f"{stage}=<headless service name>",
                 )
-            providers[stage] = PoolProvider(stage, kube, api, channels)
+            providers[stage] = pool_provider(stage, kube, api, channels)
     return StageWorkers(providers, channels)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client
 
@@ -43,22 +43,39 @@ def ready_endpoints(slices: list[dict[str, Any]], port_name: str = GRPC_PORT_NAM
     return sorted(found)
 
 
+class Slices(Protocol):
+    """The EndpointSlices of one Service, kept current (an ``Informer``)."""
+
+    def items(self) -> list[dict[str, Any]]: ...
+
+    def wait(self, timeout_s: float) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def pool_provider(
+    stage: str, settings: KubeSettings, api: client.ApiClient, channels: Channels
+) -> PoolProvider:
+    """The pool of ``stage``: its Service's EndpointSlices watched through ``api``."""
+    service = settings.pools[stage]
+    discovery = client.DiscoveryV1Api(api)
+    slices = Informer(
+        discovery.list_namespaced_endpoint_slice, settings.namespace,
+        f"{SERVICE_NAME_LABEL}={service}", what=f"endpointslices of {service}",
+    ).start()  # fmt: skip
+    return PoolProvider(stage, service, settings.pool_capacity.get(stage, 1), slices, channels)
+
+
 class PoolProvider:
     """Attempts of ``stage`` on the Ready pods behind ``service``."""
 
     kind = "k8s-pool"
 
     def __init__(
-        self, stage: str, settings: KubeSettings, api: client.ApiClient, channels: Channels
+        self, stage: str, service: str, per_pod: int, slices: Slices, channels: Channels
     ) -> None:
-        self.stage, self.channels = stage, channels
-        self.service = settings.pools[stage]
-        self.per_pod = settings.pool_capacity.get(stage, 1)
-        discovery = client.DiscoveryV1Api(api)
-        self.slices = Informer(
-            discovery.list_namespaced_endpoint_slice, settings.namespace,
-            f"{SERVICE_NAME_LABEL}={self.service}", what=f"endpointslices of {self.service}",
-        ).start()  # fmt: skip
+        self.stage, self.service, self.per_pod = stage, service, per_pod
+        self.slices, self.channels = slices, channels
         self._busy: dict[str, int] = {}
         self._placed: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -87,10 +104,24 @@ class PoolProvider:
     def close(self) -> None:
         self.slices.stop()
 
+    def claim(self, task_id: str) -> str | None:
+        """Place ``task_id`` on the least busy Ready endpoint (None if there is none);
+        picking and counting happen under one lock, so concurrent attempts spread."""
+        ready = self.endpoints()
+        with self._lock:
+            if not ready:
+                return None
+            address = min(ready, key=lambda a: self._busy.get(a, 0))
+            self._place(task_id, address)
+            return address
+
     def place(self, task_id: str, address: str) -> None:
         with self._lock:
-            self._placed[task_id] = address
-            self._busy[address] = self._busy.get(address, 0) + 1
+            self._place(task_id, address)
+
+    def _place(self, task_id: str, address: str) -> None:
+        self._placed[task_id] = address
+        self._busy[address] = self._busy.get(address, 0) + 1
 
     def release(self, task_id: str) -> None:
         with self._lock:
@@ -116,14 +147,19 @@ class PoolStageCall:
     def __iter__(self) -> Iterator[Event | StageOutcome | None]:
         provider = self.provider
         address, first = self._reattached() if self.reattach else (None, [])
-        if address is None:
-            address = provider.address()
+        if address is not None:
+            provider.place(self.job.task_id, address)
+        else:
+            address = provider.claim(self.job.task_id)
             if address is None:
                 raise StageFailure(
                     "UNAVAILABLE", f"no Ready pod behind service {provider.service}", True
                 )
-            self._inner = start_stage(provider.channels.get(address), provider.stage, self.job)
-        provider.place(self.job.task_id, address)
+            try:
+                self._inner = start_stage(provider.channels.get(address), provider.stage, self.job)
+            except BaseException:
+                provider.release(self.job.task_id)
+                raise
         threading.Thread(target=self._watch, args=(address,), daemon=True).start()
         try:
             yield Log(provider.stage, f"running on {address} ({provider.service})")
