@@ -12,6 +12,7 @@ import base64
 import helm_python
 import pytest
 from tuneship.testing.helm import NAMESPACE, fullname, render
+from tuneship.testing.kube import FakeKube
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -35,10 +36,6 @@ def test_a_first_install_generates_strong_random_credentials() -> None:
 
 
 def test_an_upgrade_keeps_the_generated_credentials() -> None:
-    try:
-        from tuneship.testing.kube import FakeKube
-    except ImportError:  # the shared fake API server is being written alongside
-        pytest.skip("tuneship.testing.kube.FakeKube is not there yet")
     existing = {
         name: {
             "apiVersion": "v1",
