@@ -184,13 +184,25 @@ def watch_event(message: pipeline_pb2.PipelineEvent) -> WatchEvent:
     return WatchEvent(message.seq, phase, stage_event.stage, "transition", message.message, summary)
 
 
+def open_channel(address: str) -> grpc.Channel:
+    """``host:port`` in the clear (a port-forward, loopback); ``https://host[:port]``
+    with TLS checked against the system's CAs (the chart's Ingress; port 443 default)."""
+    for scheme in ("https://", "grpcs://"):
+        if address.startswith(scheme):
+            target = address.removeprefix(scheme).rstrip("/")
+            if ":" not in target:
+                target += ":443"
+            return grpc.secure_channel(target, grpc.ssl_channel_credentials())
+    return grpc.insecure_channel(address.removeprefix("http://"))
+
+
 class PipelineClient:
-    """Talks to one controller."""
+    """Talks to one controller (``host:port``, or ``https://host`` through TLS)."""
 
     def __init__(self, address: str, timeout_s: float = 30.0) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address)
+        self._channel = open_channel(address)
         self._stub = pipeline_pb2_grpc.PipelineServiceStub(self._channel)
 
     def _call(self, method: str, request: Any) -> Any:

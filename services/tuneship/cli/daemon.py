@@ -157,13 +157,13 @@ def _serve_once(
     stop: threading.Event,
     grace_s: float,
     keeps_progress: bool,
-    stop_wait_s: float = 300.0,
 ) -> int:
     """Wait for the one task to end and reach the controller; its exit code.
 
     On SIGTERM (preemption, eviction, the Job deleted) a task that ``keeps_progress``
-    (training) saves a checkpoint at the end of its current step and ends, within the
-    pod's termination grace period; any other task is cancelled at once."""
+    (training) saves a checkpoint at the end of its current step and ends; any other
+    task is cancelled at once. The wait has no limit of its own: the kubelet's SIGKILL
+    at the end of the pod's termination grace period is the limit."""
     ended_at: float | None = None
     while not stop.is_set():
         if stage.delivered.wait(0.5):
@@ -176,8 +176,7 @@ def _serve_once(
     else:
         if not keeps_progress or not stage.tasks.request_stop(task_id):
             stage.tasks.cancel(task_id)
-        deadline = time.monotonic() + stop_wait_s
-        while stage.outcome(task_id) is None and time.monotonic() < deadline:
+        while stage.outcome(task_id) is None:
             time.sleep(0.2)
         stage.delivered.wait(2.0)  # let the controller read why it ended
         return EXIT_FAILED

@@ -151,7 +151,11 @@ def chat(
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
     controller: Annotated[
         str | None,
-        typer.Option("--controller", help="Chat through a controller; MODEL is a pipeline id."),
+        typer.Option(
+            "--controller",
+            envvar="TUNESHIP_CONTROLLER",
+            help="Chat through a controller; MODEL is a pipeline id.",
+        ),
     ] = None,
 ) -> None:
     """Chat in the terminal: answers stream; /reset forgets, /bye (or end of input) quits."""

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tuneship.cli.kube_env import kube_settings, numbers, pairs
 from tuneship.common.errors import InvalidInput
 from tuneship.controller.providers.build import build_workers

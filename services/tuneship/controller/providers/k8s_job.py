@@ -30,8 +30,8 @@ from tuneship.controller.providers.informer import Informer
 from tuneship.controller.providers.kube import (
     JOB_NAME_LABEL,
     TASK_ANNOTATION,
-    TASK_LABEL,
     KubeSettings,
+    attempt_selector,
     condition,
     grpc_port,
     is_true,
@@ -64,8 +64,9 @@ class JobWorkloads:
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
         namespace = settings.namespace
-        self.jobs = Informer(self.batch.list_namespaced_job, namespace, TASK_LABEL, what="jobs")
-        self.pods = Informer(self.core.list_namespaced_pod, namespace, TASK_LABEL, what="pods")
+        selector = attempt_selector(settings.job_templates.values())
+        self.jobs = Informer(self.batch.list_namespaced_job, namespace, selector, what="jobs")
+        self.pods = Informer(self.core.list_namespaced_pod, namespace, selector, what="pods")
         self._started = False
         self._lock = threading.Lock()
 
@@ -101,14 +102,19 @@ class JobWorkloads:
         return True
 
     def why_waiting(self, name: str) -> str:
-        """The newest event's message about Job ``name`` (Kueue's or the scheduler's);
-        a Warning (e.g. Kueue's "Pending: insufficient quota") over a Normal one."""
+        """The newest event's message about Job ``name`` or its Kueue Workload (named
+        ``job-<name>-<hash>``; Kueue puts "couldn't assign flavors ... insufficient quota"
+        there); a Warning over a Normal one."""
         try:
             events = self.core.list_namespaced_event(
                 self.settings.namespace, field_selector=f"involvedObject.name={name}"
             ).items
+            workload = self.core.list_namespaced_event(
+                self.settings.namespace, field_selector="involvedObject.kind=Workload"
+            ).items
         except ApiException:
             return ""
+        events += [e for e in workload if str(e.involved_object.name).startswith(f"job-{name}-")]
         if not events:
             return ""
 
@@ -168,6 +174,7 @@ class JobStageCall:
         self._inner: GrpcStageCall | None = None
         self._closing = threading.Event()
         self._why, self._asked_why = "", -1e9
+        self._scheduled_at: float | None = None
 
     def cancel(self) -> None:
         """Stop following the attempt (shutdown or silence); the Job is left alone:
@@ -302,17 +309,20 @@ class JobStageCall:
                 )  # fmt: skip
         if is_true(pod, "Ready") and status.get("podIP"):
             return "", pod
-        if time.monotonic() - started > self.settings.start_timeout_s:
+        # Counted from the scheduling of this pod: time queued in Kueue or waiting for a
+        # node has its own rules (none; unschedulable_timeout_s).
+        self._scheduled_at = self._scheduled_at or time.monotonic()
+        if time.monotonic() - self._scheduled_at > self.settings.start_timeout_s:
             raise StageFailure(
-                "UNAVAILABLE", f"pod {name} was not Ready after "
-                f"{self.settings.start_timeout_s:.0f}s", True,
+                "UNAVAILABLE", f"pod {name} was not Ready "
+                f"{self.settings.start_timeout_s:.0f}s after it was scheduled", True,
             )  # fmt: skip
         return f"starting pod {name}", None
 
     def _explain(self, failure: StageFailure) -> StageFailure:
         """Why the stream broke, from the pod's status (which may lag a moment)."""
-        if failure.code not in ("UNAVAILABLE", "CANCELLED", "UNKNOWN", "INTERNAL", "ABORTED"):
-            return failure  # the worker said why (INVALID_ARGUMENT...): keep its words
+        if failure.code not in ("UNAVAILABLE", "CANCELLED", "UNKNOWN"):
+            return failure  # the worker said why (INVALID_ARGUMENT, INTERNAL...): its words
         if self._closing.is_set():
             return failure
         deadline = time.monotonic() + 15

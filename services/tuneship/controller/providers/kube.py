@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ TASK_LABEL = "tuneship.dev/task"
 """A hash of the task id (label values are limited to 63 characters)."""
 TASK_ANNOTATION = "tuneship.dev/task-id"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+"""The Helm release: two releases in one namespace never see each other's Jobs."""
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 WORKER_CONTAINER = "worker"
@@ -88,6 +91,16 @@ def grpc_port(manifest: dict[str, Any]) -> int:
     return int(next(p for p in ports if p.get("name") == GRPC_PORT_NAME)["containerPort"])
 
 
+def attempt_selector(templates: Iterable[dict[str, Any]]) -> str:
+    """The label selector of this controller's Jobs and their pods: attempts of its own
+    release (the templates' ``app.kubernetes.io/instance``), any release without one."""
+    releases = {(t.get("metadata") or {}).get("labels", {}).get(INSTANCE_LABEL) for t in templates}
+    releases.discard(None)
+    if len(releases) == 1:
+        return f"{TASK_LABEL},{INSTANCE_LABEL}={releases.pop()}"
+    return TASK_LABEL
+
+
 def job_manifest(template: dict[str, Any], stage: str, task_id: str, namespace: str) -> dict:
     """The Job for one attempt of ``stage``: the chart's template, named and labelled."""
     job = copy.deepcopy(template)
@@ -96,6 +109,8 @@ def job_manifest(template: dict[str, Any], stage: str, task_id: str, namespace: 
     meta.update(name=job_name(stage, task_id), namespace=namespace)
     meta.setdefault("labels", {}).update(labels)
     meta.setdefault("annotations", {})[TASK_ANNOTATION] = task_id
+    if INSTANCE_LABEL in meta["labels"]:
+        labels[INSTANCE_LABEL] = meta["labels"][INSTANCE_LABEL]
     pod_meta = job["spec"]["template"].setdefault("metadata", {})
     pod_meta.setdefault("labels", {}).update(labels)
     for spec in job["spec"]["template"]["spec"].get("containers", []):
