@@ -15,6 +15,7 @@ from tuneship.controller.providers.kube import (
     KUEUE_QUEUE_LABEL,
     TASK_ANNOTATION,
     TASK_LABEL,
+    attempt_selector,
     job_manifest,
     job_name,
     load_job_template,
@@ -126,3 +127,12 @@ def test_build_workers_names_what_is_missing() -> None:
     with pytest.raises(InvalidInput) as caught:
         build_workers({}, {"train": "k8s-job"}, None)
     assert caught.value.where == "TUNESHIP_K8S_NAMESPACE"
+
+
+def test_a_controller_watches_only_its_own_releases_attempts() -> None:
+    mine = yaml.safe_load(yaml.safe_dump(TEMPLATE))
+    mine["metadata"]["labels"]["app.kubernetes.io/instance"] = "team-a"
+    assert attempt_selector([mine]) == f"{TASK_LABEL},app.kubernetes.io/instance=team-a"
+    job = job_manifest(mine, "train", "t", "ml")
+    assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/instance"] == "team-a"
+    assert attempt_selector([TEMPLATE]) == TASK_LABEL
