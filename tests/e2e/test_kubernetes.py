@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from tuneship.client import PipelineClient, PipelineInfo, WatchEvent
+from tuneship.common.errors import Unavailable
 from tuneship.common.manifest import Manifest
 from tuneship.common.store.local import LocalStore
 from tuneship.controller.providers.kube import TASK_ANNOTATION
@@ -119,8 +120,13 @@ class Followed:
 
     def __init__(self, client: PipelineClient, pid: str) -> None:
         self.items: list[WatchEvent] = []
-        threading.Thread(target=lambda: self.items.extend(client.watch(pid)), daemon=True).start()
-        self._client, self._pid = client, pid
+        threading.Thread(target=self._read, args=(client, pid), daemon=True).start()
+
+    def _read(self, client: PipelineClient, pid: str) -> None:
+        try:
+            self.items.extend(client.watch(pid))
+        except Unavailable:
+            return  # the controller was killed under the stream (the restart test)
 
     def wait_for(self, predicate, timeout_s: float = 180, what: str = "") -> WatchEvent:
         deadline = time.monotonic() + timeout_s
