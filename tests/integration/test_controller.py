@@ -87,6 +87,20 @@ def test_invalid_input_fails_at_once_and_retry_resumes_from_that_stage(cluster_f
     assert len(cluster.stages["train"].calls) == train_calls  # finished stages are not rerun
 
 
+def test_retry_of_a_running_pipeline_is_refused(cluster_factory) -> None:
+    long_train = ScriptedStage("train", steps=200, step_s=0.05)
+    cluster = cluster_factory(stages={"train": long_train})
+    pid = submit(cluster, "busy")
+    cluster.wait(pid, pipeline_pb2.RUNNING)
+    with pytest.raises(grpc.RpcError) as caught:
+        cluster.stub.Retry(pipeline_pb2.RetryRequest(id=pid))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "is running: Retry applies to failed or cancelled" in caught.value.details()
+    info = cluster.stub.Get(pipeline_pb2.GetRequest(id=pid))
+    assert info.phase == pipeline_pb2.RUNNING  # untouched: training goes on
+    assert info.stages[0].attempts == 1
+
+
 def test_concurrency_limits_are_respected_in_a_batch(cluster_factory) -> None:
     slow_train = ScriptedStage("train", steps=5, step_s=0.05)
     cluster = cluster_factory(

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from tuneship.common import layout
 from tuneship.common.codec import event_to_record
+from tuneship.common.errors import FailedPrecondition
 from tuneship.common.events import Event, Metrics
 from tuneship.common.jobs import Artifact, StageJob, StageOutcome
 from tuneship.common.stages import STAGES
@@ -344,8 +345,15 @@ class Scheduler:
         self._record(pipeline_id, "", "pipeline cancelled")
 
     def retry_pipeline(self, pipeline_id: str) -> None:
-        """Run a failed or cancelled pipeline again from its first unfinished stage."""
+        """Run a failed or cancelled pipeline again from its first unfinished stage;
+        ``FailedPrecondition`` for a pipeline that is pending, running or succeeded."""
         view = self.state.get(pipeline_id)
+        if view.phase not in (Phase.FAILED, Phase.CANCELLED):
+            raise FailedPrecondition(
+                f"pipeline {pipeline_id} is {view.phase.value}: Retry applies to failed or "
+                "cancelled pipelines",
+                hint="watch it (`tuneship watch ID`), or cancel it first to run it again",
+            )
         self.state.set_pipeline(pipeline_id, Phase.PENDING)
         for stage in view.stages:
             if stage.phase in (Phase.FAILED, Phase.CANCELLED):
