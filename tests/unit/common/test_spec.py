@@ -1,4 +1,4 @@
-"""Spec validation of template.family: only bundled families, refused before anything runs."""
+"""Spec validation: template families and training numbers, refused at their line."""
 
 from __future__ import annotations
 
@@ -38,3 +38,35 @@ def test_every_bundled_family_is_accepted(family: str) -> None:
 def test_family_is_matched_like_the_templates_are_named() -> None:
     assert parse_spec(SPEC.format(family="ChatML")).template.family == "chatml"
     assert TemplateSpec().family is None
+
+
+TRAIN = """apiVersion: tuneship/v1
+metadata: {{name: demo}}
+model: {{base: /models/base}}
+dataset: {{train: data.jsonl}}
+train:
+  {field}: {value}
+"""
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("max_steps", "0", "max_steps 0 would train nothing"),
+        ("max_steps", "1000000000000", "less than or equal to 100000000"),
+        ("max_steps", "-5", "greater than or equal to -1"),
+        ("per_device_train_batch_size", "100000000", "less than or equal to 65536"),
+        ("num_train_epochs", "1e9", "less than or equal to 10000"),
+    ],
+)
+def test_absurd_training_numbers_are_refused_at_their_line(field, value, words) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(TRAIN.format(field=field, value=value), "spec.yaml")
+    [(where, message)] = caught.value.problems
+    assert where == f"spec.yaml:6: train.{field}"
+    assert words in message
+
+
+def test_sane_training_numbers_pass() -> None:
+    assert parse_spec(TRAIN.format(field="max_steps", value="-1")).train.max_steps == -1
+    assert parse_spec(TRAIN.format(field="max_steps", value="1")).train.max_steps == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tuneship.common.spec.data import Section
 
@@ -21,13 +21,25 @@ class LoraSpec(Section):
 class TrainSpec(Section):
     """How to fine-tune (TRL SFTConfig names where TRL has one)."""
 
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("max_steps 0 would train nothing: use -1 (train the epochs) or >= 1")
+        return value
+
     method: Literal["lora", "qlora", "full"] = "lora"
     train_on: Literal["assistant", "last_assistant", "all"] = "assistant"
     lora: LoraSpec = LoraSpec()
-    num_train_epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, description="Overrides epochs when > 0.")
-    per_device_train_batch_size: int = Field(4, gt=0)
-    gradient_accumulation_steps: int = Field(1, gt=0)
+    # Upper bounds are far past any real run: they catch typos (10**12 steps, a batch
+    # of 10**8) before a GPU is reserved, not ambitious jobs.
+    num_train_epochs: float = Field(1.0, gt=0, le=10_000)
+    max_steps: int = Field(
+        -1, ge=-1, le=100_000_000,
+        description="Overrides epochs when at least 1; -1: train num_train_epochs.",
+    )  # fmt: skip
+    per_device_train_batch_size: int = Field(4, gt=0, le=65_536)
+    gradient_accumulation_steps: int = Field(1, gt=0, le=65_536)
     learning_rate: float = Field(2e-4, gt=0)
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
