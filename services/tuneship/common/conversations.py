@@ -232,12 +232,22 @@ def _field(record: dict, name: str, kind: type) -> Any:
     return record[name]
 
 
+TOOL_ROLES = ("tool", "function", "ipython")
+TOOL_KEYS = ("tool_calls", "function_call", "tool_call_id")
+"""How OpenAI-style and Llama-style records carry tool calls and their results."""
+
+
 def _message(item: Any, index: int, role_key: str, text_key: str, names: dict | None) -> Message:
     if not isinstance(item, dict):
         raise RecordError(f"turn {index} is not an object")
     role = _field(item, role_key, str) if role_key in item else None
     if role is None:
         raise RecordError(f"turn {index}: missing field '{role_key}'")
+    if role in TOOL_ROLES or any(key in item for key in TOOL_KEYS):
+        raise RecordError(
+            f"turn {index}: tool calls are not supported (yet); train on conversations "
+            "without tool calls and tool results, or set dataset.on_invalid: skip"
+        )
     mapped = names.get(role) if names is not None else (role if role in ROLES else None)
     if mapped is None:
         known = ", ".join(names or ROLES)

@@ -63,6 +63,25 @@ def test_prompt_completion_pairs_become_one_exchange(tmp_path: Path) -> None:
         ({"messages": [{"content": "x"}]}, "turn 0: missing field 'role'"),
         ({"text": "hello"}, "missing field"),
         (
+            {
+                "messages": [
+                    GOOD[1],
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {"type": "function", "function": {"name": "f", "arguments": "{}"}}
+                        ],
+                    },
+                ]
+            },
+            "turn 1: tool calls are not supported (yet)",
+        ),
+        (
+            {"messages": [GOOD[1], {"role": "tool", "content": "42", "tool_call_id": "c1"}]},
+            "turn 1: tool calls are not supported (yet)",
+        ),
+        (
             {"conversations": [{"from": "human", "value": "Hi"}, {"from": "bot", "value": "x"}]},
             "'bot'",
         ),
