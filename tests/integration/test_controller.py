@@ -101,6 +101,28 @@ def test_retry_of_a_running_pipeline_is_refused(cluster_factory) -> None:
     assert info.stages[0].attempts == 1
 
 
+def test_oversized_specs_and_labels_are_refused_and_list_pages_stay_small(
+    cluster_factory,
+) -> None:
+    cluster = cluster_factory()
+    huge = SPEC.format(name="huge") + f"# {'x' * (20 * 2**20)}\n"
+    with pytest.raises(grpc.RpcError) as caught:
+        cluster.stub.Submit(pipeline_pb2.SubmitRequest(spec_yaml=huge))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the most a spec may be is 262,144" in caught.value.details()
+    label = SPEC.format(name="label").replace(
+        "metadata: {name: label}", f"metadata: {{name: label, labels: {{note: {'y' * 300}}}}}"
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        cluster.stub.Submit(pipeline_pb2.SubmitRequest(spec_yaml=label))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "metadata.labels" in caught.value.details() and "at most 253" in caught.value.details()
+    pid = submit(cluster, "listed")
+    [listed] = cluster.stub.List(pipeline_pb2.ListRequest()).pipelines
+    assert listed.id == pid and listed.spec_json == ""  # Get has it
+    assert cluster.stub.Get(pipeline_pb2.GetRequest(id=pid)).spec_json
+
+
 def test_concurrency_limits_are_respected_in_a_batch(cluster_factory) -> None:
     slow_train = ScriptedStage("train", steps=5, step_s=0.05)
     cluster = cluster_factory(

@@ -27,6 +27,8 @@ from tuneship.controller.state import EventView, PipelineView, StateStore
 from tuneship.v1 import pipeline_pb2, pipeline_pb2_grpc, stage_pb2, workers_pb2
 
 SERVICE_NAME = "tuneship.v1.PipelineService"
+MAX_SPEC_BYTES = 256 * 1024
+"""The largest spec Submit takes: a spec names its data, so real ones are a few KB."""
 add_to_server = pipeline_pb2_grpc.add_PipelineServiceServicer_to_server
 
 log = logging.getLogger("tuneship.controller")
@@ -138,6 +140,13 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
     def _validate(self, request: pipeline_pb2.SubmitRequest, where: str) -> PipelineSpec:
         if not request.spec_yaml.strip():
             raise InvalidInput("spec_yaml is empty", where=f"{where}.spec_yaml")
+        size = len(request.spec_yaml.encode())
+        if size > MAX_SPEC_BYTES:
+            raise InvalidInput(
+                f"the spec is {size:,} bytes; the most a spec may be is {MAX_SPEC_BYTES:,}",
+                where=f"{where}.spec_yaml",
+                hint="a spec names its data (files, s3:// URIs); it does not contain it",
+            )
         return parse_spec(request.spec_yaml, source=where)
 
     def _create(self, spec: PipelineSpec, priority: int) -> PipelineView:
@@ -174,10 +183,10 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
             phase, request.name_prefix, dict(request.labels), offset, request.page_size or 50
         )
         next_token = str(offset + len(views)) if more else ""
-        return pipeline_pb2.ListResponse(
-            pipelines=[pipeline_to_proto(v, self.scheduler.waiting) for v in views],
-            next_page_token=next_token,
-        )
+        pipelines = [pipeline_to_proto(v, self.scheduler.waiting) for v in views]
+        for pipeline in pipelines:
+            pipeline.ClearField("spec_json")  # pages stay small; Get has the spec
+        return pipeline_pb2.ListResponse(pipelines=pipelines, next_page_token=next_token)
 
     def Watch(
         self, request: pipeline_pb2.WatchRequest, context: grpc.ServicerContext

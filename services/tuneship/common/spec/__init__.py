@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from tuneship.common.errors import InvalidInput
 from tuneship.common.spec.data import DatasetSpec, ModelSpec, Section, TemplateSpec
@@ -43,7 +43,20 @@ class Metadata(Section):
     """Identity of a pipeline."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="DNS-like name.")
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(
+        default_factory=dict, max_length=64,
+        description="Up to 64 labels for List filters; keys up to 63 characters, values up to 253.",
+    )  # fmt: skip
+
+    @field_validator("labels")
+    @classmethod
+    def _label_sizes(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            if not 0 < len(key) <= 63:
+                raise ValueError(f"label key {key[:40]!r}... must be 1 to 63 characters")
+            if len(value) > 253:
+                raise ValueError(f"label {key!r} is {len(value)} characters long; at most 253")
+        return labels
 
 
 class PipelineSpec(Section):
