@@ -7,13 +7,16 @@ entry point of the per-component servers (`tuneship serve COMPONENT`).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneship.common.errors import FailedPrecondition
 from tuneship.common.settings import Settings
 from tuneship.common.stages import COMPONENTS, stage_of_component
 from tuneship.common.stagework import StageContext
@@ -103,6 +106,45 @@ class Embedded:
         self._stack.close()
 
 
+_HELD: set[Path] = set()
+"""Data directories this process holds (``data_dir_lock``)."""
+
+
+@contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold ``data_dir`` for this process: one data directory, one controller. A second
+    ``tuneship run`` on it gets ``FailedPrecondition`` naming the holder's pid instead
+    of sharing (and corrupting) its database and store. The lock is the kernel's
+    (``flock``), so a killed holder never leaves it stale. Re-entrant in one process."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if data_dir.resolve() in _HELD:
+        yield
+        return
+    path = data_dir / "lock"
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise FailedPrecondition(
+            f"{data_dir} is in use by tuneship (pid {holder})",
+            where="--data-dir",
+            hint="wait for that run to end, or give this one its own --data-dir",
+        ) from exc
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        _HELD.add(data_dir.resolve())
+        yield
+    finally:
+        _HELD.discard(data_dir.resolve())
+        handle.close()
+
+
 def start_embedded(settings: Settings, backend: Any, stack: ExitStack) -> Embedded:
     """Start the four services and the controller under ``settings.data_dir``.
 
@@ -110,7 +152,7 @@ def start_embedded(settings: Settings, backend: Any, stack: ExitStack) -> Embedd
     ``stack`` owns its lifetime.
     """
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    stack.enter_context(data_dir_lock(data_dir))
     store = LocalStore(data_dir / "store")
     toolchain = find_toolchain(settings).require_all()
     work = data_dir / "work"

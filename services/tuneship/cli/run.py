@@ -104,7 +104,7 @@ def run(
     ] = False,
 ) -> None:
     """Run a whole pipeline on this machine: controller and four services on loopback."""
-    from tuneship.cli.embedded import start_embedded
+    from tuneship.cli.embedded import data_dir_lock, start_embedded
     from tuneship.cli.serve import open_backend
 
     _quiet_libraries()
@@ -115,11 +115,13 @@ def run(
         )
     started = time.monotonic()
     try:
-        path = spec or quickstart(settings.data_dir.resolve())
-        parsed = load_spec(path)
-        if backend == "auto":  # no --backend: the spec's serve.backend decides
-            backend = parsed.serve.backend
         with ExitStack() as stack:
+            # Before anything is written there: the quickstart builds its files in it.
+            stack.enter_context(data_dir_lock(settings.data_dir.resolve()))
+            path = spec or quickstart(settings.data_dir.resolve())
+            parsed = load_spec(path)
+            if backend == "auto":  # no --backend: the spec's serve.backend decides
+                backend = parsed.serve.backend
             chosen = open_backend(backend, ollama_url, settings, stack)
             embedded = start_embedded(settings, chosen, stack)
             stack.callback(embedded.close)
