@@ -141,7 +141,19 @@ def start_server(
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*service_names, reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:  # grpc's only word for it: "Failed to bind to address"
+        bound = 0
+        cause: Exception | None = exc
+    else:
+        cause = None
+    if not bound:
+        raise FailedPrecondition(
+            f"cannot listen on {host}:{port}: the address is in use or not this machine's",
+            where="--host/--port",
+            hint="stop what holds the port (`ss -ltnp`) or choose another --port",
+        ) from cause
     server.start()
     for name in ["", *service_names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
