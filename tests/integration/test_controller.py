@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from tuneship.common.stages import STAGES
+from tuneship.common.wire import stage_service
 from tuneship.controller.app import ControllerSettings, start_controller
 from tuneship.controller.scheduler import RetryPolicy
 from tuneship.testing.cluster import Cluster, start_cluster, upload_nothing
@@ -121,6 +122,33 @@ def test_oversized_specs_and_labels_are_refused_and_list_pages_stay_small(
     [listed] = cluster.stub.List(pipeline_pb2.ListRequest()).pipelines
     assert listed.id == pid and listed.spec_json == ""  # Get has it
     assert cluster.stub.Get(pipeline_pb2.GetRequest(id=pid)).spec_json
+
+
+def test_a_worker_that_is_down_for_a_while_is_waited_for_not_counted(cluster_factory) -> None:
+    cluster = cluster_factory()  # 3 attempts, backoff 0.05-0.2 s: spent in a second
+    merge = cluster.workers[1]
+    port = merge.port
+    merge.stop(0)  # the merger restarts (a new pod, a rollout)
+    pid = submit(cluster, "outage")
+    time.sleep(4)
+    during = cluster.stub.Get(pipeline_pb2.GetRequest(id=pid))
+    assert during.phase == pipeline_pb2.RUNNING
+    assert during.stages[1].attempts <= 1
+    cluster.workers[1] = stage_service(cluster.servicers["merge"]).start(port=port)
+    done = cluster.wait(pid, pipeline_pb2.SUCCEEDED, timeout_s=60)
+    assert done.stages[1].attempts == 1  # the outage used no attempt
+    assert cluster.stages["merge"].calls == [f"{pid}.merge.1"]
+    texts = [e.message for e in cluster.stub.Watch(pipeline_pb2.WatchRequest(id=pid))]
+    assert sum("merge workers unreachable" in t for t in texts) == 1  # said once
+
+
+def test_workers_unreachable_past_the_limit_fail_the_stage_clearly(cluster_factory) -> None:
+    cluster = cluster_factory(unreachable_s=1.5)
+    cluster.workers[0].stop(0)
+    pid = submit(cluster, "gone")
+    failed = cluster.wait(pid, pipeline_pb2.FAILED, timeout_s=30)
+    assert "no train worker answered for 2s" in failed.error  # 1.5 s, shown rounded
+    assert failed.stages[0].attempts == 1
 
 
 def test_concurrency_limits_are_respected_in_a_batch(cluster_factory) -> None:

@@ -15,6 +15,8 @@ Environment (read here, once, and passed down):
 - ``TUNESHIP_MAX_UPLOAD_GIB``: the largest input ``tuneship submit`` may upload through
   the controller (default 20).
 - ``TUNESHIP_HEARTBEAT_TIMEOUT_S``: a stage stream silent this long is retried (60).
+- ``TUNESHIP_UNREACHABLE_TIMEOUT_S``: how long a stage waits for workers that do not
+  answer (restarting, scaling up) before it fails (600); waiting uses no attempts.
 - ``TUNESHIP_RETRY_ATTEMPTS``, ``TUNESHIP_RETRY_BACKOFF_S``: attempts per stage for
   transient failures (4) and the first backoff, doubling after each (2).
 - ``TUNESHIP_TASK_ID``, ``TUNESHIP_ONCE_GRACE_S``: the one task of ``serve --once``.
@@ -74,6 +76,7 @@ def controller_settings(env: Mapping[str, str], host: str, port: int) -> Control
     return ControllerSettings(
         state_url=state, workers=workers, limits=limits, providers=kinds, kube=kube,
         heartbeat_timeout_s=number(env, "TUNESHIP_HEARTBEAT_TIMEOUT_S", 60.0),
+        unreachable_timeout_s=number(env, "TUNESHIP_UNREACHABLE_TIMEOUT_S", 600.0),
         retry=RetryPolicy(
             max_attempts=int(number(env, "TUNESHIP_RETRY_ATTEMPTS", 4)),
             initial_backoff_s=number(env, "TUNESHIP_RETRY_BACKOFF_S", 2.0),

@@ -54,6 +54,8 @@ class ControllerSettings:
     """The Kubernetes API and the chart's Job templates and pools (k8s-* providers)."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     heartbeat_timeout_s: float = 60.0
+    unreachable_timeout_s: float = 600.0
+    """How long a stage waits for workers that do not answer before it fails."""
     host: str = "127.0.0.1"
     port: int = 0
     metrics_port: int | None = None
@@ -94,6 +96,7 @@ def start_controller(
     scheduler = Scheduler(
         state, workers, inputs_for, limits=settings.limits, retry=settings.retry,
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        unreachable_timeout_s=settings.unreachable_timeout_s,
     )  # fmt: skip
     metrics = ControllerMetrics(state, scheduler.running)
     scheduler.observer = metrics

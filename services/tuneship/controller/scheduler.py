@@ -34,11 +34,15 @@ log = logging.getLogger("tuneship.controller")
 
 
 class StageFailure(Exception):
-    """A stage attempt ended without a result (status code name, message)."""
+    """A stage attempt ended without a result (status code name, message).
 
-    def __init__(self, code: str, message: str, retryable: bool) -> None:
+    ``reached`` is False when no worker ever answered (connection refused, no Ready
+    pod): the attempt did not start, so it is waited out rather than counted."""
+
+    def __init__(self, code: str, message: str, retryable: bool, reached: bool = True) -> None:
         super().__init__(f"{code}: {message}")
         self.code, self.message, self.retryable = code, message, retryable
+        self.reached = reached
 
 
 @dataclass(frozen=True)
@@ -128,10 +132,14 @@ class Scheduler:
     limits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 1))
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     heartbeat_timeout_s: float = 60.0
+    unreachable_timeout_s: float = 600.0
+    """How long a stage waits for its workers to come back (a restarting pod, a pool
+    scaling up) before it fails; waiting does not use up attempts."""
     poll_s: float = 0.5
     output_prefix: Callable[[str, str], str] = layout.stage_prefix
     observer: StageObserver = field(default_factory=_NoObserver)
     _active: dict[tuple[str, str], _Active] = field(default_factory=dict)
+    _unreachable: dict[tuple[str, str], float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -288,6 +296,7 @@ class Scheduler:
             self._record(active.pipeline_id, active.stage, f"{active.stage} {reason}")
 
     def _succeeded(self, pipeline_id: str, stage: str, outcome: StageOutcome) -> None:
+        self._unreachable.pop((pipeline_id, stage), None)
         outputs = {k: vars(v) for k, v in outcome.outputs.items()}
         note = " (reused a committed result)" if outcome.cached else ""
         # Recorded before the stage moves on, so the log reads in the order things happened.
@@ -313,6 +322,9 @@ class Scheduler:
             return
         current = view.stage(stage)
         attempts = current.attempts
+        if self._wait_for_workers(active, failure, attempts):
+            return
+        self._unreachable.pop((pipeline_id, stage), None)
         if failure.retryable and attempts - current.retry_base < self.retry.max_attempts:
             wait = self.retry.backoff_s(attempts - current.retry_base)
             self.state.update_stage(
@@ -329,6 +341,33 @@ class Scheduler:
         self.state.set_pipeline(pipeline_id, Phase.FAILED, error=f"{stage}: {failure.message}")
         self._record(pipeline_id, stage, f"{stage} failed ({failure.code}): {failure.message}",
                      level="error")  # fmt: skip
+
+    def _wait_for_workers(self, active: _Active, failure: StageFailure, attempts: int) -> bool:
+        """True when no worker answered and the wait goes on: the attempt is handed back
+        (same number, same task id) and tried again shortly, uncounted."""
+        if failure.reached or failure.code != "UNAVAILABLE":
+            return False
+        key = (active.pipeline_id, active.stage)
+        now = time.time()
+        since = self._unreachable.setdefault(key, now)
+        if now - since >= self.unreachable_timeout_s:
+            self._unreachable.pop(key, None)
+            failure.message = (f"no {active.stage} worker answered for "
+                               f"{self.unreachable_timeout_s:.0f}s: {failure.message}")  # fmt: skip
+            failure.retryable = False
+            return False
+        self.state.update_stage(
+            active.pipeline_id, active.stage, phase=Phase.PENDING, attempts=attempts - 1,
+            not_before=now + self.retry.initial_backoff_s, error=failure.message,
+            error_code=failure.code,
+        )  # fmt: skip
+        if since == now:  # said once per outage, not once per try
+            self._record(
+                active.pipeline_id, active.stage,
+                f"{active.stage} workers unreachable ({failure.message}); waiting up to "
+                f"{self.unreachable_timeout_s:.0f}s for them", level="warning",
+            )  # fmt: skip
+        return True
 
     def cancel(self, pipeline_id: str) -> None:
         """Cancel a pipeline and stop its running stage on the worker."""

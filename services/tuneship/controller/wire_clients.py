@@ -29,10 +29,12 @@ class GrpcStageCall:
 
     def __init__(self, call: Any) -> None:
         self._call = call
+        self._answered = False
 
     def __iter__(self) -> Iterator[Event | StageOutcome]:
         try:
             for message in self._call:
+                self._answered = True
                 if message.seq == 0:
                     yield None  # type: ignore[misc]  # keepalive: proves the worker is alive
                 elif message.WhichOneof("kind") == "result":
@@ -43,7 +45,9 @@ class GrpcStageCall:
                     if event is not None:
                         yield event
         except grpc.RpcError as error:
-            raise failure_of(error) from error
+            failure = failure_of(error)
+            failure.reached = self._answered
+            raise failure from error
 
     def cancel(self) -> None:
         self._call.cancel()

@@ -63,6 +63,7 @@ def start_cluster(
     capacity: dict[str, int],
     limits: dict[str, int] | None = None,
     heartbeat_s: float = 30,
+    unreachable_s: float = 600,
 ) -> Cluster:
     servicers: dict[str, StageServicer] = {}
     workers: list[Server] = []
@@ -79,6 +80,7 @@ def start_cluster(
         limits=limits or dict.fromkeys(STAGES, 1),
         retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2),
         heartbeat_timeout_s=heartbeat_s,
+        unreachable_timeout_s=unreachable_s,
     )
     controller = start_controller(settings, upload_nothing)
     stub = pipeline_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(controller.address))

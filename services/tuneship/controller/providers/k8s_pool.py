@@ -153,8 +153,9 @@ class PoolStageCall:
             address = provider.claim(self.job.task_id)
             if address is None:
                 raise StageFailure(
-                    "UNAVAILABLE", f"no Ready pod behind service {provider.service}", True
-                )
+                    "UNAVAILABLE", f"no Ready pod behind service {provider.service}", True,
+                    reached=False,
+                )  # fmt: skip
             try:
                 self._inner = start_stage(provider.channels.get(address), provider.stage, self.job)
             except BaseException:
