@@ -169,6 +169,9 @@ def test_a_controller_killed_mid_training_reattaches_to_the_same_job(
     assert len(cluster.kube.pods(f"batch.kubernetes.io/job-name={name}")) == 1
     creates = [r for r in cluster.kube.requests if r.verb == "create" and r.resource == "jobs"]
     assert [r.allowed for r in creates] == [True, True]  # the second one answered 409
+    steps = [e.data["step"] for e in client.watch(pid) if e.stage == "train"
+             and e.kind == "progress" and e.data.get("unit") == "steps"]  # fmt: skip
+    assert steps == list(range(1, 81))  # each step once: the re-attach skipped what was seen
 
 
 def losses(lines: str) -> list[tuple[int, float]]:

@@ -205,7 +205,7 @@ def test_controller_restart_reattaches_instead_of_duplicating(cluster_factory, t
     slow_train = ScriptedStage("train", steps=20, step_s=0.05)
     cluster = cluster_factory(stages={"train": slow_train})
     pid = submit(cluster, "restart")
-    while not slow_train.calls:
+    while sum(e.kind == "progress" for e in cluster.controller.state.events(pid)) < 5:
         time.sleep(0.02)
     cluster.controller.stop()  # the worker keeps running its task
     settings = ControllerSettings(
@@ -220,6 +220,15 @@ def test_controller_restart_reattaches_instead_of_duplicating(cluster_factory, t
     done = cluster.wait(pid, pipeline_pb2.SUCCEEDED)
     assert slow_train.calls == [f"{pid}.train.1"]  # re-attached by task_id: one run only
     assert done.stages[0].attempts == 1
+    # The worker replays its task to a re-attaching controller from where it left off:
+    # every training step is in the log once, not again from step 1.
+    events = list(cluster.stub.Watch(pipeline_pb2.WatchRequest(id=pid)))
+    steps = [
+        e.stage_event.progress.step
+        for e in events
+        if e.stage_event.stage == "train" and e.stage_event.WhichOneof("kind") == "progress"
+    ]
+    assert steps == list(range(1, 21))
 
 
 def test_watch_joined_late_replays_everything_in_order(cluster_factory) -> None:

@@ -43,7 +43,15 @@ def event_to_record(event: Event) -> tuple[str, dict[str, Any]]:
 def event_from_record(stage: str, kind: str, payload: dict[str, Any]) -> Event | None:
     """The inverse of ``event_to_record``; None for a record that is no stage event."""
     cls = _KINDS.get(kind)
-    return None if cls is None else cls(stage, **payload)
+    if cls is None:
+        return None
+    fields = {k: v for k, v in payload.items() if k not in RECORD_EXTRAS}
+    return cls(stage, **fields)
+
+
+RECORD_EXTRAS = ("task", "task_seq")
+"""Keys the controller adds to a recorded worker event: which task sent it, and its
+number in that task's stream (what a re-attach skips)."""
 
 
 def event_to_proto(
@@ -110,6 +118,7 @@ def job_from_proto(request: stage_pb2.StageRequest) -> StageJob:
         request.output_prefix,
         request.attempt,
         request.attach_only,
+        max(0, int(request.after_seq)),
     )
 
 
@@ -123,6 +132,7 @@ def job_to_proto(job: StageJob) -> stage_pb2.StageRequest:
         output_prefix=job.output_prefix,
         attempt=job.attempt,
         attach_only=job.attach_only,
+        after_seq=job.after_seq,
     )
 
 

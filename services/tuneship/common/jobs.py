@@ -31,6 +31,8 @@ class StageJob:
     attempt: int = 0
     attach_only: bool = False
     """Follow the task only if the worker already has it (``NotFound`` otherwise)."""
+    after_seq: int = 0
+    """Skip the task's events numbered up to this (they were recorded before)."""
 
 
 @dataclass(frozen=True)

@@ -198,16 +198,20 @@ class StageServicer:
             task = known
         else:
             task = self.tasks.start_or_attach(job.task_id, lambda sink: self.runner(job, sink))
-        yield from self.stream(task, context)
+        yield from self.stream(task, context, job.after_seq)
 
-    def stream(self, task: Task, context: grpc.ServicerContext) -> Iterator[stage_pb2.StageEvent]:
-        """Replay then follow a task; an event with seq 0 is a keepalive."""
+    def stream(
+        self, task: Task, context: grpc.ServicerContext, after_seq: int = 0
+    ) -> Iterator[stage_pb2.StageEvent]:
+        """Replay (after ``after_seq``) then follow a task; seq 0 is a keepalive."""
         seq = 0
         for item in task.follow(idle_s=self.keepalive_s, alive=context.is_active):
             if item is None:
                 yield stage_pb2.StageEvent(task_id=task.task_id, stage=self.stage, seq=0)
                 continue
             seq += 1
+            if seq <= after_seq and not isinstance(item, Finished):
+                continue  # the caller recorded it before
             if not isinstance(item, Finished):
                 yield event_to_proto(item, stage=self.stage, seq=seq, task_id=task.task_id)
             elif item.state is TaskState.SUCCEEDED:

@@ -46,6 +46,15 @@ class StageFailure(Exception):
 
 
 @dataclass(frozen=True)
+class Numbered:
+    """An event of the worker's task stream with its number there (1, 2, ...): what a
+    re-attaching controller tells the worker to skip."""
+
+    seq: int
+    event: Event
+
+
+@dataclass(frozen=True)
 class Waiting:
     """Why a started attempt has no worker yet (queued in Kueue, no node for its pod);
     ``reason`` empty: it has one now. The stage stays RUNNING, shown as waiting."""
@@ -57,7 +66,7 @@ class StageCall(Protocol):
     """One running stage RPC: iterate events (``None`` = keepalive), then the outcome;
     ``cancel`` stops following it."""
 
-    def __iter__(self) -> Iterator[Event | StageOutcome | Waiting | None]: ...
+    def __iter__(self) -> Iterator[Event | Numbered | StageOutcome | Waiting | None]: ...
 
     def cancel(self) -> None: ...
 
@@ -222,9 +231,11 @@ class Scheduler:
         active = _Active(pipeline.id, stage, task_id)
         with self._lock:
             self._active[(pipeline.id, stage)] = active
+        # Re-attaching: the worker replays its task from the start; skip what is recorded.
+        recorded = self.state.last_task_seq(pipeline.id, task_id) if reattach else 0
         job = StageJob(
             task_id, pipeline.id, pipeline.spec_json, self.inputs_for(pipeline, stage),
-            self.output_prefix(pipeline.id, stage), attempts,
+            self.output_prefix(pipeline.id, stage), attempts, after_seq=recorded,
         )  # fmt: skip
         active.thread = threading.Thread(
             target=self._drive, args=(active, job, reattach), name=f"drive-{task_id}", daemon=True
@@ -271,6 +282,9 @@ class Scheduler:
                     return item
                 if isinstance(item, Waiting):
                     self._waiting(active, item.reason)
+                elif isinstance(item, Numbered):
+                    self._record_event(active.pipeline_id, active.stage, item.event,
+                                       task=active.task_id, task_seq=item.seq)  # fmt: skip
                 elif item is not None:
                     self._record_event(active.pipeline_id, active.stage, item)
         except StageFailure as failure:
@@ -408,8 +422,8 @@ class Scheduler:
         payload = {"message": message, "level": level, "phase": phase, **extra}
         self.state.add_event(pipeline_id, stage, "transition", payload)
 
-    def _record_event(self, pipeline_id: str, stage: str, event: Event) -> None:
+    def _record_event(self, pipeline_id: str, stage: str, event: Event, **extra: Any) -> None:
         if isinstance(event, Metrics) and stage == "train" and "tokens_per_s" in event.values:
             self.observer.training_throughput(pipeline_id, event.values["tokens_per_s"])
         kind, payload = event_to_record(event)
-        self.state.add_event(pipeline_id, stage, kind, payload)
+        self.state.add_event(pipeline_id, stage, kind, {**payload, **extra})

@@ -283,6 +283,18 @@ class StateStore:
                            stage=stage, kind=kind, payload_json=json.dumps(payload)))  # fmt: skip
             return row.last_seq
 
+    def last_task_seq(self, pipeline_id: str, task_id: str) -> int:
+        """The highest worker sequence number recorded for ``task_id`` (0: none)."""
+        last, after = 0, 0
+        while True:
+            page = self.events(pipeline_id, after_seq=after, limit=1000)
+            if not page:
+                return last
+            for recorded in page:
+                if recorded.payload.get("task") == task_id:
+                    last = max(last, int(recorded.payload.get("task_seq", 0)))
+            after = page[-1].seq
+
     def events(self, pipeline_id: str, after_seq: int = 0, limit: int = 1000) -> list[EventView]:
         with self._sessions() as s:
             rows = s.scalars(

@@ -9,11 +9,10 @@ from typing import Any
 import grpc
 
 from tuneship.common.codec import event_from_proto, job_to_proto, outcome_from_proto
-from tuneship.common.events import Event
 from tuneship.common.jobs import StageJob, StageOutcome
 from tuneship.common.stages import stage_named
 from tuneship.common.wire import RETRYABLE
-from tuneship.controller.scheduler import StageFailure
+from tuneship.controller.scheduler import Numbered, StageFailure
 from tuneship.v1 import stage_pb2, workers_pb2, workers_pb2_grpc
 
 
@@ -31,7 +30,7 @@ class GrpcStageCall:
         self._call = call
         self._answered = False
 
-    def __iter__(self) -> Iterator[Event | StageOutcome]:
+    def __iter__(self) -> Iterator[Numbered | StageOutcome]:
         try:
             for message in self._call:
                 self._answered = True
@@ -43,7 +42,7 @@ class GrpcStageCall:
                 else:
                     event = event_from_proto(message)
                     if event is not None:
-                        yield event
+                        yield Numbered(int(message.seq), event)
         except grpc.RpcError as error:
             failure = failure_of(error)
             failure.reached = self._answered

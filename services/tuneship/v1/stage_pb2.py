@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tuneship/v1/stage.proto\x12\x0btuneship.v1\"8\n\x0b\x41rtifactRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\"\x81\x02\n\x0cStageRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12\x11\n\tspec_json\x18\x03 \x01(\t\x12\x35\n\x06inputs\x18\x04 \x03(\x0b\x32%.tuneship.v1.StageRequest.InputsEntry\x12\x15\n\routput_prefix\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x13\n\x0b\x61ttach_only\x18\x07 \x01(\x08\x1aG\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.tuneship.v1.ArtifactRef:\x02\x38\x01\"U\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\r\n\x05\x65ta_s\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\")\n\x07LogLine\x12\r\n\x05level\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"x\n\x07Metrics\x12\x30\n\x06values\x18\x01 \x03(\x0b\x32 .tuneship.v1.Metrics.ValuesEntry\x12\x0c\n\x04step\x18\x02 \x01(\x03\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb5\x01\n\x0bStageResult\x12\x36\n\x07outputs\x18\x01 \x03(\x0b\x32%.tuneship.v1.StageResult.OutputsEntry\x12\x14\n\x0csummary_json\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x08\x1aH\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.tuneship.v1.ArtifactRef:\x02\x38\x01\"\xf4\x01\n\nStageEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x0c\n\x04time\x18\x04 \x01(\x01\x12)\n\x08progress\x18\n \x01(\x0b\x32\x15.tuneship.v1.ProgressH\x00\x12#\n\x03log\x18\x0b \x01(\x0b\x32\x14.tuneship.v1.LogLineH\x00\x12\'\n\x07metrics\x18\x0c \x01(\x0b\x32\x14.tuneship.v1.MetricsH\x00\x12*\n\x06result\x18\r \x01(\x0b\x32\x18.tuneship.v1.StageResultH\x00\x42\x06\n\x04kind\" \n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tuneship/v1/stage.proto\x12\x0btuneship.v1\"8\n\x0b\x41rtifactRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\"\x94\x02\n\x0cStageRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12\x11\n\tspec_json\x18\x03 \x01(\t\x12\x35\n\x06inputs\x18\x04 \x03(\x0b\x32%.tuneship.v1.StageRequest.InputsEntry\x12\x15\n\routput_prefix\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x13\n\x0b\x61ttach_only\x18\x07 \x01(\x08\x12\x11\n\tafter_seq\x18\x08 \x01(\x03\x1aG\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.tuneship.v1.ArtifactRef:\x02\x38\x01\"U\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\r\n\x05\x65ta_s\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\")\n\x07LogLine\x12\r\n\x05level\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"x\n\x07Metrics\x12\x30\n\x06values\x18\x01 \x03(\x0b\x32 .tuneship.v1.Metrics.ValuesEntry\x12\x0c\n\x04step\x18\x02 \x01(\x03\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb5\x01\n\x0bStageResult\x12\x36\n\x07outputs\x18\x01 \x03(\x0b\x32%.tuneship.v1.StageResult.OutputsEntry\x12\x14\n\x0csummary_json\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x08\x1aH\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.tuneship.v1.ArtifactRef:\x02\x38\x01\"\xf4\x01\n\nStageEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x0c\n\x04time\x18\x04 \x01(\x01\x12)\n\x08progress\x18\n \x01(\x0b\x32\x15.tuneship.v1.ProgressH\x00\x12#\n\x03log\x18\x0b \x01(\x0b\x32\x14.tuneship.v1.LogLineH\x00\x12\'\n\x07metrics\x18\x0c \x01(\x0b\x32\x14.tuneship.v1.MetricsH\x00\x12*\n\x06result\x18\r \x01(\x0b\x32\x18.tuneship.v1.StageResultH\x00\x42\x06\n\x04kind\" \n\rCancelRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,25 +40,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ARTIFACTREF']._serialized_start=40
   _globals['_ARTIFACTREF']._serialized_end=96
   _globals['_STAGEREQUEST']._serialized_start=99
-  _globals['_STAGEREQUEST']._serialized_end=356
-  _globals['_STAGEREQUEST_INPUTSENTRY']._serialized_start=285
-  _globals['_STAGEREQUEST_INPUTSENTRY']._serialized_end=356
-  _globals['_PROGRESS']._serialized_start=358
-  _globals['_PROGRESS']._serialized_end=443
-  _globals['_LOGLINE']._serialized_start=445
-  _globals['_LOGLINE']._serialized_end=486
-  _globals['_METRICS']._serialized_start=488
-  _globals['_METRICS']._serialized_end=608
-  _globals['_METRICS_VALUESENTRY']._serialized_start=563
-  _globals['_METRICS_VALUESENTRY']._serialized_end=608
-  _globals['_STAGERESULT']._serialized_start=611
-  _globals['_STAGERESULT']._serialized_end=792
-  _globals['_STAGERESULT_OUTPUTSENTRY']._serialized_start=720
-  _globals['_STAGERESULT_OUTPUTSENTRY']._serialized_end=792
-  _globals['_STAGEEVENT']._serialized_start=795
-  _globals['_STAGEEVENT']._serialized_end=1039
-  _globals['_CANCELREQUEST']._serialized_start=1041
-  _globals['_CANCELREQUEST']._serialized_end=1073
-  _globals['_CANCELRESPONSE']._serialized_start=1075
-  _globals['_CANCELRESPONSE']._serialized_end=1110
+  _globals['_STAGEREQUEST']._serialized_end=375
+  _globals['_STAGEREQUEST_INPUTSENTRY']._serialized_start=304
+  _globals['_STAGEREQUEST_INPUTSENTRY']._serialized_end=375
+  _globals['_PROGRESS']._serialized_start=377
+  _globals['_PROGRESS']._serialized_end=462
+  _globals['_LOGLINE']._serialized_start=464
+  _globals['_LOGLINE']._serialized_end=505
+  _globals['_METRICS']._serialized_start=507
+  _globals['_METRICS']._serialized_end=627
+  _globals['_METRICS_VALUESENTRY']._serialized_start=582
+  _globals['_METRICS_VALUESENTRY']._serialized_end=627
+  _globals['_STAGERESULT']._serialized_start=630
+  _globals['_STAGERESULT']._serialized_end=811
+  _globals['_STAGERESULT_OUTPUTSENTRY']._serialized_start=739
+  _globals['_STAGERESULT_OUTPUTSENTRY']._serialized_end=811
+  _globals['_STAGEEVENT']._serialized_start=814
+  _globals['_STAGEEVENT']._serialized_end=1058
+  _globals['_CANCELREQUEST']._serialized_start=1060
+  _globals['_CANCELREQUEST']._serialized_end=1092
+  _globals['_CANCELRESPONSE']._serialized_start=1094
+  _globals['_CANCELRESPONSE']._serialized_end=1129
 # @@protoc_insertion_point(module_scope)

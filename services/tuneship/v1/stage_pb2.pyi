@@ -17,7 +17,7 @@ class ArtifactRef(_message.Message):
     def __init__(self, key: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class StageRequest(_message.Message):
-    __slots__ = ("task_id", "pipeline", "spec_json", "inputs", "output_prefix", "attempt", "attach_only")
+    __slots__ = ("task_id", "pipeline", "spec_json", "inputs", "output_prefix", "attempt", "attach_only", "after_seq")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class StageRequest(_message.Message):
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     ATTACH_ONLY_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     pipeline: str
     spec_json: str
@@ -39,7 +40,8 @@ class StageRequest(_message.Message):
     output_prefix: str
     attempt: int
     attach_only: bool
-    def __init__(self, task_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., spec_json: _Optional[str] = ..., inputs: _Optional[_Mapping[str, ArtifactRef]] = ..., output_prefix: _Optional[str] = ..., attempt: _Optional[int] = ..., attach_only: _Optional[bool] = ...) -> None: ...
+    after_seq: int
+    def __init__(self, task_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., spec_json: _Optional[str] = ..., inputs: _Optional[_Mapping[str, ArtifactRef]] = ..., output_prefix: _Optional[str] = ..., attempt: _Optional[int] = ..., attach_only: _Optional[bool] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("step", "total", "unit", "eta_s", "message")

@@ -38,7 +38,7 @@ from tuneship.controller.providers.kube import (
     job_manifest,
     job_name,
 )
-from tuneship.controller.scheduler import StageFailure, Waiting
+from tuneship.controller.scheduler import Numbered, StageFailure, Waiting
 from tuneship.controller.wire_clients import Channels, GrpcStageCall, start_stage
 
 log = logging.getLogger("tuneship.controller.k8s")
@@ -183,7 +183,7 @@ class JobStageCall:
         if self._inner is not None:
             self._inner.cancel()
 
-    def __iter__(self) -> Iterator[Event | StageOutcome | Waiting | None]:
+    def __iter__(self) -> Iterator[Event | Numbered | StageOutcome | Waiting | None]:
         try:
             self._create()
             pod = yield from self._wait_until_ready()

@@ -21,7 +21,7 @@ from tuneship.common.events import Event, Log
 from tuneship.common.jobs import StageJob, StageOutcome
 from tuneship.controller.providers.informer import Informer
 from tuneship.controller.providers.kube import GRPC_PORT_NAME, SERVICE_NAME_LABEL, KubeSettings
-from tuneship.controller.scheduler import StageFailure
+from tuneship.controller.scheduler import Numbered, StageFailure
 from tuneship.controller.wire_clients import Channels, GrpcStageCall, cancel_task, start_stage
 
 log = logging.getLogger("tuneship.controller.k8s")
@@ -144,7 +144,7 @@ class PoolStageCall:
         if self._inner is not None:
             self._inner.cancel()
 
-    def __iter__(self) -> Iterator[Event | StageOutcome | None]:
+    def __iter__(self) -> Iterator[Event | Numbered | StageOutcome | None]:
         provider = self.provider
         address, first = self._reattached() if self.reattach else (None, [])
         if address is not None:
