@@ -27,6 +27,7 @@ from tuneship.common import errors
 from tuneship.common.codec import event_from_proto, event_to_record
 from tuneship.common.events import Log, Metrics, Progress
 from tuneship.common.manifest import FileEntry, scan_dir
+from tuneship.common.wire import ANSWERED_KEY
 from tuneship.v1 import pipeline_pb2, pipeline_pb2_grpc, workers_pb2
 
 _ERRORS: dict[grpc.StatusCode, type[errors.TuneshipError]] = {
@@ -45,10 +46,19 @@ def _error(exc: grpc.RpcError, address: str) -> errors.TuneshipError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
     kind = _ERRORS.get(code, errors.TuneshipError)
-    if code is grpc.StatusCode.UNAVAILABLE:
+    if code is grpc.StatusCode.UNAVAILABLE and not _answered(exc):
         hint = "start it (`tuneship serve controller`) or check --controller"
         return kind(f"controller at {address} is not reachable: {details}", hint=hint)
     return kind(details or code.name)
+
+
+def _answered(exc: grpc.RpcError) -> bool:
+    """Whether the controller itself sent this error (vs. no connection at all)."""
+    try:
+        metadata = exc.trailing_metadata() or ()
+    except Exception:
+        return False
+    return any(key == ANSWERED_KEY for key, _ in metadata)
 
 
 PHASES = {v: k.lower() for k, v in pipeline_pb2.Phase.items()}

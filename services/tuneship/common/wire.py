@@ -50,7 +50,13 @@ def status_of(error: TuneshipError) -> grpc.StatusCode:
     return STATUS.get(error.status, grpc.StatusCode.INTERNAL)
 
 
+ANSWERED_KEY = "tuneship-answered"
+"""Trailing metadata on every error a tuneship server sends: the server answered (a
+client tells "the controller said UNAVAILABLE" from "the controller is unreachable")."""
+
+
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    context.set_trailing_metadata(((ANSWERED_KEY, "1"),))
     if isinstance(exc, TuneshipError):
         code = status_of(exc)
         message = exc.render() if code is not grpc.StatusCode.INTERNAL else "internal error"
@@ -95,6 +101,20 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     _abort(context, exc)
 
             return handler._replace(unary_stream=stream)
+        if handler.stream_unary:
+            inner_su = handler.stream_unary
+
+            def upload(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                try:
+                    return inner_su(requests, context)
+                except grpc.RpcError:
+                    raise  # the client went away: there is nobody to answer
+                except Exception as exc:
+                    if _is_abort(exc):
+                        raise
+                    _abort(context, exc)
+
+            return handler._replace(stream_unary=upload)
         return handler
 
 

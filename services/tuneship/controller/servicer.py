@@ -15,11 +15,10 @@ from tuneship.common.codec import (
     event_from_record,
     event_to_proto,
 )
-from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound, TuneshipError
+from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneship.common.jobs import Artifact
 from tuneship.common.manifest import FileEntry
 from tuneship.common.spec import PipelineSpec, parse_spec
-from tuneship.common.wire import status_of
 from tuneship.controller.inputs import IncomingInput, StoredInput, UploadSettings
 from tuneship.controller.machine import Phase
 from tuneship.controller.scheduler import Scheduler
@@ -279,28 +278,14 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         self, request_iterator: Iterator[pipeline_pb2.UploadChunk], context: grpc.ServicerContext
     ) -> pipeline_pb2.UploadInputResponse:
         receiver = self._receiver(context)
-        # The error interceptor wraps unary and server-streaming methods only: a
-        # client-streaming one maps tuneship errors to status codes itself.
-        try:
-            first = next(request_iterator, None)
-            if first is None or not first.HasField("header"):
-                raise InvalidInput(
-                    "the first chunk of an upload carries no header", where="UploadChunk.header"
-                )
-            rest = ((chunk.path, chunk.data) for chunk in request_iterator)
-            stored = receiver.receive(
-                incoming_from_proto(first.header), chain([(first.path, first.data)], rest)
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("header"):
+            raise InvalidInput(
+                "the first chunk of an upload carries no header", where="UploadChunk.header"
             )
-            return stored_to_proto(stored, receiver.settings.max_bytes)
-        except grpc.RpcError:
-            raise  # the client went away: nothing was committed, nobody to answer
-        except TuneshipError as exc:
-            code = status_of(exc)
-            if code is grpc.StatusCode.INTERNAL:
-                log.error("upload failed: %s", exc.render())
-            context.abort(code, exc.render() if code is not grpc.StatusCode.INTERNAL
-                          else "internal error (details in the server log)")  # fmt: skip
-        except Exception:
-            log.exception("upload failed")
-            context.abort(grpc.StatusCode.INTERNAL, "internal error (details in the server log)")
-        raise AssertionError("context.abort returns only by raising")
+        rest = ((chunk.path, chunk.data) for chunk in request_iterator)
+        # A client that goes away mid-upload raises RpcError here: nothing is committed.
+        stored = receiver.receive(
+            incoming_from_proto(first.header), chain([(first.path, first.data)], rest)
+        )
+        return stored_to_proto(stored, receiver.settings.max_bytes)
