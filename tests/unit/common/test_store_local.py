@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from tuneship.common import layout
-from tuneship.common.errors import InvalidInput, NotFound
+from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneship.common.store import (
     CorruptArtifact,
     LocalStore,
@@ -154,3 +154,18 @@ def test_bad_store_settings_say_which_variable(env: dict[str, str], where: str) 
     with pytest.raises(InvalidInput) as caught:
         open_store(StoreSettings.from_env(env))
     assert caught.value.where == where
+
+
+def test_a_store_that_cannot_be_written_says_which_and_what_to_check(tmp_path: Path) -> None:
+    # A file where the store's directory should be: refused even to root, like a
+    # read-only or full filesystem (tests run as root, so permissions would not do).
+    blocker = tmp_path / "store"
+    blocker.write_text("not a directory")
+    store = LocalStore(blocker / "inner")
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"x" * 10)
+    for write in (lambda: store.put_file("a/b.bin", source), lambda: store.put_bytes("a/c", b"1")):
+        with pytest.raises(FailedPrecondition) as caught:
+            write()
+        assert f"local store {blocker / 'inner'}" in caught.value.message
+        assert "must be writable" in (caught.value.hint or "")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tuneship.common import layout
 from tuneship.common.atomic import PART_SUFFIX, atomic_write_bytes, staged_file
-from tuneship.common.errors import InvalidInput, NotFound
+from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneship.common.hashing import sha256_bytes
 from tuneship.common.store.base import CHUNK, CorruptArtifact, ObjectInfo
 
@@ -54,9 +56,23 @@ class LocalStore:
             raise NotFound(f"no object {key!r} in {self.describe()}", where=self._where(key))
         return path
 
+    @contextmanager
+    def _writing(self, key: str) -> Iterator[None]:
+        """A write the filesystem refuses (read-only, permissions, full, a file where a
+        directory should be) as an error that names the store and what to check."""
+        try:
+            yield
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"cannot write {key!r} to {self.describe()}: {exc.strerror or exc}",
+                where=self._where(key),
+                hint="the store directory must be writable and have free space "
+                "(TUNESHIP_STORE, or --data-dir for tuneship run)",
+            ) from exc
+
     def put_file(self, key: str, path: Path, *, sha256: str | None = None) -> ObjectInfo:
         target = self._path(key)
-        with staged_file(target) as temp:
+        with self._writing(key), staged_file(target) as temp:
             size, actual = _copy_hashing(Path(path), temp)
             if sha256 and actual != sha256:
                 raise CorruptArtifact(
@@ -81,7 +97,8 @@ class LocalStore:
         return ObjectInfo(key, size, actual)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        atomic_write_bytes(self._path(key), data)
+        with self._writing(key):
+            atomic_write_bytes(self._path(key), data)
         return ObjectInfo(key, len(data), sha256_bytes(data))
 
     def get_bytes(self, key: str) -> bytes:
