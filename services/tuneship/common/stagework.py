@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tuneship.common import layout
-from tuneship.common.errors import InvalidInput
+from tuneship.common.errors import Cancelled, InvalidInput, TuneshipError
 from tuneship.common.events import EventSink, Log
 from tuneship.common.jobs import Artifact, StageJob, StageOutcome
 from tuneship.common.manifest import Manifest, cache_key
@@ -118,7 +118,15 @@ def run_committed_stage(
         summary = dict(reused.labels)
         return StageOutcome({stage: artifact_of(reused)}, {"reused": reused.key, **summary}, True)
     workdir = ctx.workdir(job, stage)
-    out_dir, summary = work(workdir)
+    try:
+        out_dir, summary = work(workdir)
+    except TuneshipError as exc:
+        # An input no retry can fix: the copies of the base model and data are only
+        # taking space. Anything else keeps them (and training's checkpoints) for the
+        # retry or the rerun, which resume from there.
+        if not exc.retryable and not isinstance(exc, Cancelled):
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
     manifest = commit_stage(
         ctx.store, out_dir, pipeline=job.pipeline, stage=stage, attempt=job.task_id,
         inputs=inputs, tool_versions=versions, spec_section=section,
