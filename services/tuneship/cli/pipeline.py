@@ -293,7 +293,10 @@ def serve(
 def validate(
     specs: Annotated[list[Path], typer.Argument(help="Spec files to check.")],
 ) -> None:
-    """Check specs without running anything: every problem with file:line and field path."""
+    """Check specs without running anything: every problem with file:line and field
+    path, then the inputs it can reach (local model directory and datasets)."""
+    from tuneship.cli.validate import check_inputs
+
     failed = False
     for path in specs:
         try:
@@ -301,9 +304,16 @@ def validate(
         except TuneshipError as exc:
             print_error(exc, label=str(path))
             failed = True
-        else:
+            continue
+        problems, unchecked = check_inputs(spec)
+        for problem in problems:
+            print_error(problem, label=str(path))
+        failed = failed or bool(problems)
+        if not problems:
             out.print(f"{path}: ok ({spec.metadata.name}, {spec.train.method}, "
                       f"{', '.join(spec.export.quant_types)})")  # fmt: skip
+        for what in unchecked:
+            out.print(f"  not checked from here: {escape(what)} (the controller resolves it)")
     raise typer.Exit(code=2 if failed else 0)
 
 
