@@ -137,3 +137,65 @@ def test_gguf_without_merge_scores_is_flagged_and_tuneship_convert_restores_them
     report = check_gguf(ours.gguf)
     assert all(f.severity == "ok" for f in report.findings), report.findings
     assert report.facts["add_bos"] is False  # ChatML has no BOS; llama.cpp must not add one
+
+
+def broken_copy(base: Path, out: Path) -> Path:
+    shutil.copytree(base, out)
+    return out
+
+
+def test_doctor_finds_a_truncated_safetensors_file(tiny_chatml: Path, tmp_path: Path) -> None:
+    model = broken_copy(tiny_chatml, tmp_path / "cut")
+    [weights] = sorted(model.glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # an interrupted copy
+    report = check_hf(model)
+    assert not report.ok
+    [finding] = [f for f in report.errors if f.check == "weights"]
+    assert f"{weights.name}: truncated: its tensors need {len(data):,} bytes" in finding.message
+    assert f"the file has {len(data) // 2:,}" in finding.message
+
+
+def test_doctor_names_an_unknown_architecture(tiny_chatml: Path, tmp_path: Path) -> None:
+    import json
+
+    model = broken_copy(tiny_chatml, tmp_path / "alien")
+    config = json.loads((model / "config.json").read_text())
+    config["model_type"] = "alien-transformer"
+    (model / "config.json").write_text(json.dumps(config))
+    report = check_hf(model)
+    [finding] = [f for f in report.errors if f.check == "architecture"]
+    assert "model_type 'alien-transformer' is unknown to transformers" in finding.message
+
+
+def test_doctor_reports_missing_tokenizer_files_instead_of_crashing(
+    tiny_chatml: Path, tmp_path: Path
+) -> None:
+    model = broken_copy(tiny_chatml, tmp_path / "notok")
+    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                 "special_tokens_map.json", "vocab.json", "merges.txt"):  # fmt: skip
+        (model / name).unlink(missing_ok=True)
+    report = check_hf(model)
+    [finding] = [f for f in report.errors if f.check == "tokenizer"]
+    assert "the tokenizer does not load" in finding.message
+    assert "tokenizer.json" in (finding.fix or "")
+
+
+def test_a_truncated_or_foreign_gguf_is_named_as_such(
+    tiny_chatml_gguf: Path, tmp_path: Path
+) -> None:
+    from tuneship.common.errors import InvalidInput
+
+    data = tiny_chatml_gguf.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(InvalidInput, match=r"the GGUF is truncated or damaged: [\d,]+ bytes"):
+        check_gguf(cut)
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(InvalidInput, match=r"not a GGUF file: it is empty \(0 bytes\)"):
+        check_gguf(empty)
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"PK\x03\x04" + data[4:100])
+    with pytest.raises(InvalidInput, match="starts with b'PK"):
+        check_gguf(other)

@@ -8,6 +8,7 @@ paged in, whatever the size of the file.
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,13 +80,25 @@ def read_gguf(path: Path) -> GgufInfo:
     """
     from gguf import GGUFReader
 
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        what = "empty (0 bytes)" if size == 0 else f"starts with {magic!r}, not b'GGUF'"
+        raise InvalidInput(
+            f"not a GGUF file: it is {what}", where=str(path),
+            hint="pass a .gguf written by the export stage (`tuneship export`)",
+        )  # fmt: skip
     try:
         reader = GGUFReader(path)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, struct.error, IndexError) as exc:
+        # gguf-py says "cannot reshape array..." when the data ends before its header does.
         raise InvalidInput(
-            f"not a readable GGUF file: {exc}",
+            f"the GGUF is truncated or damaged: {size:,} bytes, shorter than or different "
+            f"from what its header describes ({exc})",
             where=str(path),
-            hint="pass a .gguf written by the export stage (`tuneship export`)",
+            hint="the file was cut short (an interrupted copy or download?): copy or export "
+            "it again",
         ) from exc
     value = _field_reader(reader)
     arch = str(value("general.architecture") or "")

@@ -66,15 +66,49 @@ def check_model(path: Path) -> DoctorReport:
     )
 
 
-def safetensors_shapes(model: Path) -> dict[str, list[int]]:
-    """Tensor shapes from the safetensors headers of a model directory."""
+def safetensors_shapes(model: Path, report: DoctorReport | None = None) -> dict[str, list[int]]:
+    """Tensor shapes from the safetensors headers of a model directory. A shard whose
+    header cannot be read, or that is shorter than its header says, is reported as an
+    error in ``report`` (and skipped) when one is given; else it raises ``ValueError``."""
     shapes: dict[str, list[int]] = {}
     for shard in sorted(model.glob("*.safetensors")):
-        with shard.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
+        try:
+            header = _safetensors_header(shard)
+        except ValueError as exc:
+            if report is None:
+                raise
+            fix = "copy or download the model again (the file was cut short?)"
+            report.add("weights", "error", f"{shard.name}: {exc}", fix=fix)
+            continue
         shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
     return shapes
+
+
+def _safetensors_header(shard: Path) -> dict[str, Any]:
+    """The header of one shard, checked against the file's length."""
+    size = shard.stat().st_size
+    with shard.open("rb") as handle:
+        start = handle.read(8)
+        if len(start) < 8:
+            raise ValueError(f"truncated: {size} bytes, not even a safetensors header")
+        (length,) = struct.unpack("<Q", start)
+        if 8 + length > size:
+            raise ValueError(f"truncated: the header alone needs {8 + length:,} bytes, "
+                             f"the file has {size:,}")  # fmt: skip
+        try:
+            header: dict[str, Any] = json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not a safetensors file (its header is not JSON: {exc})") from exc
+    needed = (
+        8
+        + length
+        + max(
+            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0
+        )
+    )
+    if needed > size:
+        raise ValueError(f"truncated: its tensors need {needed:,} bytes, the file has {size:,}")
+    return header
 
 
 def embedding_shapes(shapes: dict[str, list[int]]) -> tuple[int | None, int | None]:
@@ -90,10 +124,20 @@ def check_hf(model: Path) -> DoctorReport:
 
     report = DoctorReport(model, "hf")
     config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    _check_architecture(config, report)
     _check_weights_format(model, report)
-    shapes = safetensors_shapes(model)
+    shapes = safetensors_shapes(model, report)
     rows, head_rows = embedding_shapes(shapes)
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    except Exception as exc:  # transformers raises many kinds; all mean "no tokenizer"
+        report.add(
+            "tokenizer", "error", f"the tokenizer does not load: {type(exc).__name__}: {exc}",
+            fix="copy tokenizer.json (or tokenizer.model) and tokenizer_config.json from the "
+            "base model into the directory",
+        )  # fmt: skip
+        _check_template(report, read_chat_template(model))
+        return report
     sizes = {
         "tokenizer_size": len(tokenizer),
         "config_vocab_size": config.get("vocab_size"),
@@ -106,6 +150,25 @@ def check_hf(model: Path) -> DoctorReport:
     _check_special_tokens(report, tokenizer, rows)
     _check_template(report, read_chat_template(model))
     return report
+
+
+def _check_architecture(config: dict[str, Any], report: DoctorReport) -> None:
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    report.facts["model_type"] = model_type
+    if model_type not in CONFIG_MAPPING:
+        import transformers
+
+        report.add(
+            "architecture", "error",
+            f"config.json's model_type {model_type!r} is unknown to transformers "
+            f"{transformers.__version__}: it cannot be loaded, trained or converted",
+            fix="check config.json (model_type, architectures) against the model's source",
+        )  # fmt: skip
+    else:
+        names = ", ".join(config.get("architectures") or []) or "no architectures listed"
+        report.add("architecture", "ok", f"{model_type} ({names})")
 
 
 def _check_weights_format(model: Path, report: DoctorReport) -> None:
