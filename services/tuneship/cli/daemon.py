@@ -95,8 +95,6 @@ def serve_component(
     (default 600) after it ended if nobody came for it. The code is 0 when it
     succeeded, ``EXIT_INVALID_INPUT`` when no retry can help, 1 otherwise.
     """
-    from tuneship.cli.embedded import component_server
-
     if component not in ("controller", *COMPONENTS):
         raise InvalidInput(f"unknown component {component!r}", where="COMPONENT",
                            hint=f"one of controller, {', '.join(COMPONENTS)}")  # fmt: skip
@@ -125,6 +123,10 @@ def serve_component(
             stack.callback(controller.stop)
             stop.wait()
             return EXIT_OK
+        # Imported only for a stage service: the stage packages pull in torch and
+        # transformers, which the controller (and its image) never needs.
+        from tuneship.cli.embedded import component_server
+
         work_root = Path(env.get("TUNESHIP_WORK_DIR", "/tmp/tuneship"))
         backend = replicas = None
         if component == "serving":
