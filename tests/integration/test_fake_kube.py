@@ -647,7 +647,8 @@ def test_kubeconfig_and_tls_for_clients_that_need_them(tmp_path: Path) -> None:
 
 
 def test_helm_lookup_discovers_and_reads_through_the_fake(tmp_path: Path) -> None:
-    helm = pytest.importorskip("helm_python")
+    import helm_python as helm  # a dev dependency: `make test` installs it
+
     chart = tmp_path / "probe"
     (chart / "templates").mkdir(parents=True)
     (chart / "Chart.yaml").write_text("apiVersion: v2\nname: probe\nversion: 0.1.0\n")
