@@ -156,20 +156,19 @@ class TaskRegistry:
 
     def cancel(self, task_id: str) -> bool:
         """Ask a running task to stop; False when unknown or already finished."""
-        with self._lock:
-            task = self._tasks.get(task_id)
-        if task is None or task.state is not TaskState.RUNNING:
-            return False
-        task.cancel_requested.set()
-        return True
+        return self._signal(task_id, "cancel_requested")
 
     def request_stop(self, task_id: str) -> bool:
         """Ask a running task to save its progress and end (the process is stopping)."""
+        return self._signal(task_id, "stop_requested")
+
+    def _signal(self, task_id: str, flag: str) -> bool:
+        """Set ``flag`` (an Event of the task) if the task is running."""
         with self._lock:
             task = self._tasks.get(task_id)
         if task is None or task.state is not TaskState.RUNNING:
             return False
-        task.stop_requested.set()
+        getattr(task, flag).set()
         return True
 
     def get(self, task_id: str) -> Task | None:
