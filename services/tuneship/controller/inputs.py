@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Iterable
@@ -24,12 +23,12 @@ from pathlib import Path
 
 from tuneship.common import layout
 from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound, Unavailable
-from tuneship.common.hashing import sha256_bytes
 from tuneship.common.jobs import Artifact
 from tuneship.common.manifest import FileEntry, Manifest, now
 from tuneship.common.spec import PipelineSpec
 from tuneship.common.store import ArtifactStore, CorruptArtifact
 from tuneship.common.store.commit import (
+    input_digest,
     read_manifest,
     upload_input,
     verify_committed,
@@ -164,12 +163,6 @@ def human_size(size: int) -> str:
     return f"{size} bytes"
 
 
-def _listing_digest(files: Iterable[FileEntry]) -> str:
-    # The content address ``upload_input`` gives the same files (its listing, sorted).
-    ordered = sorted(files, key=lambda f: f.name)
-    return sha256_bytes(json.dumps([vars(f) for f in ordered], sort_keys=True).encode())
-
-
 class StoreInputs:
     """The controller's inputs over one store.
 
@@ -195,7 +188,7 @@ class StoreInputs:
         """The committed input with exactly these files, or None. InvalidInput when the
         listing is malformed or over ``settings.max_bytes``."""
         self._check(incoming)
-        key = layout.input_manifest(incoming.kind, _listing_digest(incoming.files))
+        key = layout.input_manifest(incoming.kind, input_digest(incoming.files))
         try:
             manifest = verify_committed(self.store, key)
         except (NotFound, CorruptArtifact):
@@ -213,7 +206,7 @@ class StoreInputs:
         found = self.find(incoming)
         if found is not None:
             return found
-        digest = _listing_digest(incoming.files)
+        digest = input_digest(incoming.files)
         root = layout.input_files_prefix(incoming.kind, digest)
         expected = iter(incoming.files)
         receiving: _IncomingFile | None = None

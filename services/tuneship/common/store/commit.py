@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +258,13 @@ def latest_checkpoint(store: ArtifactStore, *, pipeline: str, stage: str) -> Man
     )
 
 
+def input_digest(files: Iterable[FileEntry]) -> str:
+    """The content address of an input: the sha256 of its file listing (names, sizes,
+    sha256s) sorted by name. Every way an input enters the store uses this one."""
+    ordered = sorted(files, key=lambda f: f.name)
+    return sha256_bytes(json.dumps([vars(f) for f in ordered], sort_keys=True).encode())
+
+
 def upload_input(
     store: ArtifactStore, path: Path, *, kind: str, events: EventSink | None = None
 ) -> Manifest:
@@ -268,7 +275,7 @@ def upload_input(
     """
     events = events or NullSink()
     files = scan_dir(path)
-    digest = sha256_bytes(json.dumps([vars(f) for f in files], sort_keys=True).encode())
+    digest = input_digest(files)
     key = layout.input_manifest(kind, digest)
     try:
         existing = read_manifest(store, key)
