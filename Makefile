@@ -18,7 +18,7 @@ S3_VENV ?= .venv-s3
 S3_INSTALLED := $(S3_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv s3-venv go-toolchain toolchain proto lint format test test-all bench run images clean
+.PHONY: help venv s3-venv go-toolchain postgres-server toolchain proto lint format test test-all bench run images clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,18 @@ go-toolchain: ## install Debian's golang-go when go is missing (idempotent)
 	  $$sudo env DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends golang-go
 
+# The controller's tests run against a real PostgreSQL server besides SQLite: a throwaway
+# one started from Debian's postgresql package (tuneship.testing.postgres).
+postgres-server: ## install Debian's postgresql when no server binaries exist (idempotent)
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && exit 0; \
+	  command -v apt-get >/dev/null || { echo "PostgreSQL is missing and apt-get is not" \
+	    "available: install the PostgreSQL 15+ server (Debian/Ubuntu: postgresql)" >&2; exit 1; }; \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  apt-cache policy postgresql 2>/dev/null | grep -q 'Candidate: [0-9]' \
+	    || $$sudo apt-get update -qq; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends postgresql
+
 $(TOOLCHAIN):
 	scripts/build-llama-cpp.sh
 
@@ -71,13 +83,13 @@ format: $(INSTALLED) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix services tests bench
 	$(BIN)/ruff format services tests bench
 
-test: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain lint ## lint, then the default test suite (not slow, not gpu)
+test: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain postgres-server lint ## lint, then the default test suite (not slow, not gpu)
 	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-all: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain lint ## every test except those needing a GPU
+test-all: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain postgres-server lint ## every test except those needing a GPU
 	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
 
-bench: $(INSTALLED) $(TOOLCHAIN) ## benchmarks; results in bench/results/*.json
+bench: $(INSTALLED) $(TOOLCHAIN) postgres-server ## benchmarks; results in bench/results/*.json
 	@mkdir -p bench/results
 	@found=0; for b in bench/bench_*.py; do [ -e "$$b" ] || continue; found=1; \
 	  echo "== $$b"; $(BIN)/python "$$b" || exit 1; done; \
