@@ -17,11 +17,13 @@ def test_s3_prefix_and_object_become_inputs(s3_server, tiny_chatml: Path, tmp_pa
     bucket = f"inputs-{int(time.time() * 1000) % 10**9}"
     store = S3Store(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, bucket,
                     secure=False)  # fmt: skip
+    # Copied in by someone else (as `mc cp` would): tuneship itself writes only its areas.
+    store.client.make_bucket(bucket)
     for path in tiny_chatml.iterdir():
-        store.put_file(f"models/tiny/{path.name}", path)
+        store.client.fput_object(bucket, f"models/tiny/{path.name}", str(path))
     data = tmp_path / "train.jsonl"
     data.write_text('{"messages": []}\n')
-    store.put_file("data/train.jsonl", data)
+    store.client.fput_object(bucket, "data/train.jsonl", str(data))
 
     model = resolve_input(store, "model", "model.base", f"s3://{bucket}/models/tiny/")
     fetched = fetch_stage(store, model.key, tmp_path / "model")

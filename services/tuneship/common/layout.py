@@ -62,16 +62,87 @@ def segment(value: str, what: str) -> str:
     return value
 
 
-def check_key(key: str) -> str:
-    """``key`` if it is a relative POSIX key with no empty, '.' or '..' segments."""
+# S3 allows 1024 bytes per object name; leave room for a store's own prefix.
+MAX_KEY_BYTES = 900
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_KEY_HINT = "keys look like 'pipelines/p1/stages/train/manifest.json'"
+
+
+def _key_problem(key: str) -> str | None:
+    """What makes ``key`` unsafe as an object key, or None."""
+    if not key:
+        return "is empty"
+    if key.startswith("/"):
+        return "is absolute (starts with '/')"
+    if "\\" in key:
+        return "contains a backslash"
+    if _CONTROL.search(key):
+        return "contains a control character (NUL, newline, ...)"
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        return f"is longer than {MAX_KEY_BYTES} bytes"
     parts = key.split("/")
-    if not key or key.startswith("/") or any(p in {"", ".", ".."} for p in parts):
+    if ".." in parts:
+        return "has a '..' segment"
+    if "." in parts:
+        return "has a '.' segment"
+    if "" in parts:
+        return "has an empty segment ('//' or a trailing '/')"
+    return None
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a relative POSIX key of named segments: not empty, no leading
+    '/', no '', '.' or '..' segment, no backslash or control character (NUL included),
+    at most ``MAX_KEY_BYTES``. Both store adapters call this on every key they touch."""
+    problem = _key_problem(key)
+    if problem:
+        raise InvalidInput(f"artifact key {key!r} {problem}", where="key", hint=_KEY_HINT)
+    return key
+
+
+WRITABLE = ("inputs/", "pipelines/", "cache/", "serving/")
+"""The only areas tuneship writes to; anything else in a bucket belongs to someone else."""
+
+
+def check_write_key(key: str) -> str:
+    """``key`` if tuneship may write it: a safe key (:func:`check_key`) under
+    ``inputs/``, ``pipelines/<pipeline>/``, ``cache/`` or ``serving/``.
+
+    Both store adapters call this before writing a byte, so a key built from bad input
+    (or a bug) cannot overwrite objects outside tuneship's areas.
+    """
+    check_key(key)
+    parts = key.split("/")
+    inside = key.startswith(WRITABLE) and len(parts) > 1
+    if inside and parts[0] == "pipelines":
+        inside = len(parts) > 2 and bool(_SEGMENT.match(parts[1]))
+    if not inside:
         raise InvalidInput(
-            f"artifact key {key!r} is not a relative path of named segments",
+            f"refusing to write {key!r}: tuneship writes only under inputs/, "
+            "pipelines/<pipeline>/, cache/ and serving/",
             where="key",
-            hint="keys look like 'pipelines/p1/stages/train/manifest.json'",
+            hint="build keys with tuneship.common.layout; to add your own files as an "
+            "input, use `tuneship store put PATH --kind KIND`",
         )
     return key
+
+
+def is_input_manifest(key: str) -> bool:
+    """Whether ``key`` is where :func:`input_manifest` puts an uploaded input's manifest."""
+    parts = key.split("/")
+    return (
+        len(parts) == 4
+        and parts[0] == "inputs"
+        and bool(_SEGMENT.match(parts[1]))
+        and bool(_DIGEST.match(parts[2]))
+        and parts[3] == MANIFEST
+    )
+
+
+def in_pipeline_area(key: str) -> bool:
+    """Whether ``key`` (or a prefix) lies where tuneship keeps pipelines' own results:
+    stage outputs, checkpoints, the cache index and served-model records."""
+    return key.split("/", 1)[0] in {"pipelines", "cache", "serving"}
 
 
 def check_prefix(prefix: str) -> str:

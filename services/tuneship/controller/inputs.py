@@ -53,7 +53,7 @@ def resolve_input(
 ) -> Artifact:
     """Commit (or find) one input and return its manifest reference."""
     if location.startswith(STORE_SCHEME):
-        manifest = read_manifest(store, location[len(STORE_SCHEME) :])
+        manifest = _stored_input(store, field, location)
         return Artifact(manifest.key, manifest.digest, manifest.total_size)
     if location.startswith("s3://"):
         with tempfile.TemporaryDirectory() as temp:
@@ -73,8 +73,64 @@ def resolve_input(
     path = Path(location)
     if not path.exists():
         raise InvalidInput(f"{path} does not exist", where=field, hint="check the path")
+    root = getattr(store, "root", None)  # a local store: its files are not inputs either
+    if isinstance(root, Path) and path.resolve().is_relative_to(root.resolve()):
+        _refuse_private(field, location)
     manifest = upload_input(store, path, kind=kind)
     return Artifact(manifest.key, manifest.digest, manifest.total_size)
+
+
+_REUSE_HINT = (
+    "a spec reads uploaded inputs only; another pipeline's results are reused through the "
+    "stage cache (submit the same spec and inputs and finished stages are not run again). "
+    "To train on such a result, `tuneship store fetch KEY DIR` and name DIR (or "
+    "`tuneship store put DIR --kind KIND` and name the key it prints)"
+)
+
+
+def _refuse_private(field: str, location: str) -> None:
+    raise InvalidInput(
+        f"{location} is inside tuneship's pipeline outputs (pipelines/, cache/, serving/), "
+        "which a spec cannot read",
+        where=field,
+        hint=_REUSE_HINT,
+    )
+
+
+def _field_key(field: str, location: str, key: str) -> str:
+    """``key`` if safe (``layout.check_key``), else InvalidInput naming the spec field."""
+    try:
+        return layout.check_key(key)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{location}: {exc.message}", where=field, hint=exc.hint) from None
+
+
+def _stored_input(store: ArtifactStore, field: str, location: str) -> Manifest:
+    """The input manifest a ``store:KEY`` location names. Only uploaded inputs
+    (``inputs/<kind>/<sha256>/manifest.json`` whose files lie beside it) qualify: a
+    stage's manifest would hand this pipeline another pipeline's private outputs."""
+    key = _field_key(field, location, location[len(STORE_SCHEME) :])
+    if not layout.is_input_manifest(key):
+        if layout.in_pipeline_area(key):
+            _refuse_private(field, location)
+        raise InvalidInput(
+            f"{location} is not an uploaded input's manifest",
+            where=field,
+            hint="name the key `tuneship store put` printed "
+            "(store:inputs/<kind>/<sha256>/manifest.json)",
+        )
+    manifest = read_manifest(store, key)
+    _, kind, digest, _ = key.split("/")
+    if manifest.kind != layout.ManifestKind.INPUT or manifest.root != layout.input_files_prefix(
+        kind, digest
+    ):
+        raise InvalidInput(
+            f"{location} is not an input manifest (kind {manifest.kind!r}, files under "
+            f"{manifest.root!r})",
+            where=field,
+            hint=_REUSE_HINT,
+        )
+    return manifest
 
 
 def _from_bucket(store: ArtifactStore, location: str, field: str, dest: Path) -> Path:
@@ -86,7 +142,9 @@ def _from_bucket(store: ArtifactStore, location: str, field: str, dest: Path) ->
             f"{location} is outside the artifact store ({store.describe()})", where=field,
             hint="copy it into the store's bucket, or upload it with `tuneship store put`",
         )  # fmt: skip
-    key = path[len(own_prefix) :].rstrip("/")
+    key = _field_key(field, location, path[len(own_prefix) :].rstrip("/"))
+    if layout.in_pipeline_area(key):
+        _refuse_private(field, location)
     objects = store.list(key + "/")
     if not objects:  # one object: a dataset file (NotFound when there is none)
         target = dest / Path(key).name

@@ -239,12 +239,12 @@ def test_inputs_are_content_addressed_and_uploaded_once(tmp_path: Path) -> None:
 
 def test_unreadable_manifests_are_errors(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
-    store.put_bytes("bad/manifest.json", b"not json")
+    store.put_bytes("pipelines/p/bad/manifest.json", b"not json")
     with pytest.raises(CorruptArtifact):
-        read_manifest(store, "bad/manifest.json")
-    store.put_bytes("new/manifest.json", json.dumps({"format": 99}).encode())
+        read_manifest(store, "pipelines/p/bad/manifest.json")
+    store.put_bytes("pipelines/p/new/manifest.json", json.dumps({"format": 99}).encode())
     with pytest.raises(FailedPrecondition) as caught:
-        read_manifest(store, "new/manifest.json")
+        read_manifest(store, "pipelines/p/new/manifest.json")
     assert "upgrade" in str(caught.value)
 
 

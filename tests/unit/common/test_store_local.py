@@ -29,12 +29,12 @@ def test_file_round_trip_is_hashed(tmp_path: Path) -> None:
     source.write_bytes(b"GGUF" + bytes(range(256)) * 100)
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
 
-    put = store.put_file("a/b/model.gguf", source, sha256=digest)
-    got = store.get_file("a/b/model.gguf", tmp_path / "out" / "copy.gguf", sha256=digest)
+    put = store.put_file("pipelines/p/model.gguf", source, sha256=digest)
+    got = store.get_file("pipelines/p/model.gguf", tmp_path / "out" / "copy.gguf", sha256=digest)
 
     assert put.sha256 == got.sha256 == digest
     assert (tmp_path / "out" / "copy.gguf").read_bytes() == source.read_bytes()
-    assert store.stat("a/b/model.gguf").size == source.stat().st_size
+    assert store.stat("pipelines/p/model.gguf").size == source.stat().st_size
 
 
 def test_upload_of_a_file_that_changed_since_it_was_hashed_stores_nothing(tmp_path: Path) -> None:
@@ -44,21 +44,21 @@ def test_upload_of_a_file_that_changed_since_it_was_hashed_stores_nothing(tmp_pa
     stale = hashlib.sha256(b"old contents").hexdigest()
 
     with pytest.raises(CorruptArtifact):
-        store.put_file("w/weights.bin", source, sha256=stale)
+        store.put_file("pipelines/p/weights.bin", source, sha256=stale)
 
-    assert not store.exists("w/weights.bin")
+    assert not store.exists("pipelines/p/weights.bin")
     assert _leftovers(tmp_path / "store") == []
 
 
 def test_download_with_the_wrong_hash_leaves_no_file(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
-    store.put_bytes("x/data.json", b'{"a": 1}')
+    store.put_bytes("pipelines/p/data.json", b'{"a": 1}')
     dest = tmp_path / "dl" / "data.json"
 
     with pytest.raises(CorruptArtifact) as caught:
-        store.get_file("x/data.json", dest, sha256="0" * 64)
+        store.get_file("pipelines/p/data.json", dest, sha256="0" * 64)
 
-    assert "x/data.json" in str(caught.value)
+    assert "pipelines/p/data.json" in str(caught.value)
     assert not dest.exists()
     assert _leftovers(tmp_path / "dl") == []
 
@@ -67,7 +67,7 @@ def test_a_missing_key_is_not_found(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
     with pytest.raises(NotFound):
         store.get_bytes("nothing/here.json")  # a store never written to is empty
-    store.put_bytes("something.json", b"{}")
+    store.put_bytes("cache/something.json", b"{}")
     with pytest.raises(NotFound) as caught:
         store.get_bytes("nothing/here.json")
     assert "nothing/here.json" in str(caught.value)
@@ -76,15 +76,24 @@ def test_a_missing_key_is_not_found(tmp_path: Path) -> None:
 
 def test_list_is_sorted_recursive_and_skips_uploads_in_flight(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
-    for key in ["p/b/2.txt", "p/a.txt", "p/b/1.txt", "q/other.txt"]:
+    for key in [
+        "pipelines/p/b/2.txt",
+        "pipelines/p/a.txt",
+        "pipelines/p/b/1.txt",
+        "inputs/other.txt",
+    ]:
         store.put_bytes(key, key.encode())
-    (tmp_path / "store" / "p" / ".a.txt.abc.part").write_bytes(b"half")
+    (tmp_path / "store" / "pipelines" / "p" / ".a.txt.abc.part").write_bytes(b"half")
 
-    assert [o.key for o in store.list("p/")] == ["p/a.txt", "p/b/1.txt", "p/b/2.txt"]
+    assert [o.key for o in store.list("pipelines/p/")] == [
+        "pipelines/p/a.txt",
+        "pipelines/p/b/1.txt",
+        "pipelines/p/b/2.txt",
+    ]
     assert store.list("absent/") == []
-    assert store.delete_prefix("p/b/") == 2
-    assert [o.key for o in store.list()] == ["p/a.txt", "q/other.txt"]
-    assert store.delete("q/other.txt") and not store.delete("q/other.txt")
+    assert store.delete_prefix("pipelines/p/b/") == 2
+    assert [o.key for o in store.list()] == ["inputs/other.txt", "pipelines/p/a.txt"]
+    assert store.delete("inputs/other.txt") and not store.delete("inputs/other.txt")
 
 
 @pytest.mark.parametrize("key", ["", "/etc/passwd", "../outside", "a//b", "a/./b", "a/../b"])
@@ -164,7 +173,10 @@ def test_a_store_that_cannot_be_written_says_which_and_what_to_check(tmp_path: P
     store = LocalStore(blocker / "inner")
     source = tmp_path / "weights.bin"
     source.write_bytes(b"x" * 10)
-    for write in (lambda: store.put_file("a/b.bin", source), lambda: store.put_bytes("a/c", b"1")):
+    for write in (
+        lambda: store.put_file("cache/b.bin", source),
+        lambda: store.put_bytes("cache/c", b"1"),
+    ):
         with pytest.raises(FailedPrecondition) as caught:
             write()
         assert f"local store {blocker / 'inner'}" in caught.value.message

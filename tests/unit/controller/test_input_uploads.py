@@ -139,7 +139,7 @@ def test_uploads_over_the_limit_are_refused_before_any_byte(tmp_path: Path) -> N
     [
         ("model", [], "no files"),
         ("model", ["a.json", "a.json"], "twice"),
-        ("model", ["../escape"], "named segments"),
+        ("model", ["../escape"], "'..' segment"),
         ("../x", ["a.json"], "input kind"),
     ],
 )

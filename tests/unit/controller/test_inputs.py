@@ -37,4 +37,4 @@ def test_missing_and_unsupported_locations_name_the_field(tmp_path: Path) -> Non
     with pytest.raises(FailedPrecondition, match="outside the artifact store"):
         resolve_input(store, "model", "model.base", "s3://other-bucket/models/x")
     with pytest.raises(NotFound):
-        resolve_input(store, "model", "model.base", "store:inputs/model/abc/manifest.json")
+        resolve_input(store, "model", "model.base", f"store:inputs/model/{'0' * 64}/manifest.json")

@@ -46,6 +46,9 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         return self.root / layout.check_key(key)
 
+    def _write_path(self, key: str) -> Path:
+        return self.root / layout.check_write_key(key)
+
     def _where(self, key: str) -> str:
         return f"{self.root}/{key}"
 
@@ -71,7 +74,7 @@ class LocalStore:
             ) from exc
 
     def put_file(self, key: str, path: Path, *, sha256: str | None = None) -> ObjectInfo:
-        target = self._path(key)
+        target = self._write_path(key)
         with self._writing(key), staged_file(target) as temp:
             size, actual = _copy_hashing(Path(path), temp)
             if sha256 and actual != sha256:
@@ -98,7 +101,7 @@ class LocalStore:
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         with self._writing(key):
-            atomic_write_bytes(self._path(key), data)
+            atomic_write_bytes(self._write_path(key), data)
         return ObjectInfo(key, len(data), sha256_bytes(data))
 
     def get_bytes(self, key: str) -> bytes:

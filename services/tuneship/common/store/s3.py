@@ -209,7 +209,7 @@ class S3Store:
 
     def put_file(self, key: str, path: Path, *, sha256: str | None = None) -> ObjectInfo:
         path = Path(path)
-        name = self._name(key)
+        name = self.prefix + layout.check_write_key(key)
         size = path.stat().st_size
         expected = sha256 or sha256_file(path)
         tries = 0
@@ -242,11 +242,12 @@ class S3Store:
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         digest = sha256_bytes(data)
+        name = self.prefix + layout.check_write_key(key)  # before anything is sent
 
         def upload() -> None:
             self.client.put_object(
                 self.bucket,
-                self._name(key),
+                name,
                 BytesIO(data),
                 len(data),
                 content_type="application/json" if key.endswith(".json") else "",
