@@ -3,14 +3,16 @@
 Training, ``inspect-data``, the export's held-out evaluation and its importance matrix
 all read conversations through this module, so a dataset that trains also exports.
 
-Accepted shapes, detected per record unless the spec names one:
+Accepted shapes, detected from a file's first record unless the spec names one (a file
+holds one shape):
 
 - ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}]}``
 - ``sharegpt``: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}]}``
 - ``prompt_completion``: ``{"prompt": str, "completion": str}`` (or lists of messages)
 
-Files are JSONL, JSON (a list of records) or Parquet. Every problem names the file and
-line (JSONL), index (JSON) or row (Parquet) and what is wrong.
+Files are JSONL, JSON (a list of records) or Parquet, UTF-8 with or without a byte-order
+mark. Every problem names the file and line (JSONL), index (JSON) or row (Parquet) and
+what is wrong.
 """
 
 from __future__ import annotations
@@ -124,19 +126,24 @@ def _read_valid(
     path: Path, label: str, spec_field: str, spec: DatasetSpec, skipped: list[Skipped], digest: Any
 ) -> list[Conversation]:
     if not path.is_file():
-        what = "a directory" if path.is_dir() else "not found"
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise NotFound(
-            f"dataset file {what}: {label}",
+            f"the dataset {label} {what}",
             where=spec_field,
             hint="give a JSONL, JSON or Parquet file",
         )
     digest.update(path.read_bytes())
     valid = []
+    shapes = _OneShape(spec.format)
+    records = 0
     for where, record in _records(path, label):
+        records += 1
         try:
             if isinstance(record, RecordError):
                 raise record
-            valid.append(Conversation(to_messages(record, spec.format), where))
+            messages = to_messages(record, spec.format)
+            shapes.check(record, where)
+            valid.append(Conversation(messages, where))
         except RecordError as exc:
             if spec.on_invalid == "error":
                 raise InvalidInput(
@@ -145,7 +152,36 @@ def _read_valid(
                     hint="fix the record, or set dataset.on_invalid: skip to leave it out",
                 ) from exc
             skipped.append(Skipped(where, str(exc)))
+    if records == 0:
+        raise InvalidInput(
+            "the file is empty: it holds no records",
+            where=label,
+            hint="write one conversation per line (JSONL), a JSON list, or Parquet rows",
+        )
     return valid
+
+
+class _OneShape:
+    """With ``format: auto``, the first record's shape is the file's: a record of another
+    shape is refused, as files that mix shapes are usually two files pasted together."""
+
+    def __init__(self, shape: str) -> None:
+        self.shape = shape
+        self.first: tuple[str, str] | None = None
+
+    def check(self, record: dict, where: str) -> None:
+        """Refuse ``record`` (valid in itself) when its shape is not the file's."""
+        if self.shape != "auto":
+            return
+        shape = _detect(record)
+        if self.first is None:
+            self.first = (shape, where)
+        elif shape != self.first[0]:
+            raise RecordError(
+                f"a {shape} record in a file of {self.first[0]} records (the first, at "
+                f"{self.first[1]}): one file holds one format; convert the records to one "
+                "shape, or split the file"
+            )
 
 
 def _records(path: Path, label: str) -> Iterator[tuple[str, Any]]:
@@ -167,7 +203,8 @@ def _records(path: Path, label: str) -> Iterator[tuple[str, Any]]:
             yield f"{label}:row {row}", record
     elif suffix == ".json":
         try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
+            # utf-8-sig: a byte-order mark (Windows editors write one) is not content.
+            data = json.loads(path.read_bytes().decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidInput(f"not a valid UTF-8 JSON file: {exc}", where=label) from exc
         if not isinstance(data, list):
@@ -183,7 +220,8 @@ def _jsonl_records(path: Path, label: str) -> Iterator[tuple[str, Any]]:
         for number, raw in enumerate(handle, start=1):
             where = f"{label}:{number}"
             try:
-                line = raw.decode("utf-8")
+                # A byte-order mark (Windows editors write one) opens the file, not a record.
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 yield where, RecordError(f"invalid UTF-8 at byte {exc.start} of the line")
                 continue
@@ -197,8 +235,13 @@ def _jsonl_records(path: Path, label: str) -> Iterator[tuple[str, Any]]:
 
 def to_messages(record: Any, shape: str = "auto") -> list[Message]:
     """Convert one record to validated OpenAI-style messages (``RecordError`` if invalid)."""
+    if isinstance(record, list):
+        raise RecordError(
+            "a record is a JSON object, not a list: a .jsonl file has one object per line "
+            "(a JSON list of records belongs in a .json file)"
+        )
     if not isinstance(record, dict):
-        raise RecordError("a record is a JSON object")
+        raise RecordError(f"a record is a JSON object, not {json.dumps(record)[:40]}")
     if shape == "auto":
         shape = _detect(record)
     if shape == "messages":
