@@ -7,6 +7,7 @@ against the spec file's directory.
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -118,13 +119,30 @@ def _problems(exc: ValidationError, root: yaml.Node | None, source: str) -> list
         field = ".".join(str(p) for p in path) or "(top level)"
         line = _line_of(root, path)
         where = f"{source}:{line}: {field}" if line else f"{source}: {field}"
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown field (check the spelling; see examples/ for every field)"
+            message = "unknown field" + _suggestion(path)
+        elif error["type"] == "model_type":
+            message = f"a section is a mapping of its fields ({field}: {{...}}), not a value"
         elif error["type"] == "missing":
             message = "required field is missing"
         problems.append((where, message))
     return problems
+
+
+def _suggestion(path: tuple[str | int, ...]) -> str:
+    """``"; did you mean 'train'?"`` for an unknown field close to a known one."""
+    section: Any = PipelineSpec
+    for part in path[:-1]:
+        field = section.model_fields.get(part) if isinstance(part, str) else None
+        section = field.annotation if field is not None else None
+        if not (isinstance(section, type) and issubclass(section, Section)):
+            return " (check the spelling; see examples/ for every field)"
+    known = list(section.model_fields)
+    close = difflib.get_close_matches(str(path[-1]), known, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; {'.'.join(map(str, path[:-1])) or 'a spec'} has {', '.join(known)}"
 
 
 def parse_spec(text: str, source: str = "<spec>", base_dir: Path | None = None) -> PipelineSpec:
@@ -135,9 +153,14 @@ def parse_spec(text: str, source: str = "<spec>", base_dir: Path | None = None) 
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
-        raise InvalidInput(f"not valid YAML: {exc}", where=where) from exc
+        raise InvalidInput(
+            f"not valid YAML: {exc}", where=where,
+            hint="indent with spaces (not tabs) and quote values that contain ': ' or '#'",
+        ) from exc  # fmt: skip
     if not isinstance(data, dict):
-        raise SpecError([(source, "a spec is a YAML mapping with apiVersion: tuneship/v1")], source)
+        what = "empty" if data is None else f"a YAML {type(data).__name__}, not a mapping"
+        expected = "a spec is a YAML mapping with apiVersion: tuneship/v1"
+        raise SpecError([(source, f"the spec is {what}: {expected}")], source)
     try:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
@@ -150,7 +173,10 @@ def load_spec(path: Path) -> PipelineSpec:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise InvalidInput(f"cannot read spec: {exc.strerror}", where=str(path)) from exc
+        raise InvalidInput(
+            f"cannot read spec: {exc.strerror}", where=str(path),
+            hint="check the path; examples/ has specs to start from",
+        ) from exc  # fmt: skip
     return parse_spec(text, str(path), path.resolve().parent)
 
 

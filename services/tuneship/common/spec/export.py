@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -65,8 +66,12 @@ class ExportSpec(Section):
         lowered = [t.lower() for t in value]
         unknown = [t for t in lowered if t not in QUANT_TYPES]
         if unknown:
+            named = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, list(QUANT_TYPES), n=1)
+                named.append(f"{name} (did you mean {close[0]}?)" if close else name)
             raise ValueError(
-                f"unknown llama-quantize type(s) {', '.join(unknown)}; "
+                f"unknown llama-quantize type(s) {', '.join(named)}; "
                 f"choose from {', '.join(QUANT_TYPES)}"
             )
         return list(dict.fromkeys(lowered))
