@@ -138,7 +138,10 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
 
     def _validate(self, request: pipeline_pb2.SubmitRequest, where: str) -> PipelineSpec:
         if not request.spec_yaml.strip():
-            raise InvalidInput("spec_yaml is empty", where=f"{where}.spec_yaml")
+            raise InvalidInput(
+                "spec_yaml is empty", where=f"{where}.spec_yaml",
+                hint="send the text of a spec file (`tuneship submit SPEC` does)",
+            )  # fmt: skip
         size = len(request.spec_yaml.encode())
         if size > MAX_SPEC_BYTES:
             raise InvalidInput(
@@ -173,10 +176,23 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
     def List(self, request: pipeline_pb2.ListRequest, context: Any) -> pipeline_pb2.ListResponse:
         try:
             offset = int(request.page_token or "0")
-        except ValueError as exc:
+        except ValueError:
+            offset = -1
+        if offset < 0:
             raise InvalidInput(
-                "page_token is not one this server issued", where="page_token"
-            ) from exc
+                "page_token is not one this server issued", where="ListRequest.page_token",
+                hint="pass the next_page_token of the previous page, or none for the first",
+            )  # fmt: skip
+        if request.page_size < 0:
+            raise InvalidInput(
+                f"page_size is {request.page_size}", where="ListRequest.page_size",
+                hint="a positive number of pipelines per page, or 0 for the default (50)",
+            )  # fmt: skip
+        if request.phase not in _FROM_PROTO and request.phase != pipeline_pb2.PHASE_UNSPECIFIED:
+            raise InvalidInput(
+                f"unknown phase {request.phase}", where="ListRequest.phase",
+                hint="PENDING, RUNNING, SUCCEEDED, FAILED or CANCELLED; unset for all",
+            )  # fmt: skip
         phase = _FROM_PROTO.get(request.phase)
         views, more = self.state.list_pipelines(
             phase, request.name_prefix, dict(request.labels), offset, request.page_size or 50
@@ -191,6 +207,11 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         self, request: pipeline_pb2.WatchRequest, context: grpc.ServicerContext
     ) -> Iterator[pipeline_pb2.PipelineEvent]:
         seq = request.after_seq
+        if seq < 0:
+            raise InvalidInput(
+                f"after_seq is {seq}", where="WatchRequest.after_seq",
+                hint="0 replays every event; N replays those after event N",
+            )  # fmt: skip
         self.state.get(request.id)  # NotFound before streaming anything
         while context.is_active():
             # Phase and driver first, events second: when the pipeline is seen finished
