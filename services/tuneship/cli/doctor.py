@@ -38,10 +38,13 @@ def toolchain_report(settings: Settings, console: Console) -> int:
 def model_report(path: Path, console: Console, *, fix: bool = False) -> int:
     """Print every check of an HF directory or GGUF; with ``fix``, repair what is safe.
 
-    Returns 0 when no error remains, 1 otherwise.
+    Returns 0 when no error remains, 2 otherwise (a model that fails a check is bad
+    input, as a spec that fails ``validate`` is).
     """
+    from tuneship.cli.train import quiet_libraries
     from tuneship.converter import check_model, fix_hf
 
+    quiet_libraries()  # the table says what transformers would warn about
     report = check_model(path)
     done: list[str] = []
     if fix and report.kind == "hf":
@@ -60,4 +63,4 @@ def model_report(path: Path, console: Console, *, fix: bool = False) -> int:
         console.print(f"[green]fixed:[/] {escape(line)}")
     facts = ", ".join(f"{k}={v}" for k, v in report.facts.items() if not isinstance(v, dict))
     console.print(f"[dim]{escape(facts)}[/]")
-    return 0 if report.ok else 1
+    return 0 if report.ok else 2

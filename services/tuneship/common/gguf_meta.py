@@ -84,9 +84,9 @@ def read_gguf(path: Path) -> GgufInfo:
     with path.open("rb") as handle:
         magic = handle.read(4)
     if magic != b"GGUF":
-        what = "empty (0 bytes)" if size == 0 else f"starts with {magic!r}, not b'GGUF'"
+        what = "is empty (0 bytes)" if size == 0 else f"starts with {magic!r}, not b'GGUF'"
         raise InvalidInput(
-            f"not a GGUF file: it is {what}", where=str(path),
+            f"not a GGUF file: it {what}", where=str(path),
             hint="pass a .gguf written by the export stage (`tuneship export`)",
         )  # fmt: skip
     try:

@@ -19,6 +19,7 @@ from tuneship.common.gguf_meta import GgufInfo, read_gguf
 Severity = Literal["error", "warning", "ok"]
 EMBEDDING_NAMES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
 FIX_COMMAND = "tuneship doctor --fix PATH"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,15 @@ def check_model(path: Path) -> DoctorReport:
         return check_gguf(path)
     if path.is_dir() and (path / "config.json").is_file():
         return check_hf(path)
+    if path.is_dir():
+        what = "is a directory without config.json"
+    else:
+        what = "is a file without the .gguf suffix" if path.is_file() else "does not exist"
     raise NotFound(
-        f"{path} is neither a Hugging Face model directory (with config.json) nor a .gguf file",
+        f"{path} {what}: doctor checks a Hugging Face model directory or a .gguf file",
         where=str(path),
+        hint="pass the directory a model was saved to (save_pretrained writes config.json "
+        "beside the weights and tokenizer) or a .gguf file",
     )
 
 
@@ -128,14 +135,16 @@ def check_hf(model: Path) -> DoctorReport:
     _check_weights_format(model, report)
     shapes = safetensors_shapes(model, report)
     rows, head_rows = embedding_shapes(shapes)
+    copy_tokenizer = ("copy tokenizer.json (or tokenizer.model) and tokenizer_config.json from "
+                      "the base model into the directory")  # fmt: skip
     try:
+        if not any((model / name).is_file() for name in TOKENIZER_FILES):
+            raise FileNotFoundError(f"none of {', '.join(TOKENIZER_FILES)} is in the directory")
         tokenizer = AutoTokenizer.from_pretrained(model)
     except Exception as exc:  # transformers raises many kinds; all mean "no tokenizer"
-        report.add(
-            "tokenizer", "error", f"the tokenizer does not load: {type(exc).__name__}: {exc}",
-            fix="copy tokenizer.json (or tokenizer.model) and tokenizer_config.json from the "
-            "base model into the directory",
-        )  # fmt: skip
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        report.add("tokenizer", "error", f"the tokenizer does not load: {first}",
+                   fix=copy_tokenizer)  # fmt: skip
         _check_template(report, read_chat_template(model))
         return report
     sizes = {
@@ -179,7 +188,9 @@ def _check_weights_format(model: Path, report: DoctorReport) -> None:
         report.facts["weights_format"] = "pickle"
         report.add(
             "weights", "error", "weights are pickle files (.bin/.pt), which can run code on load",
-            fix="re-save the model with save_pretrained(..., safe_serialization=True)",
+            fix="re-save the model with save_pretrained(..., safe_serialization=True) where "
+            "you trust it; tuneship reads safetensors only (model.allow_pickle: true lets "
+            "training load it)",
         )  # fmt: skip
     else:
         report.add("weights", "error", "no weight files (*.safetensors) in the directory")
@@ -194,8 +205,10 @@ def _check_vocab(
     sentencepiece: bool,
 ) -> None:
     if embedding_rows is None:
-        report.add("vocab", "error", "no input embedding tensor found in the safetensors files")
-        return
+        if not any(f.check == "weights" and f.severity == "error" for f in report.findings):
+            report.add("vocab", "error", "no input embedding tensor in the safetensors files",
+                       fix="check that the directory holds every shard of the model")  # fmt: skip
+        return  # else the weights finding says why nothing could be read
     if lm_head_rows is not None and lm_head_rows != embedding_rows:
         report.add(
             "vocab", "error",
