@@ -61,12 +61,27 @@ class AssistantMask:
             for index, token in tokenizer.added_tokens_decoder.items()
             if getattr(token, "special", False)
         } | set(tokenizer.all_special_ids)
+        # The most characters one token can stand for (byte-fallback pieces overstate it).
+        self.longest_token = max((len(t) for t in tokenizer.get_vocab()), default=1)
 
-    def encode(self, messages: list[Message], where: str = "<conversation>") -> Example:
-        """Tokenize one conversation (``RecordError`` when too long or not renderable)."""
+    def encode(
+        self, messages: list[Message], where: str = "<conversation>", limit: bool = True
+    ) -> Example:
+        """Tokenize one conversation (``RecordError`` when too long or not renderable).
+
+        ``limit``: refuse conversations over ``max_length`` (a probe of the template is not
+        a training example and is never refused).
+        """
+        characters = sum(len(m["content"]) for m in messages)
+        if limit and characters > self.max_length * self.longest_token * 4:
+            # Far too long whatever the tokenizer does: no need to tokenize megabytes.
+            raise RecordError(
+                f"over-long conversation: {characters:,} characters, far more than "
+                f"dataset.max_length {self.max_length} tokens can hold"
+            )
         full_text = self._render(messages, False)
         full = self._ids(messages, False)
-        if len(full) > self.max_length:
+        if limit and len(full) > self.max_length:
             raise RecordError(
                 f"over-long conversation: {len(full)} tokens > dataset.max_length {self.max_length}"
             )
@@ -89,7 +104,7 @@ class AssistantMask:
     def end_of_turn_ids(self) -> set[int]:
         """The control tokens that close a reply under this template (never a pad)."""
         probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
-        example = self.encode(probe, "<probe>")
+        example = self.encode(probe, "<probe>", limit=False)
         return {example.input_ids[end - 1] for _, end in example.spans} & self.control_ids
 
     def _reply_span(

@@ -18,6 +18,7 @@ from tuneship.common.loading import MODEL_LOADING
 from tuneship.common.spec import ModelSpec, TrainSpec
 
 _PICKLE = (".bin", ".pt", ".pth", ".ckpt")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 _IDENTITY = (
     "config.json",
     "generation_config.json",
@@ -30,10 +31,24 @@ _IDENTITY = (
 
 
 def load_tokenizer(base: Path, spec: ModelSpec) -> Any:
+    """The base's tokenizer (``FailedPrecondition`` naming the files when it does not load)."""
     from transformers import AutoTokenizer
 
     _require_dir(base)
-    return AutoTokenizer.from_pretrained(base, trust_remote_code=spec.trust_remote_code)
+    hint = ("copy tokenizer.json (or tokenizer.model) and tokenizer_config.json from the "
+            "model's source into the directory; `tuneship doctor DIR` checks it")  # fmt: skip
+    if not any((base / name).is_file() for name in _TOKENIZER_FILES):
+        raise FailedPrecondition(
+            f"{base} has no tokenizer ({', '.join(_TOKENIZER_FILES)} are all missing)",
+            where="model.base", hint=hint,
+        )  # fmt: skip
+    try:
+        return AutoTokenizer.from_pretrained(base, trust_remote_code=spec.trust_remote_code)
+    except (ValueError, OSError, KeyError) as exc:  # transformers' ways of saying "cannot"
+        raise FailedPrecondition(
+            f"the tokenizer in {base} does not load: {_first_line(exc)}",
+            where="model.base", hint=hint,
+        ) from exc  # fmt: skip
 
 
 def load_model(base: Path, spec: ModelSpec, train: TrainSpec) -> Any:
@@ -61,10 +76,50 @@ def load_model(base: Path, spec: ModelSpec, train: TrainSpec) -> Any:
         options["device_map"] = {"": 0}
     if train.method == "qlora":
         options["quantization_config"] = _four_bit(options["dtype"])
-    with MODEL_LOADING:
-        model = AutoModelForCausalLM.from_pretrained(base, **options)
+    _require_known_architecture(base)
+    try:
+        with MODEL_LOADING:
+            model = AutoModelForCausalLM.from_pretrained(base, **options)
+    except (OSError, ValueError) as exc:
+        raise FailedPrecondition(
+            f"the weights in {base} do not load: {_first_line(exc)}",
+            where="model.base",
+            hint="a file may be cut short or damaged: copy or download the model again; "
+            "`tuneship doctor DIR` checks every file",
+        ) from exc
+    except Exception as exc:  # safetensors' own error type is not importable by name
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise FailedPrecondition(
+            f"the weights in {base} cannot be read ({_first_line(exc)}): a safetensors file "
+            "is truncated or damaged",
+            where="model.base",
+            hint="copy or download the model again; `tuneship doctor DIR` names the file",
+        ) from exc
     model.config.use_cache = False
     return model
+
+
+def _require_known_architecture(base: Path) -> None:
+    import json
+
+    import transformers
+    from transformers import CONFIG_MAPPING
+
+    model_type = json.loads((base / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise FailedPrecondition(
+            f"config.json's model_type {model_type!r} is unknown to transformers "
+            f"{transformers.__version__}: the model cannot be loaded",
+            where="model.base",
+            hint="check config.json (model_type, architectures) against the model's source; "
+            "a model newer than this transformers needs a newer tuneship image",
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def training_dtype(train: TrainSpec) -> Any:

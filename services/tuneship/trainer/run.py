@@ -85,8 +85,9 @@ def train(
     partial = out.with_name(out.name + ".partial")
     if not resume:
         shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True, exist_ok=True)
     prepared, model, pad = _load(spec, base, events, data)
+    # Only now: a spec, dataset or model refused while loading leaves nothing behind.
+    partial.mkdir(parents=True, exist_ok=True)
     tokenizer = prepared.tokenizer
 
     model = _with_method(model, spec.train)
@@ -129,6 +130,7 @@ def _load(
     spec: PipelineSpec, base: Path, events: EventSink, data: Mapping[str, Path] | None
 ) -> tuple[PreparedData, Any, PadDecision]:
     """Tokenizer, template, model with its pad token, and the masked examples."""
+    conversations = load_conversations(spec.dataset, data)  # bad data: refused before loading
     tokenizer, template, mask = prepare_tokenizer(spec, base)
     model = model_io.load_model(base, spec.model, spec.train)
     pad = apply_pad(
@@ -139,7 +141,7 @@ def _load(
         spec.train.pad_to_multiple_of,
     )
     events.emit(Log(STAGE, f"pad token: {pad.pad_token!r} (id {pad.pad_token_id}, {pad.decision})"))
-    prepared = PreparedData(tokenizer, template, mask, load_conversations(spec.dataset, data))
+    prepared = PreparedData(tokenizer, template, mask, conversations)
     encode_all(prepared, spec, events)
     return prepared, model, pad
 
