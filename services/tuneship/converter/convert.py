@@ -29,7 +29,7 @@ from tuneship.common.conversations import Conversation
 from tuneship.common.errors import FailedPrecondition
 from tuneship.common.events import EventSink, Log, Progress
 from tuneship.common.toolchain import Toolchain
-from tuneship.converter.doctor import check_hf
+from tuneship.converter.doctor import check_model
 from tuneship.converter.scores import restore_merge_scores
 from tuneship.converter.template import check_same_rendering, parity_conversations
 
@@ -75,6 +75,24 @@ def _license(base: Path) -> str | None:
     return match.group(1) if match else None
 
 
+def require_convertible(model: Path) -> None:
+    """``FailedPrecondition`` listing every ``doctor`` error (with its fix) of the HF
+    directory ``model``; ``NotFound`` when it is not a model directory at all."""
+    report = check_model(model) if not model.is_file() else None
+    if report is None or report.kind != "hf":
+        raise FailedPrecondition(
+            f"{model} is a file: conversion takes a Hugging Face model directory",
+            where=str(model), hint="pass the directory the model was saved to",
+        )  # fmt: skip
+    if report.errors:
+        lines = "\n".join(f"  - {f.message}\n    fix: {f.fix}" for f in report.errors)
+        raise FailedPrecondition(
+            f"{model} cannot be converted as it is:\n{lines}",
+            where=str(model),
+            hint="`tuneship doctor PATH` shows every check; `--fix` repairs what is safe",
+        )
+
+
 def convert(
     model: Path,
     out: Path,
@@ -92,14 +110,7 @@ def convert(
     """
     if outtype not in OUTTYPES:
         raise FailedPrecondition(f"outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
-    report = check_hf(model)
-    if report.errors:
-        lines = "\n".join(f"  - {f.message}\n    fix: {f.fix}" for f in report.errors)
-        raise FailedPrecondition(
-            f"{model} cannot be converted as it is:\n{lines}",
-            where=str(model),
-            hint="`tuneship doctor PATH` shows every check; `--fix` repairs what is safe",
-        )
+    require_convertible(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     view = Path(tempfile.mkdtemp(prefix=f".{out.name}.view.", dir=out.parent))
     started = time.monotonic()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -66,7 +68,7 @@ def check_model(path: Path) -> DoctorReport:
     else:
         what = "is a file without the .gguf suffix" if path.is_file() else "does not exist"
     raise NotFound(
-        f"{path} {what}: doctor checks a Hugging Face model directory or a .gguf file",
+        f"{path} {what}: it is neither a Hugging Face model directory nor a .gguf file",
         where=str(path),
         hint="pass the directory a model was saved to (save_pretrained writes config.json "
         "beside the weights and tokenizer) or a .gguf file",
@@ -140,7 +142,8 @@ def check_hf(model: Path) -> DoctorReport:
     try:
         if not any((model / name).is_file() for name in TOKENIZER_FILES):
             raise FileNotFoundError(f"none of {', '.join(TOKENIZER_FILES)} is in the directory")
-        tokenizer = AutoTokenizer.from_pretrained(model)
+        with _library_warnings_off():  # an unknown model_type is reported above, once
+            tokenizer = AutoTokenizer.from_pretrained(model)
     except Exception as exc:  # transformers raises many kinds; all mean "no tokenizer"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         report.add("tokenizer", "error", f"the tokenizer does not load: {first}",
@@ -159,6 +162,18 @@ def check_hf(model: Path) -> DoctorReport:
     _check_special_tokens(report, tokenizer, rows)
     _check_template(report, read_chat_template(model))
     return report
+
+
+@contextmanager
+def _library_warnings_off() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _check_architecture(config: dict[str, Any], report: DoctorReport) -> None:

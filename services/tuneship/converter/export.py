@@ -15,7 +15,7 @@ from tuneship.common.events import EventSink, Log, Metrics, Progress
 from tuneship.common.gguf_meta import read_gguf
 from tuneship.common.spec import PipelineSpec
 from tuneship.common.toolchain import Toolchain
-from tuneship.converter.convert import convert, lineage_metadata
+from tuneship.converter.convert import convert, lineage_metadata, require_convertible
 from tuneship.converter.evaluate import against_baseline, baseline, context_for, held_out_ids
 from tuneship.converter.quantize import check_types, compute_imatrix, needs_imatrix, quantize
 from tuneship.converter.render import write_rendered
@@ -67,6 +67,7 @@ def export(
             hint="use outtype f16 or bf16 as the baseline, and q8_0 as one of the quant_types",
         )
     conversations = load_conversations(spec.dataset, data)
+    require_convertible(model)  # before anything reads the tokenizer or writes to out
     held_out = conversations.eval
     if not held_out:
         events.emit(Log(STAGE, "no held-out conversations (dataset.eval_fraction is 0): "

@@ -12,6 +12,7 @@ from pathlib import Path
 from tuneship.common.atomic import staged_file
 from tuneship.common.errors import FailedPrecondition, InvalidInput
 from tuneship.common.events import EventSink, Log, Progress
+from tuneship.common.gguf_meta import read_gguf
 from tuneship.common.spec.export import QUANT_TYPES
 from tuneship.common.toolchain import Toolchain
 
@@ -80,6 +81,7 @@ def quantize(
             where="export.quant_types",
             hint="pass --imatrix FILE or --data CONVERSATIONS to compute one (llama-imatrix)",
         )
+    read_gguf(source)  # a file that is no GGUF is named as such, before out_dir exists
     cores = threads or os.cpu_count() or 1
     jobs = max(1, min(jobs or cores, len(types)))
     per_job = max(1, cores // jobs)
