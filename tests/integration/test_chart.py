@@ -628,7 +628,8 @@ def test_the_controller_accepts_the_rendered_environment_and_jobs(
 ) -> None:
     """The controller's own settings reader takes the rendered env and the mounted Job
     templates; each Job it would create from them validates on both versions."""
-    from tuneship.cli.kube_env import kube_settings, numbers, pairs
+    from tuneship.cli.kube_env import kube_settings
+    from tuneship.common.settings import load_env
     from tuneship.controller.providers.kube import job_manifest
 
     result = rendered[name]
@@ -650,13 +651,14 @@ def test_the_controller_accepts_the_rendered_environment_and_jobs(
     }
     env.update(TUNESHIP_JOB_TEMPLATES=str(jobs_dir), KUBECONFIG=str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    providers = pairs(env["TUNESHIP_PROVIDERS"], "TUNESHIP_PROVIDERS")
-    settings = kube_settings(env, providers)
+    values = load_env(env).values  # strict: every rendered variable parses
+    providers = values.providers
+    settings = kube_settings(values, env)
     assert settings is not None
     assert settings.namespace == NAMESPACE
     assert set(settings.job_templates) == {s for s, p in providers.items() if p == "k8s-job"}
     assert set(settings.pools) == set(settings.pool_capacity)
-    assert numbers(env.get("TUNESHIP_LIMITS", ""), "TUNESHIP_LIMITS")
+    assert values.limits
     for stage, template in settings.job_templates.items():
         job = job_manifest(template, stage, f"pipeline-1/{stage}/attempt-1", NAMESPACE)
         for version in (OLDEST, NEWEST):

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from tuneship.common import layout
 from tuneship.common.errors import NotFound, Unavailable
 from tuneship.common.store import CorruptArtifact, S3Store, StoreSettings, open_store
@@ -236,7 +237,7 @@ def test_stage_commit_and_fetch_through_s3(
         url=f"s3://c-{uuid.uuid4().hex[:12]}/team-a",
         s3_endpoint=s3_server.endpoint,
         s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
+        s3_secret_key=SecretStr(s3_server.secret_key),
         s3_secure=False,
         part_size_mib=5,
     )

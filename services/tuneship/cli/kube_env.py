@@ -1,49 +1,20 @@
 """The controller's Kubernetes settings from the environment the chart renders
-(docs/kubernetes.md lists every variable)."""
+(docs/kubernetes.md lists every variable; ``TuneshipEnv`` parses them)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from tuneship.common.errors import InvalidInput
+from tuneship.common.settings import TuneshipEnv
 from tuneship.controller.providers.kube import PROVIDER_KINDS, KubeSettings, load_job_template
 
 
-def pairs(text: str, what: str) -> dict[str, str]:
-    """``a=1,b=2`` as a dict; ``InvalidInput`` naming ``what`` on a malformed item."""
-    found = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not value:
-            raise InvalidInput(f"{item!r} is not name=value", where=what)
-        found[key.strip()] = value.strip()
-    return found
-
-
-def numbers(text: str, what: str) -> dict[str, int]:
-    found = {}
-    for key, value in pairs(text, what).items():
-        try:
-            found[key] = int(value)
-        except ValueError as exc:
-            raise InvalidInput(f"{key}={value!r} is not a whole number", where=what) from exc
-        if found[key] < 1:
-            raise InvalidInput(f"{key}={value} must be at least 1", where=what)
-    return found
-
-
-def number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "")
-    try:
-        return float(raw) if raw else default
-    except ValueError as exc:
-        raise InvalidInput(f"{raw!r} is not a number of seconds", where=name) from exc
-
-
-def kube_settings(env: Mapping[str, str], kinds: dict[str, str]) -> KubeSettings | None:
-    """Settings for the k8s-* providers named in ``kinds`` (None when none is used)."""
+def kube_settings(values: TuneshipEnv, env: Mapping[str, str]) -> KubeSettings | None:
+    """Settings for the k8s-* providers ``values.providers`` names (None when none is
+    used); ``env`` says how to reach the API (``KUBERNETES_SERVICE_HOST``, ``KUBECONFIG``)."""
+    kinds = values.providers
     for stage, kind in kinds.items():
         if kind not in PROVIDER_KINDS:
             raise InvalidInput(
@@ -54,27 +25,25 @@ def kube_settings(env: Mapping[str, str], kinds: dict[str, str]) -> KubeSettings
     used = {s: k for s, k in kinds.items() if k != "static"}
     if not used:
         return None
-    namespace = env.get("TUNESHIP_K8S_NAMESPACE", "")
-    if not namespace:
+    if not values.k8s_namespace:
         raise InvalidInput(
             "the Kubernetes providers need a namespace",
             where="TUNESHIP_K8S_NAMESPACE",
             hint="the chart sets it",
         )
-    templates_dir = Path(env.get("TUNESHIP_JOB_TEMPLATES", "/etc/tuneship/jobs"))
     templates = {
-        stage: load_job_template(templates_dir / f"{stage}.yaml")
+        stage: load_job_template(values.job_templates / f"{stage}.yaml")
         for stage, kind in used.items()
         if kind == "k8s-job"
     }
     return KubeSettings(
-        namespace=namespace,
+        namespace=values.k8s_namespace,
         api=api_configuration(env),
         job_templates=templates,
-        pools=pairs(env.get("TUNESHIP_POOLS", ""), "TUNESHIP_POOLS"),
-        pool_capacity=numbers(env.get("TUNESHIP_POOL_CAPACITY", ""), "TUNESHIP_POOL_CAPACITY"),
-        unschedulable_timeout_s=number(env, "TUNESHIP_UNSCHEDULABLE_TIMEOUT_S", 900.0),
-        start_timeout_s=number(env, "TUNESHIP_START_TIMEOUT_S", 1800.0),
+        pools=dict(values.pools),
+        pool_capacity=dict(values.pool_capacity),
+        unschedulable_timeout_s=values.unschedulable_timeout_s,
+        start_timeout_s=values.start_timeout_s,
     )
 
 

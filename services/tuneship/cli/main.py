@@ -15,7 +15,7 @@ from tuneship.cli import run as run_cmd
 from tuneship.cli import serve as serve_cmd
 from tuneship.cli import store as store_cmd
 from tuneship.cli import train as train_cmd
-from tuneship.cli.errors import fail
+from tuneship.cli.errors import fail, print_error
 from tuneship.common.errors import TuneshipError
 from tuneship.common.settings import Settings
 
@@ -79,7 +79,11 @@ def fixtures_build(
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except TuneshipError as exc:  # e.g. a bad TUNESHIP_* variable, read before any try
+        print_error(exc)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -278,11 +278,19 @@ def serve(
         bool,
         typer.Option("--once", help="Serve only the task TUNESHIP_TASK_ID, then exit (a Job pod)."),
     ] = False,
+    print_config: Annotated[
+        bool,
+        typer.Option("--print-config", help="Print the settings it would run with, then exit."),
+    ] = False,
 ) -> None:
     """Run one tuneship component as a gRPC server (what the images start)."""
+    from tuneship.cli.daemon import print_config as config_of
     from tuneship.cli.daemon import serve_component
 
     try:
+        if print_config:
+            typer.echo("\n".join(config_of(component, dict(os.environ))))
+            raise typer.Exit(code=0)
         code = serve_component(component, host, port, dict(os.environ), once=once)
     except TuneshipError as exc:
         # A Job pod that cannot even start says whether a retry could help (exit 3: no).

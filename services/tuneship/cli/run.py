@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from contextlib import ExitStack
@@ -19,7 +20,8 @@ from tuneship.cli.errors import fail
 from tuneship.cli.progress import follow
 from tuneship.client import PipelineClient, PipelineInfo
 from tuneship.common.errors import TuneshipError
-from tuneship.common.settings import Settings
+from tuneship.common.logs import configure_logging
+from tuneship.common.settings import Settings, load_env
 from tuneship.common.spec import PipelineSpec, load_spec
 
 out = Console()
@@ -108,7 +110,13 @@ def run(
     from tuneship.cli.serve import open_backend
 
     _quiet_libraries()
-    settings = Settings.from_env()
+    loaded = load_env(os.environ, warn=False)
+    # The run draws its own progress: only warnings and errors are logged, unless asked.
+    configure_logging(
+        loaded.values.log_format, loaded.values.log_level or "warning", loaded.secrets()
+    )
+    loaded.warn_unknown()
+    settings = Settings.from_loaded(loaded.values, os.environ)
     if data_dir is not None:
         settings = Settings(
             settings.cache_dir, settings.toolchain_dir, data_dir, settings.search_path

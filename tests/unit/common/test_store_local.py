@@ -155,7 +155,7 @@ def test_settings_pick_the_store(tmp_path: Path) -> None:
                 "TUNESHIP_S3_ENDPOINT": "h:1",
                 "TUNESHIP_S3_PART_SIZE_MIB": "1",
             },
-            "part_size",
+            "TUNESHIP_S3_PART_SIZE_MIB",
         ),
     ],
 )

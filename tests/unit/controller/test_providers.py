@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tuneship.cli.kube_env import kube_settings, numbers, pairs
+from tuneship.cli.kube_env import kube_settings
 from tuneship.common.errors import InvalidInput
+from tuneship.common.settings import load_env
 from tuneship.controller.providers.build import build_workers
 from tuneship.controller.providers.k8s_pool import ready_endpoints
 from tuneship.controller.providers.kube import (
@@ -107,17 +108,17 @@ def test_ready_endpoints_follow_the_slices() -> None:
 
 def test_settings_errors_name_the_variable() -> None:
     with pytest.raises(InvalidInput) as caught:
-        pairs("train=a,merge", "TUNESHIP_WORKERS")
+        load_env({"TUNESHIP_WORKERS": "train=a,merge"})
     assert caught.value.where == "TUNESHIP_WORKERS"
-    with pytest.raises(InvalidInput, match="at least 1"):
-        numbers("export=0", "TUNESHIP_POOL_CAPACITY")
+    with pytest.raises(InvalidInput, match="too small"):
+        load_env({"TUNESHIP_POOL_CAPACITY": "export=0"})
     with pytest.raises(InvalidInput, match="k8s-cron") as unknown:
-        kube_settings({}, {"train": "k8s-cron"})
+        kube_settings(load_env({"TUNESHIP_PROVIDERS": "train=k8s-cron"}).values, {})
     assert unknown.value.where == "TUNESHIP_PROVIDERS"
     with pytest.raises(InvalidInput) as no_namespace:
-        kube_settings({}, {"train": "k8s-job"})
+        kube_settings(load_env({"TUNESHIP_PROVIDERS": "train=k8s-job"}).values, {})
     assert no_namespace.value.where == "TUNESHIP_K8S_NAMESPACE"
-    assert kube_settings({}, {"train": "static"}) is None
+    assert kube_settings(load_env({"TUNESHIP_PROVIDERS": "train=static"}).values, {}) is None
 
 
 def test_build_workers_names_what_is_missing() -> None:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from tuneship.common.errors import InvalidInput
+from tuneship.common.settings import TuneshipEnv, load_env
 from tuneship.common.store.base import ArtifactStore, CorruptArtifact, ObjectInfo
 from tuneship.common.store.local import LocalStore
 from tuneship.common.store.s3 import MiB, S3Store
@@ -27,8 +30,6 @@ __all__ = [
     "open_store",
 ]
 
-_TRUE = {"1", "true", "yes", "on"}
-
 
 @dataclass(frozen=True)
 class StoreSettings:
@@ -43,11 +44,11 @@ class StoreSettings:
     s3_access_key: str = ""
     """Access key (``TUNESHIP_S3_ACCESS_KEY``)."""
 
-    s3_secret_key: str = ""
-    """Secret key (``TUNESHIP_S3_SECRET_KEY``)."""
+    s3_secret_key: SecretStr = field(default_factory=lambda: SecretStr(""))
+    """Secret key (``TUNESHIP_S3_SECRET_KEY`` or ``_FILE``); masked in reprs."""
 
     s3_secure: bool = True
-    """Use TLS (``TUNESHIP_S3_SECURE``: 1/0, true/false)."""
+    """Use TLS (``TUNESHIP_S3_SECURE``: true/false, 1/0, yes/no, on/off)."""
 
     s3_region: str | None = None
     """Region, when the server insists on one (``TUNESHIP_S3_REGION``)."""
@@ -67,25 +68,21 @@ class StoreSettings:
     ) -> StoreSettings:
         """Read from ``env`` (default: the process environment); ``default_url`` is used
         when ``TUNESHIP_STORE`` is unset (embedded mode passes its data directory)."""
-        env = os.environ if env is None else env
+        return cls.from_loaded(load_env(os.environ if env is None else env).values, default_url)
 
-        def number(name: str, default: int) -> int:
-            raw = env.get(name, "")
-            try:
-                return int(raw) if raw else default
-            except ValueError:
-                raise InvalidInput(f"{raw!r} is not a whole number", where=name) from None
-
+    @classmethod
+    def from_loaded(cls, values: TuneshipEnv, default_url: str | None = None) -> StoreSettings:
+        """From settings already read (``load_env``)."""
         return cls(
-            url=env.get("TUNESHIP_STORE") or default_url or cls.url,
-            s3_endpoint=env.get("TUNESHIP_S3_ENDPOINT", ""),
-            s3_access_key=env.get("TUNESHIP_S3_ACCESS_KEY", ""),
-            s3_secret_key=env.get("TUNESHIP_S3_SECRET_KEY", ""),
-            s3_secure=env.get("TUNESHIP_S3_SECURE", "1").strip().lower() in _TRUE,
-            s3_region=env.get("TUNESHIP_S3_REGION") or None,
-            part_size_mib=number("TUNESHIP_S3_PART_SIZE_MIB", 16),
-            parallel_parts=number("TUNESHIP_S3_PARALLEL_PARTS", 4),
-            retries=number("TUNESHIP_S3_RETRIES", 5),
+            url=values.store or default_url or cls.url,
+            s3_endpoint=values.s3_endpoint,
+            s3_access_key=values.s3_access_key.get_secret_value(),
+            s3_secret_key=values.s3_secret_key,
+            s3_secure=values.s3_secure,
+            s3_region=values.s3_region,
+            part_size_mib=values.s3_part_size_mib,
+            parallel_parts=values.s3_parallel_parts,
+            retries=values.s3_retries,
         )
 
 
@@ -112,7 +109,7 @@ def open_store(settings: StoreSettings) -> ArtifactStore:
         return S3Store(
             settings.s3_endpoint,
             settings.s3_access_key,
-            settings.s3_secret_key,
+            settings.s3_secret_key.get_secret_value(),
             bucket,
             prefix=prefix,
             secure=settings.s3_secure,

@@ -1,6 +1,8 @@
 """Operator settings: read from the environment once, at the entry point, and passed down.
 
-No module below an entry point reads ``os.environ``; it receives a ``Settings``.
+No module below an entry point reads ``os.environ``; it receives a ``Settings`` (or a
+``StoreSettings``, a ``ControllerSettings`` ...) derived from one ``TuneshipEnv``,
+which ``load_env`` builds from the environment mapping the entry point hands it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,19 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tuneship.common.settings.model import SERVICES, TuneshipEnv, is_secret, variable
+from tuneship.common.settings.source import LoadedEnv, load_env
+
+__all__ = [
+    "SERVICES",
+    "LoadedEnv",
+    "Settings",
+    "TuneshipEnv",
+    "is_secret",
+    "load_env",
+    "variable",
+]
 
 
 def _default_cache_dir(env: Mapping[str, str]) -> Path:
@@ -37,12 +52,14 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read settings from ``env`` (default: the process environment)."""
         env = os.environ if env is None else env
-        toolchain = env.get("TUNESHIP_TOOLCHAIN_DIR")
+        return cls.from_loaded(load_env(env).values, env)
+
+    @classmethod
+    def from_loaded(cls, values: TuneshipEnv, env: Mapping[str, str]) -> Settings:
+        """From settings already read; ``env`` gives ``HOME``/``XDG_CACHE_HOME``/``PATH``."""
         return cls(
-            cache_dir=Path(env["TUNESHIP_CACHE_DIR"])
-            if env.get("TUNESHIP_CACHE_DIR")
-            else _default_cache_dir(env),
-            toolchain_dir=Path(toolchain) if toolchain else None,
-            data_dir=Path(env.get("TUNESHIP_DATA_DIR", ".tuneship")),
+            cache_dir=values.cache_dir or _default_cache_dir(env),
+            toolchain_dir=values.toolchain_dir,
+            data_dir=values.data_dir,
             search_path=env.get("PATH", ""),
         )
