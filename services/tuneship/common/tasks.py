@@ -10,13 +10,17 @@ the stage emits raises ``Cancelled`` inside the stage, which unwinds it cleanly.
 from __future__ import annotations
 
 import enum
+import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuneship.common.errors import Busy, Cancelled, FailedPrecondition, TuneshipError
 from tuneship.common.events import Event, Log
+from tuneship.common.logs import LEVELS, task_context
+
+log = logging.getLogger("tuneship.task")
 
 
 class TaskState(enum.Enum):
@@ -61,6 +65,9 @@ class Task:
     """Finish the current step, keep the progress (a checkpoint) and end: the process
     is going away (SIGTERM on preemption); a retry elsewhere resumes."""
     changed: threading.Condition = field(default_factory=threading.Condition)
+    log_ids: dict[str, Any] = field(default_factory=dict)
+    """What its log lines say about it: ``stage``, ``task_id``, and the ``pipeline_id``
+    and ``attempt`` the request named."""
 
     def move(self, target: TaskState) -> None:
         if target not in _MOVES[self.state]:
@@ -101,6 +108,9 @@ class TaskSink:
 
     def emit(self, event: Event) -> None:
         self.task.append(event)
+        if isinstance(event, Log):  # the worker's own log (kubectl logs) says it too
+            log.log(LEVELS.get(event.level, logging.INFO), "%s", event.message,
+                    extra=self.task.log_ids)  # fmt: skip
         self.check_cancelled()
 
     def stop_requested(self) -> bool:
@@ -131,8 +141,11 @@ class TaskRegistry:
         with self._lock:
             return sum(t.state is TaskState.RUNNING for t in self._tasks.values())
 
-    def start_or_attach(self, task_id: str, work: StageWork) -> Task:
-        """Return the task with this id, starting ``work`` for it if it is new."""
+    def start_or_attach(
+        self, task_id: str, work: StageWork, log_ids: Mapping[str, Any] | None = None
+    ) -> Task:
+        """Return the task with this id, starting ``work`` for it if it is new.
+        ``log_ids`` (``pipeline_id``, ``attempt``) go on every log line of its work."""
         if not task_id:
             raise FailedPrecondition("a stage request needs a task_id (the idempotency key)")
         with self._lock:
@@ -145,7 +158,8 @@ class TaskRegistry:
                     f"{self.stage} worker is busy ({busy}/{self.capacity} tasks running)",
                     hint="the controller retries with backoff; add workers to run more at once",
                 )
-            task = Task(task_id, self.stage)
+            ids = {**(log_ids or {}), "stage": self.stage, "task_id": task_id}
+            task = Task(task_id, self.stage, log_ids=ids)
             self._tasks[task_id] = task
             self.peak_running = max(self.peak_running, busy + 1)
             self._forget_old()
@@ -176,6 +190,16 @@ class TaskRegistry:
             return self._tasks.get(task_id)
 
     def _run(self, task: Task, work: StageWork) -> None:
+        with task_context(**task.log_ids):
+            log.info("task started")
+            self._run_logged(task, work)
+            finished = task.items[-1]
+            assert isinstance(finished, Finished)
+            error = f": {finished.error.render()}" if finished.error else ""
+            level = logging.INFO if finished.state is TaskState.SUCCEEDED else logging.WARNING
+            log.log(level, "task %s%s", finished.state.value, error)
+
+    def _run_logged(self, task: Task, work: StageWork) -> None:
         sink = TaskSink(task)
         try:
             result = work(sink)

@@ -217,7 +217,10 @@ class StageServicer:
                 raise NotFound(f"task {job.task_id} is not on this {self.stage} worker")
             task = known
         else:
-            task = self.tasks.start_or_attach(job.task_id, lambda sink: self.runner(job, sink))
+            task = self.tasks.start_or_attach(
+                job.task_id, lambda sink: self.runner(job, sink),
+                log_ids={"pipeline_id": job.pipeline, "attempt": job.attempt},
+            )  # fmt: skip
         yield from self.stream(task, context, job.after_seq)
 
     def stream(

@@ -26,6 +26,7 @@ from tuneship.common.codec import event_to_record
 from tuneship.common.errors import FailedPrecondition
 from tuneship.common.events import Event, Metrics
 from tuneship.common.jobs import Artifact, StageJob, StageOutcome
+from tuneship.common.logs import LEVELS, in_task_context, task_context
 from tuneship.common.stages import STAGES
 from tuneship.controller.machine import Phase
 from tuneship.controller.state import PipelineView, StateStore
@@ -219,9 +220,10 @@ class Scheduler:
                 )  # fmt: skip
                 if pipeline.phase is Phase.PENDING:
                     self.state.set_pipeline(pipeline_id, Phase.RUNNING)
-                self._record(
-                    pipeline_id, current.name, f"{current.name} started (attempt {attempts})"
-                )
+                with task_context(attempt=attempts, task_id=task_id):
+                    self._record(
+                        pipeline_id, current.name, f"{current.name} started (attempt {attempts})"
+                    )
                 self._launch(pipeline, current.name, task_id, attempts)
 
     def _launch(
@@ -237,9 +239,11 @@ class Scheduler:
             task_id, pipeline.id, pipeline.spec_json, self.inputs_for(pipeline, stage),
             self.output_prefix(pipeline.id, stage), attempts, after_seq=recorded,
         )  # fmt: skip
+        ids = {"pipeline_id": pipeline.id, "stage": stage, "attempt": attempts, "task_id": task_id}
         active.thread = threading.Thread(
-            target=self._drive, args=(active, job, reattach), name=f"drive-{task_id}", daemon=True
-        )
+            target=in_task_context(self._drive, **ids), args=(active, job, reattach),
+            name=f"drive-{task_id}", daemon=True,
+        )  # fmt: skip
         active.thread.start()
 
     def _drive(self, active: _Active, job: StageJob, reattach: bool) -> None:
@@ -421,6 +425,8 @@ class Scheduler:
         phase = self.state.get(pipeline_id).phase.value
         payload = {"message": message, "level": level, "phase": phase, **extra}
         self.state.add_event(pipeline_id, stage, "transition", payload)
+        ids = {"pipeline_id": pipeline_id, "stage": stage}
+        log.log(LEVELS.get(level, logging.INFO), "%s", message, extra=ids)
 
     def _record_event(self, pipeline_id: str, stage: str, event: Event, **extra: Any) -> None:
         if isinstance(event, Metrics) and stage == "train" and "tokens_per_s" in event.values:
