@@ -1,6 +1,6 @@
 """A small Python client for the controller's ``PipelineService``.
 
-    client = PipelineClient("127.0.0.1:50051")
+    client = PipelineClient("127.0.0.1:50051")   # or ("host:50051", token=..., ca=...)
     pipeline = client.submit(Path("spec.yaml"))
     for event in client.watch(pipeline.id):
         print(event.text)
@@ -24,8 +24,10 @@ from typing import Any
 import grpc
 
 from tuneship.common import errors
+from tuneship.common.auth import ClientTls, Token
 from tuneship.common.codec import event_from_proto, event_to_record
 from tuneship.common.events import Log, Metrics, Progress
+from tuneship.common.guard import dial
 from tuneship.common.manifest import FileEntry, scan_dir
 from tuneship.common.wire import ANSWERED_KEY
 from tuneship.v1 import pipeline_pb2, pipeline_pb2_grpc, workers_pb2
@@ -42,13 +44,20 @@ _ERRORS: dict[grpc.StatusCode, type[errors.TuneshipError]] = {
 }
 
 
-def _error(exc: grpc.RpcError, address: str) -> errors.TuneshipError:
+def _error(exc: grpc.RpcError, address: str, tls: bool = False) -> errors.TuneshipError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
     kind = _ERRORS.get(code, errors.TuneshipError)
+    if code is grpc.StatusCode.UNAVAILABLE and "handshake" in details.lower():
+        hint = "check the CA (--ca/TUNESHIP_CA) and client certificate (--cert/--key)"
+        return kind(f"TLS with the controller at {address} failed: {details}", hint=hint)
     if code is grpc.StatusCode.UNAVAILABLE and not _answered(exc):
         hint = "start it (`tuneship serve controller`) or check --controller"
+        if tls:  # a refused client certificate looks like a closed socket
+            hint += "; over TLS, check --ca and give --cert/--key if it wants a client certificate"
         return kind(f"controller at {address} is not reachable: {details}", hint=hint)
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return kind(details or code.name, where=code.name)
     return kind(details or code.name)
 
 
@@ -194,32 +203,56 @@ def watch_event(message: pipeline_pb2.PipelineEvent) -> WatchEvent:
     return WatchEvent(message.seq, phase, stage_event.stage, "transition", message.message, summary)
 
 
-def open_channel(address: str) -> grpc.Channel:
-    """``host:port`` in the clear (a port-forward, loopback); ``https://host[:port]``
-    with TLS checked against the system's CAs (the chart's Ingress; port 443 default)."""
+def open_channel(
+    address: str, token: Token | None = None, tls: ClientTls | None = None
+) -> grpc.Channel:
+    """``host:port`` in the clear (a port-forward, loopback) unless ``tls`` is given;
+    ``https://host[:port]`` always with TLS, checked against ``tls.ca`` or else the
+    system's CAs (the chart's Ingress; port 443 default). Every call carries ``token``."""
     for scheme in ("https://", "grpcs://"):
         if address.startswith(scheme):
             target = address.removeprefix(scheme).rstrip("/")
             if ":" not in target:
                 target += ":443"
-            return grpc.secure_channel(target, grpc.ssl_channel_credentials())
-    return grpc.insecure_channel(address.removeprefix("http://"))
+            return dial(target, token=token, tls=tls or ClientTls())
+    return dial(address.removeprefix("http://"), token=token, tls=tls)
 
 
 class PipelineClient:
-    """Talks to one controller (``host:port``, or ``https://host`` through TLS)."""
+    """Talks to one controller (``host:port``, or ``https://host`` through TLS).
 
-    def __init__(self, address: str, timeout_s: float = 30.0) -> None:
+    ``token``: the user token sent with every call (``authorization: Bearer``).
+    ``ca``: check the controller's certificate against this CA file, over TLS even for a
+    plain ``host:port``; ``cert``/``key``: the client certificate for mutual TLS.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float = 30.0,
+        *,
+        token: str | Token | None = None,
+        ca: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = open_channel(address)
+        if isinstance(token, str):
+            token = Token(token)
+        if (cert is None) != (key is None):
+            raise errors.InvalidInput("a client certificate needs its key (and the other way "
+                                      "round)", where="--cert/--key")  # fmt: skip
+        tls = ClientTls(ca, cert, key) if ca is not None or cert is not None else None
+        self._tls = tls is not None or "s://" in address
+        self._channel = open_channel(address, token, tls)
         self._stub = pipeline_pb2_grpc.PipelineServiceStub(self._channel)
 
     def _call(self, method: str, request: Any) -> Any:
         try:
             return getattr(self._stub, method)(request, timeout=self.timeout_s)
         except grpc.RpcError as exc:
-            raise _error(exc, self.address) from exc
+            raise _error(exc, self.address, self._tls) from exc
 
     def submit(self, spec: Path | str, priority: int = 0) -> PipelineInfo:
         """Submit a spec (a path or the YAML text)."""
@@ -258,7 +291,7 @@ class PipelineClient:
             for message in self._stub.Watch(request):
                 yield watch_event(message)
         except grpc.RpcError as exc:
-            raise _error(exc, self.address) from exc
+            raise _error(exc, self.address, self._tls) from exc
 
     def cancel(self, pipeline_id: str) -> PipelineInfo:
         return pipeline_info(
@@ -293,7 +326,7 @@ class PipelineClient:
                 final = {"done_reason": chunk.done_reason} if chunk.done else {}
                 yield chunk.content, final
         except grpc.RpcError as exc:
-            raise _error(exc, self.address) from exc
+            raise _error(exc, self.address, self._tls) from exc
 
     def upload_input(
         self, path: Path, kind: str, field: str = "", on_file: FileStarted | None = None
@@ -327,7 +360,7 @@ class PipelineClient:
                     hint="put the input in the store with `tuneship store put` and name it "
                     "store:KEY in the spec",
                 ) from exc
-            raise _error(exc, self.address) from exc
+            raise _error(exc, self.address, self._tls) from exc
 
     def close(self) -> None:
         self._channel.close()

@@ -22,7 +22,7 @@ from tuneship.common.stages import COMPONENTS, stage_of_component
 from tuneship.common.stagework import StageContext
 from tuneship.common.store import ArtifactStore, LocalStore
 from tuneship.common.toolchain import Toolchain, find_toolchain
-from tuneship.common.wire import Server, StageService, StageServicer
+from tuneship.common.wire import Server, ServerSecurity, StageService, StageServicer
 from tuneship.controller.app import Controller, ControllerSettings, start_controller
 from tuneship.controller.inputs import input_uploader
 from tuneship.converter.servicer import converter_service
@@ -76,11 +76,12 @@ def component_server(
     port: int = 0,
     capacity: int = 1,
     replicas: ReplicaSync | None = None,
+    security: ServerSecurity | None = None,
 ) -> tuple[Server, StageServicer]:
     """Start one stage service; returns the server and its stage servicer."""
     needs = ComponentNeeds(StageContext(store, work_root), capacity, toolchain, backend, replicas)
     service = SERVICES[component](needs)
-    return service.start(host=host, port=port), service.stage
+    return service.start(host=host, port=port, security=security), service.stage
 
 
 @dataclass

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from tuneship.cli.connect import Connection, controller_options
 from tuneship.cli.errors import fail
 from tuneship.common.atomic import atomic_write_text
 from tuneship.common.errors import TuneshipError
@@ -142,6 +143,7 @@ def modelfile(
     sys.stdout.write(text)
 
 
+@controller_options
 def chat(
     model: Annotated[str, typer.Argument(help="NAME or NAME:TAG.")],
     backend: BackendOpt = "auto",
@@ -157,6 +159,7 @@ def chat(
             help="Chat through a controller; MODEL is a pipeline id.",
         ),
     ] = None,
+    connection: Connection = Connection(),
 ) -> None:
     """Chat in the terminal: answers stream; /reset forgets, /bye (or end of input) quits."""
     from tuneship.serving import ChatSession
@@ -168,9 +171,8 @@ def chat(
         with ExitStack() as stack:
             if controller:
                 from tuneship.cli.pipeline import ControllerChat
-                from tuneship.client import PipelineClient
 
-                chosen: Any = ControllerChat(PipelineClient(controller))
+                chosen: Any = ControllerChat(connection.client(controller))
             else:
                 chosen = open_backend(backend, ollama_url, Settings.from_env(), stack)
             chosen.show(model)

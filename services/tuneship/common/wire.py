@@ -123,6 +123,16 @@ def _is_abort(exc: Exception) -> bool:
     return type(exc).__name__ == "_AbortionError" or (type(exc) is Exception and not exc.args)
 
 
+@dataclass(frozen=True)
+class ServerSecurity:
+    """What guards a server (built by ``common.guard`` from ``common.auth`` settings):
+    interceptors that run before the error mapping (the token check), and TLS
+    credentials (None: in the clear)."""
+
+    interceptors: list[grpc.ServerInterceptor] = field(default_factory=list)
+    credentials: grpc.ServerCredentials | None = None
+
+
 @dataclass
 class Server:
     """A running gRPC server with health checking and reflection."""
@@ -149,11 +159,14 @@ def start_server(
     host: str = "127.0.0.1",
     port: int = 0,
     max_workers: int = 16,
+    security: ServerSecurity | None = None,
 ) -> Server:
-    """Start a server for the given servicers; ``port`` 0 picks a free one."""
+    """Start a server for the given servicers; ``port`` 0 picks a free one. Without
+    ``security`` it takes any caller, in the clear (loopback, tests)."""
+    security = security or ServerSecurity()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[ErrorInterceptor()],
+        interceptors=[*security.interceptors, ErrorInterceptor()],
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
     for add, servicer in register:
@@ -162,7 +175,10 @@ def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*service_names, reflection.SERVICE_NAME], server)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if security.credentials is not None:
+            bound = server.add_secure_port(f"{host}:{port}", security.credentials)
+        else:
+            bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as exc:  # grpc's only word for it: "Failed to bind to address"
         bound = 0
         cause: Exception | None = exc
@@ -276,9 +292,14 @@ class StageService:
     stage: StageServicer
     """Tasks, streaming and cancel: what tests and the embedded mode look into."""
 
-    def start(self, *, host: str = "127.0.0.1", port: int = 0) -> Server:
+    def start(
+        self, *, host: str = "127.0.0.1", port: int = 0, security: ServerSecurity | None = None
+    ) -> Server:
         """Serve it alone on ``host:port`` (port 0 picks a free one)."""
-        return start_server([(self.register, self.servicer)], [self.name], host=host, port=port)
+        return start_server(
+            [(self.register, self.servicer)], [self.name], host=host, port=port,
+            security=security,
+        )  # fmt: skip
 
 
 def stage_service(

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneship.common.auth import AuthSettings
+from tuneship.common.guard import user_api_security, worker_dialer
 from tuneship.common.jobs import Artifact
 from tuneship.common.stages import STAGES, stage_named
 from tuneship.common.wire import Server, start_server
@@ -59,7 +61,10 @@ class ControllerSettings:
     host: str = "127.0.0.1"
     port: int = 0
     metrics_port: int | None = None
-    """Serve Prometheus metrics on this port (``/metrics``); None: not served."""
+    """Serve Prometheus metrics on this port (``/metrics``); None: not served. Always
+    plain HTTP without a token (docs/security.md)."""
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    """User tokens and TLS of the user API; the worker token and TLS to the workers."""
 
 
 @dataclass
@@ -92,7 +97,9 @@ def start_controller(
 ) -> Controller:
     """Open the state, start the scheduler (re-attaching to running stages) and serve."""
     state = StateStore(settings.state_url)
-    workers = build_workers(settings.workers, settings.providers, settings.kube)
+    workers = build_workers(
+        settings.workers, settings.providers, settings.kube, worker_dialer(settings.auth)
+    )
     scheduler = Scheduler(
         state, workers, inputs_for, limits=settings.limits, retry=settings.retry,
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
@@ -107,6 +114,7 @@ def start_controller(
         [SERVICE_NAME],
         host=settings.host,
         port=settings.port,
+        security=user_api_security(settings.auth),
     )
     scheduler.start()
     metrics_server = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -53,16 +53,18 @@ class GrpcStageCall:
 
 
 class Channels:
-    """One gRPC channel per worker address, opened on first use."""
+    """One gRPC channel per worker address, opened on first use by ``dial`` (default:
+    in the clear, no token; ``common.guard.worker_dialer`` adds the worker token and TLS)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dial: Callable[[str], grpc.Channel] = grpc.insecure_channel) -> None:
+        self._dial = dial
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
     def get(self, address: str) -> grpc.Channel:
         with self._lock:
             if address not in self._channels:
-                self._channels[address] = grpc.insecure_channel(address)
+                self._channels[address] = self._dial(address)
             return self._channels[address]
 
     def drop(self, address: str) -> None:

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-
+from tuneship.common.auth import AuthSettings, ClientTls
+from tuneship.common.guard import dial, stage_security
 from tuneship.common.jobs import Artifact
 from tuneship.common.stages import STAGES
 from tuneship.common.wire import Server, StageServicer, stage_service
 from tuneship.controller.app import Controller, ControllerSettings, start_controller
 from tuneship.controller.scheduler import RetryPolicy
+from tuneship.controller.servicer import InputUploader
 from tuneship.testing.stages import ScriptedStage
 from tuneship.v1 import pipeline_pb2, pipeline_pb2_grpc, workers_pb2
 
@@ -64,7 +65,15 @@ def start_cluster(
     limits: dict[str, int] | None = None,
     heartbeat_s: float = 30,
     unreachable_s: float = 600,
+    auth: AuthSettings | None = None,
+    worker_auth: AuthSettings | None = None,
+    client_tls: ClientTls | None = None,
+    upload_inputs: InputUploader = upload_nothing,
 ) -> Cluster:
+    """``auth``: the controller's tokens and TLS (and how it dials the workers);
+    ``worker_auth``: the stage servers'; the stub sends ``auth``'s first user token,
+    over TLS checked with ``client_tls`` when given. None: no authentication at all."""
+    security = stage_security(worker_auth) if worker_auth is not None else None
     servicers: dict[str, StageServicer] = {}
     workers: list[Server] = []
     for name in STAGES:
@@ -73,7 +82,7 @@ def start_cluster(
         )
         extra: dict[str, Any] | None = {"Chat": chat_echo} if name == "publish" else None
         servicers[name] = servicer
-        workers.append(stage_service(servicer, extra).start())
+        workers.append(stage_service(servicer, extra).start(security=security))
     settings = ControllerSettings(
         state_url=f"sqlite:///{tmp_path / 'state.db'}",
         workers={name: w.address for name, w in zip(STAGES, workers, strict=True)},
@@ -81,9 +90,12 @@ def start_cluster(
         retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2),
         heartbeat_timeout_s=heartbeat_s,
         unreachable_timeout_s=unreachable_s,
+        auth=auth or AuthSettings(),
     )
-    controller = start_controller(settings, upload_nothing)
-    stub = pipeline_pb2_grpc.PipelineServiceStub(grpc.insecure_channel(controller.address))
+    controller = start_controller(settings, upload_inputs)
+    token = auth.api_tokens[0] if auth is not None and auth.api_tokens else None
+    channel = dial(controller.address, token=token, tls=client_tls)
+    stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
     return Cluster(stages, servicers, workers, controller, stub)
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import grpc
+
 from tuneship.common.errors import InvalidInput
 from tuneship.common.stages import STAGES
 from tuneship.controller.providers import StageWorkers, WorkerProvider
@@ -11,12 +15,15 @@ from tuneship.controller.wire_clients import Channels
 
 
 def build_workers(
-    addresses: dict[str, str], kinds: dict[str, str], kube: KubeSettings | None
+    addresses: dict[str, str],
+    kinds: dict[str, str],
+    kube: KubeSettings | None,
+    dial: Callable[[str], grpc.Channel] = grpc.insecure_channel,
 ) -> StageWorkers:
     """One provider per stage: ``kinds[stage]`` (default ``static``) configured from
-    ``addresses`` (static) or ``kube`` (Jobs, pools). Bad settings raise ``InvalidInput``
-    naming the environment variable to fix."""
-    channels = Channels()
+    ``addresses`` (static) or ``kube`` (Jobs, pools); every worker is dialled with
+    ``dial``. Bad settings raise ``InvalidInput`` naming the environment variable to fix."""
+    channels = Channels(dial)
     providers: dict[str, WorkerProvider] = {}
     workloads = None
     for stage in STAGES:
