@@ -9,6 +9,7 @@ component would run with and where each value came from.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -17,7 +18,9 @@ from contextlib import ExitStack
 from typing import Any
 
 from tuneship.cli.kube_env import kube_settings
+from tuneship.common.auth import auth_from_env, check_exposure
 from tuneship.common.errors import EXIT_FAILED, EXIT_OK, InvalidInput, exit_code_of
+from tuneship.common.guard import stage_security
 from tuneship.common.logs import configure_logging
 from tuneship.common.settings import SERVICES, LoadedEnv, Settings, TuneshipEnv, load_env
 from tuneship.common.settings.report import config_lines
@@ -80,7 +83,12 @@ def print_config(component: str, env: Mapping[str, str]) -> list[str]:
 
 
 def serve_component(
-    component: str, host: str, port: int, env: Mapping[str, str], once: bool = False
+    component: str,
+    host: str,
+    port: int,
+    env: Mapping[str, str],
+    once: bool = False,
+    insecure: bool = False,
 ) -> int:
     """Start ``component`` and block until SIGTERM/SIGINT; returns the exit code.
 
@@ -88,6 +96,9 @@ def serve_component(
     when its end has been streamed to the controller, or ``TUNESHIP_ONCE_GRACE_S``
     (default 600) after it ended if nobody came for it. The code is 0 when it
     succeeded, ``EXIT_INVALID_INPUT`` when no retry can help, 1 otherwise.
+
+    Beyond loopback it refuses to start without a token to check (``FailedPrecondition``)
+    unless ``insecure``.
     """
     _check_component(component)
     loaded = load_env(env, warn=False)
@@ -100,6 +111,9 @@ def serve_component(
             "--once serves one stage task: it needs a stage component and TUNESHIP_TASK_ID",
             where="--once", hint="the controller sets TUNESHIP_TASK_ID in each Job it creates",
         )  # fmt: skip
+    auth = auth_from_env(env)
+    auth = dataclasses.replace(auth, insecure=auth.insecure or insecure)
+    check_exposure(component, host, auth)
     settings = Settings.from_loaded(values, env)
     store = open_store(StoreSettings.from_loaded(values))
     stop = threading.Event()
@@ -108,7 +122,7 @@ def serve_component(
     with ExitStack() as stack:
         if component == "controller":
             controller = start_controller(
-                controller_settings(loaded, env, host, port),
+                dataclasses.replace(controller_settings(loaded, env, host, port), auth=auth),
                 input_uploader(store, UploadSettings(max_bytes=int(values.max_upload_gib * 2**30))),
             )
             stack.callback(controller.stop)
@@ -133,6 +147,7 @@ def serve_component(
         server, stage = component_server(
             component, store, work_root, toolchain=toolchain, backend=backend, host=host,
             port=port, capacity=values.capacity, replicas=replicas,
+            security=stage_security(auth),
         )  # fmt: skip
         stack.callback(server.stop)
         if not once:

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tuneship.cli.connect import Connection, controller_options
 from tuneship.cli.errors import fail, print_error
 from tuneship.cli.progress import follow
 from tuneship.client import PipelineClient, PipelineInfo, WatchEvent
@@ -102,17 +103,19 @@ def _upload_through_controller(client: PipelineClient, path: Path, kind: str, fi
     return uploaded.key
 
 
+@controller_options
 def submit(
     specs: Annotated[list[Path], typer.Argument(help="One or more spec files (a batch).")],
     controller: ControllerOpt = "127.0.0.1:50051",
     priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
     watch: Annotated[bool, typer.Option(help="Follow the pipeline until it ends.")] = False,
     as_json: JsonOpt = False,
+    connection: Connection = Connection(),
 ) -> None:
     """Submit pipelines to a controller. Local inputs are uploaded first: to the store
     TUNESHIP_STORE names, or else through the controller."""
     try:
-        client = PipelineClient(controller)
+        client = connection.client(controller)
         # Only a store the user configured: the default local one is not the cluster's.
         direct = StoreSettings.from_env() if os.environ.get("TUNESHIP_STORE") else None
         texts = [upload_local_inputs(load_spec(p), direct, client).model_dump_json()
@@ -128,13 +131,15 @@ def submit(
         raise fail(exc) from exc
 
 
+@controller_options
 def watch_cmd(
     pipeline_id: Annotated[str, typer.Argument(help="Pipeline id.")],
     controller: ControllerOpt = "127.0.0.1:50051",
+    connection: Connection = Connection(),
 ) -> None:
     """Follow a pipeline (joining late replays what happened so far)."""
     try:
-        client = PipelineClient(controller)
+        client = connection.client(controller)
         final = follow(client, pipeline_id, out)
     except TuneshipError as exc:
         raise fail(exc) from exc
@@ -142,14 +147,16 @@ def watch_cmd(
     raise typer.Exit(code=0 if final.phase == "succeeded" else 1)
 
 
+@controller_options
 def logs(
     pipeline_id: Annotated[str, typer.Argument(help="Pipeline id.")],
     controller: ControllerOpt = "127.0.0.1:50051",
     as_json: JsonOpt = False,
+    connection: Connection = Connection(),
 ) -> None:
     """Print a pipeline's events so far (transitions, logs, metrics)."""
     try:
-        client = PipelineClient(controller)
+        client = connection.client(controller)
         info = client.get(pipeline_id)
         done = info.phase in ("succeeded", "failed", "cancelled")
         events = client.watch(pipeline_id) if done else _until_now(client, pipeline_id)
@@ -184,6 +191,7 @@ def _until_now(client: PipelineClient, pipeline_id: str) -> list[WatchEvent]:
     return list(collected)
 
 
+@controller_options
 def list_cmd(
     controller: ControllerOpt = "127.0.0.1:50051",
     phase: Annotated[str, typer.Option(help="pending|running|succeeded|failed|cancelled")] = "",
@@ -191,6 +199,7 @@ def list_cmd(
     limit: Annotated[int, typer.Option(help="Page size.")] = 50,
     page: Annotated[str, typer.Option(help="Page token from a previous listing.")] = "",
     as_json: JsonOpt = False,
+    connection: Connection = Connection(),
 ) -> None:
     """List pipelines, newest first."""
     try:
@@ -203,7 +212,7 @@ def list_cmd(
         ):
             raise InvalidInput(f"unknown phase {phase!r}", where="--phase",
                                hint="pending, running, succeeded, failed or cancelled")  # fmt: skip
-        items, next_page = PipelineClient(controller).list(phase, name, limit, page)
+        items, next_page = connection.client(controller).list(phase, name, limit, page)
     except TuneshipError as exc:
         raise fail(exc) from exc
     if as_json:
@@ -224,9 +233,11 @@ def list_cmd(
         out.print(f"more: --page {next_page}")
 
 
-def _one(action: str, pipeline_id: str, controller: str, as_json: bool) -> None:
+def _one(
+    action: str, pipeline_id: str, controller: str, as_json: bool, connection: Connection
+) -> None:
     try:
-        client = PipelineClient(controller)
+        client = connection.client(controller)
         info = getattr(client, action)(pipeline_id)
     except TuneshipError as exc:
         raise fail(exc) from exc
@@ -244,30 +255,47 @@ def _one(action: str, pipeline_id: str, controller: str, as_json: bool) -> None:
         )
 
 
+@controller_options
 def get(
-    pipeline_id: str, controller: ControllerOpt = "127.0.0.1:50051", as_json: JsonOpt = False
+    pipeline_id: str,
+    controller: ControllerOpt = "127.0.0.1:50051",
+    as_json: JsonOpt = False,
+    connection: Connection = Connection(),
 ) -> None:
     """Show a pipeline and its stages."""
-    _one("get", pipeline_id, controller, as_json)
+    _one("get", pipeline_id, controller, as_json, connection)
 
 
+@controller_options
 def cancel(
-    pipeline_id: str, controller: ControllerOpt = "127.0.0.1:50051", as_json: JsonOpt = False
+    pipeline_id: str,
+    controller: ControllerOpt = "127.0.0.1:50051",
+    as_json: JsonOpt = False,
+    connection: Connection = Connection(),
 ) -> None:
     """Cancel a pipeline; its running stage is stopped on the worker."""
-    _one("cancel", pipeline_id, controller, as_json)
+    _one("cancel", pipeline_id, controller, as_json, connection)
 
 
+@controller_options
 def retry(
-    pipeline_id: str, controller: ControllerOpt = "127.0.0.1:50051", as_json: JsonOpt = False
+    pipeline_id: str,
+    controller: ControllerOpt = "127.0.0.1:50051",
+    as_json: JsonOpt = False,
+    connection: Connection = Connection(),
 ) -> None:
     """Run a failed or cancelled pipeline again from the stage that did not finish."""
-    _one("retry", pipeline_id, controller, as_json)
+    _one("retry", pipeline_id, controller, as_json, connection)
 
 
-def delete(pipeline_id: str, controller: ControllerOpt = "127.0.0.1:50051") -> None:
+@controller_options
+def delete(
+    pipeline_id: str,
+    controller: ControllerOpt = "127.0.0.1:50051",
+    connection: Connection = Connection(),
+) -> None:
     """Forget a finished pipeline."""
-    _one("delete", pipeline_id, controller, False)
+    _one("delete", pipeline_id, controller, False, connection)
 
 
 def serve(
@@ -278,12 +306,18 @@ def serve(
         bool,
         typer.Option("--once", help="Serve only the task TUNESHIP_TASK_ID, then exit (a Job pod)."),
     ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="Serve beyond loopback without tokens, on purpose."),
+    ] = False,
     print_config: Annotated[
         bool,
         typer.Option("--print-config", help="Print the settings it would run with, then exit."),
     ] = False,
 ) -> None:
-    """Run one tuneship component as a gRPC server (what the images start)."""
+    """Run one tuneship component as a gRPC server (what the images start). Beyond
+    loopback it needs tokens (TUNESHIP_API_TOKENS for the controller,
+    TUNESHIP_WORKER_TOKEN for a stage service) or --insecure; docs/security.md."""
     from tuneship.cli.daemon import print_config as config_of
     from tuneship.cli.daemon import serve_component
 
@@ -291,7 +325,9 @@ def serve(
         if print_config:
             typer.echo("\n".join(config_of(component, dict(os.environ))))
             raise typer.Exit(code=0)
-        code = serve_component(component, host, port, dict(os.environ), once=once)
+        code = serve_component(
+            component, host, port, dict(os.environ), once=once, insecure=insecure
+        )
     except TuneshipError as exc:
         # A Job pod that cannot even start says whether a retry could help (exit 3: no).
         raise fail(exc, exit_code_of(exc) if once else 2) from exc
