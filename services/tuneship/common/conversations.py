@@ -206,9 +206,18 @@ def _records(path: Path, label: str) -> Iterator[tuple[str, Any]]:
             # utf-8-sig: a byte-order mark (Windows editors write one) is not content.
             data = json.loads(path.read_bytes().decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidInput(f"not a valid UTF-8 JSON file: {exc}", where=label) from exc
+            raise InvalidInput(
+                f"not a valid UTF-8 JSON file: {exc}", where=label,
+                hint="a .json dataset is a JSON list of records; for one record per line, "
+                "name the file .jsonl",
+            ) from exc  # fmt: skip
         if not isinstance(data, list):
-            raise InvalidInput("a .json dataset is a list of records", where=label)
+            raise InvalidInput(
+                f"a .json dataset is a list of records, not a JSON {type(data).__name__}",
+                where=label,
+                hint="wrap the records in [ ] as a JSON list of records, or write one per "
+                "line in a .jsonl file",
+            )
         for index, record in enumerate(data):
             yield f"{label}:[{index}]", record
     else:
