@@ -92,24 +92,27 @@ class SpecError(InvalidInput):
 
 
 def _line_of(root: yaml.Node | None, path: tuple[str | int, ...]) -> int | None:
-    """1-based line of the deepest YAML node along ``path`` (the spec's own lines)."""
+    """1-based line of the deepest YAML node along ``path`` (the spec's own lines): the
+    line of its key, where the field is named (a nested value starts on the next line)."""
     node, line = root, None
     for part in path:
         if node is None:
             break
         line = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
-            match = [v for k, v in node.value if getattr(k, "value", None) == part]
+            match = [(k, v) for k, v in node.value if getattr(k, "value", None) == part]
             if not match:
                 return line
-            node = match[0]
+            key, node = match[0]
+            line = key.start_mark.line + 1
         elif (
             isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
         ):
             node = node.value[part]
+            line = node.start_mark.line + 1
         else:
             return line
-    return node.start_mark.line + 1 if node is not None else line
+    return line
 
 
 def _problems(exc: ValidationError, root: yaml.Node | None, source: str) -> list[tuple[str, str]]:
