@@ -106,11 +106,13 @@ def quantize_cmd(
     from tuneship.common.conversations import read_conversations
     from tuneship.converter import compute_imatrix, quantize
     from tuneship.converter.evaluate import context_for
+    from tuneship.converter.quantize import check_types
     from tuneship.converter.render import write_rendered
 
     toolchain = find_toolchain(Settings.from_env())
     sink = LineSink(console)
     try:
+        check_types(types, imatrix_policy="auto", where="--type")
         if imatrix is None and data is not None:
             if model is None:
                 raise TuneshipError("--data needs --model (the HF dir whose template renders it)")
