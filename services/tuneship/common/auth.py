@@ -38,6 +38,28 @@ from pathlib import Path
 
 from tuneship.common.errors import FailedPrecondition, InvalidInput
 
+VARIABLES = {
+    "TUNESHIP_API_TOKENS": "tokens the controller's user API accepts (also _FILE)",
+    "TUNESHIP_API_TOKENS_FILE": "a file of the user API's tokens, one a line",
+    "TUNESHIP_WORKER_TOKEN": "the worker token (also _FILE)",
+    "TUNESHIP_WORKER_TOKEN_FILE": "a file holding the worker token",
+    "TUNESHIP_TLS_CERT": "the server's TLS certificate (PEM)",
+    "TUNESHIP_TLS_KEY": "the server's TLS key (PEM)",
+    "TUNESHIP_TLS_CLIENT_CA": "require client certificates of this CA (mutual TLS)",
+    "TUNESHIP_WORKER_CA": "dial the stage services with TLS, checked with this CA",
+    "TUNESHIP_WORKER_CERT": "the controller's client certificate for the stage services",
+    "TUNESHIP_WORKER_KEY": "its key",
+    "TUNESHIP_WORKER_TLS_NAME": "the name the stage services' certificates carry",
+    "TUNESHIP_INSECURE": "1: serve beyond loopback without tokens",
+    "TUNESHIP_TOKEN": "the CLI's user token",
+    "TUNESHIP_TOKEN_FILE": "a file holding the CLI's user token",
+    "TUNESHIP_CA": "the CA the CLI checks the controller with",
+    "TUNESHIP_CERT": "the CLI's client certificate (mutual TLS)",
+    "TUNESHIP_KEY": "its key",
+}
+"""Every variable of this module and of the CLI's credentials, with what it is for
+(read by ``auth_from_env`` and the CLI's options, not by the settings model)."""
+
 TOKEN_HINT = "pass --token or --token-file, or set TUNESHIP_TOKEN or TUNESHIP_TOKEN_FILE"
 """What a client is told to do when a server wants a token (never the token itself)."""
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from tuneship.common.auth import VARIABLES as AUTH_VARIABLES
 from tuneship.common.settings.values import (
     Accepts,
     Boolean,
@@ -226,5 +227,6 @@ def is_secret(name: str) -> bool:
 OTHER_VARIABLES = {
     "TUNESHIP_MOTO_SERVER": "the test suite's S3 server (tests/conftest.py)",
     "TUNESHIP_VERSION": "the images' version (a build argument)",
+    **AUTH_VARIABLES,  # read by common.auth and the CLI's options
 }
 """``TUNESHIP_*`` names that are not settings of a process but are not typos either."""
