@@ -18,7 +18,7 @@ S3_VENV ?= .venv-s3
 S3_INSTALLED := $(S3_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv s3-venv go-toolchain postgres-server toolchain proto lint format test test-all bench run images clean
+.PHONY: help venv s3-venv go-toolchain postgres-server toolchain proto lint format test test-faults test-all bench run images clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -83,10 +83,13 @@ format: $(INSTALLED) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix services tests bench
 	$(BIN)/ruff format services tests bench
 
-test: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain postgres-server lint ## lint, then the default test suite (not slow, not gpu)
-	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+test: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain postgres-server lint ## lint, then the default test suite (not slow, not faults, not gpu)
+	$(BIN)/pytest -m "not slow and not faults and not gpu" $(PYTEST_ARGS)
 
-test-all: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain postgres-server lint ## every test except those needing a GPU
+test-faults: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain postgres-server lint ## the fault matrix: kills and S3 outages at every moment (tests/e2e/test_faults.py)
+	$(BIN)/pytest -m faults $(PYTEST_ARGS)
+
+test-all: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain postgres-server lint ## every test except those needing a GPU (slow and faults included)
 	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
 
 bench: $(INSTALLED) $(TOOLCHAIN) postgres-server ## benchmarks; results in bench/results/*.json

@@ -7,6 +7,7 @@ versions. The server keeps everything in memory and accepts any credentials.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import tempfile
@@ -85,6 +86,7 @@ class S3ServerProcess:
         """Stop the server (and wait for it), if it runs."""
         if self._process is None:
             return
+        self._process.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
         self._process.terminate()
         try:
             self._process.wait(timeout=10)
@@ -92,6 +94,17 @@ class S3ServerProcess:
             self._process.kill()
             self._process.wait(timeout=10)
         self._process = None
+
+    def pause(self) -> None:
+        """SIGSTOP the server: it still accepts connections (the kernel does) but answers
+        nothing, like a server that hangs or a network that drops packets."""
+        assert self._process is not None, "the server is not running"
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`: requests that waited are answered."""
+        assert self._process is not None, "the server is not running"
+        self._process.send_signal(signal.SIGCONT)
 
     def close(self) -> None:
         self.stop()

@@ -10,7 +10,7 @@ from typing import Any
 
 from tuneship.common import layout
 from tuneship.common.errors import Unavailable
-from tuneship.common.events import Event, EventSink, Log, Progress
+from tuneship.common.events import Event, EventSink, Log
 from tuneship.common.jobs import StageJob, StageOutcome
 from tuneship.common.stagework import StageContext, parse_job_spec, run_committed_stage
 from tuneship.common.store import ArtifactStore
@@ -49,8 +49,11 @@ class CheckpointMirror:
 
     def emit(self, event: Event) -> None:
         self.sink.emit(event)
-        if isinstance(event, Progress) and event.unit == "steps":
-            self.sync()
+        # Every event, not only progress: the trainer reports "checkpoint saved" right
+        # after saving, so the checkpoint is stored before the next step runs. (Waiting
+        # for the next step's progress left a window in which a killed worker lost
+        # save_steps + 1 steps.)
+        self.sync()
 
     def sync(self) -> None:
         latest = last_checkpoint(self.partial / "checkpoints")
