@@ -6,6 +6,7 @@ Everything is built once per test session from a fixed seed; nothing is download
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,29 @@ def s3_server(moto_server_bin: Path):
 
     with start(moto_server_bin) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on loopback for the whole session (Debian's package,
+    `make postgres-server`). Use a fresh database per test (``postgres_url``); a test
+    that stops or restarts a server starts its own (tuneship.testing.postgres)."""
+    from tuneship.testing.postgres import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres) -> str:
+    """The SQLAlchemy URL of a new, empty database on the session's PostgreSQL server."""
+    return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty controller state database: once SQLite, once PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+    else:
+        yield request.getfixturevalue("postgres").create_database()

@@ -1,7 +1,8 @@
 """The controller over real gRPC: ordering, retries, limits, cancel, re-attach, Watch.
 
 Stage workers are the real StageServicer on real gRPC servers; their work is scripted
-(tuneship.testing.stages) so these tests finish in seconds.
+(tuneship.testing.stages) so these tests finish in seconds. Every test runs once over
+SQLite and once over a real PostgreSQL server (the ``state_url`` fixture).
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ dataset: {{train: s3://data/train.jsonl}}
 
 
 @pytest.fixture
-def cluster_factory(tmp_path: Path) -> Iterator:
+def cluster_factory(tmp_path: Path, state_url: str) -> Iterator:
     made: list[Cluster] = []
 
     def make(**overrides) -> Cluster:
         stages = {name: ScriptedStage(name) for name in STAGES}
         stages.update(overrides.pop("stages", {}))
-        cluster = start_cluster(tmp_path, stages, **{"capacity": {}, **overrides})
+        options = {"capacity": {}, "state_url": state_url, **overrides}
+        cluster = start_cluster(tmp_path, stages, **options)
         made.append(cluster)
         return cluster
 
@@ -201,7 +203,7 @@ def test_cancel_stops_the_running_stage(cluster_factory) -> None:
     assert not cluster.stages["merge"].calls
 
 
-def test_controller_restart_reattaches_instead_of_duplicating(cluster_factory, tmp_path) -> None:
+def test_controller_restart_reattaches_instead_of_duplicating(cluster_factory) -> None:
     slow_train = ScriptedStage("train", steps=20, step_s=0.05)
     cluster = cluster_factory(stages={"train": slow_train})
     pid = submit(cluster, "restart")
@@ -209,7 +211,7 @@ def test_controller_restart_reattaches_instead_of_duplicating(cluster_factory, t
         time.sleep(0.02)
     cluster.controller.stop()  # the worker keeps running its task
     settings = ControllerSettings(
-        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        state_url=cluster.state_url,
         workers={s: p.address() for s, p in cluster.controller.workers.providers.items()},
         retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.05),
     )

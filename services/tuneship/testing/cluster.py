@@ -33,6 +33,7 @@ class Cluster:
     workers: list[Server]
     controller: Controller
     stub: pipeline_pb2_grpc.PipelineServiceStub
+    state_url: str = ""
 
     def wait(self, pipeline_id: str, *phases: int, timeout_s: float = 20) -> pipeline_pb2.Pipeline:
         """Poll until the pipeline is in one of ``phases``."""
@@ -69,6 +70,7 @@ def start_cluster(
     worker_auth: AuthSettings | None = None,
     client_tls: ClientTls | None = None,
     upload_inputs: InputUploader = upload_nothing,
+    state_url: str | None = None,
 ) -> Cluster:
     """``auth``: the controller's tokens and TLS (and how it dials the workers);
     ``worker_auth``: the stage servers'; the stub sends ``auth``'s first user token,
@@ -84,7 +86,7 @@ def start_cluster(
         servicers[name] = servicer
         workers.append(stage_service(servicer, extra).start(security=security))
     settings = ControllerSettings(
-        state_url=f"sqlite:///{tmp_path / 'state.db'}",
+        state_url=state_url or f"sqlite:///{tmp_path / 'state.db'}",
         workers={name: w.address for name, w in zip(STAGES, workers, strict=True)},
         limits=limits or dict.fromkeys(STAGES, 1),
         retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2),
@@ -96,7 +98,7 @@ def start_cluster(
     token = auth.api_tokens[0] if auth is not None and auth.api_tokens else None
     channel = dial(controller.address, token=token, tls=client_tls)
     stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
-    return Cluster(stages, servicers, workers, controller, stub)
+    return Cluster(stages, servicers, workers, controller, stub, settings.state_url)
 
 
 def chat_echo(request: workers_pb2.ChatRequest, context: Any) -> Iterator[workers_pb2.ChatChunk]:

@@ -36,6 +36,8 @@ _SETTINGS = {
     "full_page_writes": "off",
     "max_connections": "300",
     "shared_buffers": "32MB",
+    "wal_level": "minimal",  # no replicas: a new database is copied, not written to WAL
+    "max_wal_senders": "0",
 }
 
 
@@ -148,7 +150,7 @@ class PostgresServer:
         """A new, empty database; returns its SQLAlchemy URL."""
         name = f"test_{os.getpid()}_{next(self._names)}"
         with psycopg.connect(self.dsn(), autocommit=True) as connection:
-            connection.execute(f'CREATE DATABASE "{name}"')
+            connection.execute(f'CREATE DATABASE "{name}" STRATEGY = FILE_COPY')
         return self.url(name)
 
     def _tail(self, lines: int = 20) -> str:
