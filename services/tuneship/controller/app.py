@@ -88,6 +88,7 @@ class Controller:
         self.server.stop()
         self.scheduler.stop()
         self.workers.close()
+        self.state.close()
 
 
 def start_controller(

@@ -28,6 +28,7 @@ from tuneship.common.events import Event, Metrics
 from tuneship.common.jobs import Artifact, StageJob, StageOutcome
 from tuneship.common.logs import LEVELS, in_task_context, task_context
 from tuneship.common.stages import STAGES
+from tuneship.controller.database import StateUnavailable
 from tuneship.controller.machine import Phase
 from tuneship.controller.state import PipelineView, StateStore
 
@@ -191,6 +192,8 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 self.tick()
+            except StateUnavailable as error:
+                log.warning("scheduler tick: %s; trying again", error.message)
             except Exception:
                 log.exception("scheduler tick failed; trying again")
             self.state.wait_for_change(self.poll_s)
@@ -247,22 +250,35 @@ class Scheduler:
         active.thread.start()
 
     def _drive(self, active: _Active, job: StageJob, reattach: bool) -> None:
-        pipeline_id, stage = active.pipeline_id, active.stage
+        try:
+            self._drive_to_end(active, job, reattach)
+        except StateUnavailable:
+            # The database is down for longer than a call waits. The stage stays RUNNING
+            # in it; once it is back, a tick finds the stage without a driver and
+            # re-attaches to the same task_id, so the work is neither lost nor repeated.
+            log.warning("state database unavailable while driving %s; will re-attach",
+                        active.task_id)  # fmt: skip
+            if active.call is not None:
+                active.call.cancel()
+        finally:
+            with self._lock:
+                self._active.pop((active.pipeline_id, active.stage), None)
+
+    def _drive_to_end(self, active: _Active, job: StageJob, reattach: bool) -> None:
         try:
             outcome = self._consume(active, job, reattach)
         except StageFailure as failure:
             if not self._stop.is_set():  # a stopping controller leaves the stage RUNNING
                 self._failed(active, failure)
+        except StateUnavailable:
+            raise
         except Exception as error:  # a bug must not leave the stage running unwatched
             log.exception("driving %s failed", active.task_id)
             if not self._stop.is_set():
                 message = f"internal error in the controller: {type(error).__name__}: {error}"
                 self._failed(active, StageFailure("INTERNAL", message, False))
         else:
-            self._succeeded(pipeline_id, stage, outcome)
-        finally:
-            with self._lock:
-                self._active.pop((pipeline_id, stage), None)
+            self._succeeded(active.pipeline_id, active.stage, outcome)
 
     def _consume(self, active: _Active, job: StageJob, reattach: bool) -> StageOutcome:
         call = self.workers.run(active.stage, job, reattach)
