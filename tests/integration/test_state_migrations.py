@@ -209,3 +209,24 @@ def test_controllers_starting_at_once_migrate_a_postgres_database_once(postgres)
         assert names == [f"from-{n}" for n in range(4)]  # all four work on the same tables
     finally:
         store.close()
+
+
+def test_the_newest_revision_downgrades_and_upgrades_again(state_url) -> None:
+    """The documented way back (before running an older tuneship) keeps the data."""
+    store = StateStore(state_url)
+    pid = make_new(store)
+    store.add_event(pid, "train", "progress", {"task": f"{pid}.train.1", "task_seq": 7})
+    store.close()
+    engine = create_engine(state_url)
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0001")
+    with engine.connect() as connection:
+        assert current_revision(connection) == "0001"
+        assert "task_seq" not in {c["name"] for c in inspect(connection).get_columns("events")}
+    engine.dispose()
+    store = StateStore(state_url)
+    try:
+        assert [e.seq for e in store.events(pid)] == [1, 2]
+        assert store.last_task_seq(pid, f"{pid}.train.1") == 7  # filled in again
+    finally:
+        store.close()
