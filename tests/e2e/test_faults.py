@@ -158,6 +158,8 @@ def shared(moto: S3ServerProcess, tmp_path_factory) -> Iterator[ProcessCluster]:
 def cluster(shared: ProcessCluster, moto: S3ServerProcess) -> ProcessCluster:
     moto.resume()  # a test that failed mid-pause leaves it stopped
     shared.heal()  # ... or a component down
+    # Each test trains for itself: an earlier test's identical stages are not reused.
+    shared.store.delete_prefix("cache/")
     return shared
 
 
