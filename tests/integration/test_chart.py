@@ -461,7 +461,9 @@ def test_external_store_and_database(rendered: dict[str, Rendered]) -> None:
         "1",
     )
     assert env["TUNESHIP_S3_ACCESS_KEY"]["secretKeyRef"]["name"] == "tuneship-s3"
-    assert not result.all("StatefulSet") and not result.all("Secret")
+    assert not result.all("StatefulSet")
+    # The only generated Secret: the tokens (docs/security.md), no store credentials.
+    assert [s["metadata"]["name"] for s in result.all("Secret")] == [f"{result.fullname}-auth"]
     assert not result.has("PersistentVolumeClaim", "controller")
 
 
@@ -650,6 +652,10 @@ def test_the_controller_accepts_the_rendered_environment_and_jobs(
         for key, value in result.env("Deployment", "controller", "controller").items()
     }
     env.update(TUNESHIP_JOB_TEMPLATES=str(jobs_dir), KUBECONFIG=str(kubeconfig))
+    for key, value in list(env.items()):  # the token files the auth Secret volume holds
+        if value.startswith("/etc/tuneship/auth/"):
+            (tmp_path / key).write_text("a-token\n")
+            env[key] = str(tmp_path / key)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     values = load_env(env).values  # strict: every rendered variable parses
     providers = values.providers

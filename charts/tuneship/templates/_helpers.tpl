@@ -217,22 +217,22 @@ capabilities:
     - ALL
 {{- end }}
 
-{{/* gRPC health probes of a tuneship server on 50051. The startup probe gives a slow
-start (torch, CUDA) five minutes before liveness may restart the container. */}}
+{{/* gRPC health probes of a tuneship server on 50051 (the health service needs no
+token). The startup probe gives a slow start (torch, CUDA) five minutes before
+liveness may restart the container. The kubelet's gRPC probe speaks no TLS: with
+tls.enabled the probes connect to the port (tcpSocket) instead. */}}
 {{- define "tuneship.grpcProbes" -}}
+{{- $action := ternary (dict "tcpSocket" (dict "port" 50051)) (dict "grpc" (dict "port" 50051)) .Values.tls.enabled }}
 startupProbe:
-  grpc:
-    port: 50051
+  {{- toYaml $action | nindent 2 }}
   periodSeconds: 5
   failureThreshold: 60
 readinessProbe:
-  grpc:
-    port: 50051
+  {{- toYaml $action | nindent 2 }}
   periodSeconds: 10
   failureThreshold: 3
 livenessProbe:
-  grpc:
-    port: 50051
+  {{- toYaml $action | nindent 2 }}
   periodSeconds: 20
   timeoutSeconds: 5
   failureThreshold: 6
@@ -272,4 +272,110 @@ Input: dict resources, gpu (a dict with count and resourceName, or nil). */}}
 {{- $_ := set $resources "limits" $limits }}
 {{- end }}
 {{- toYaml $resources }}
+{{- end }}
+
+{{/* The Secret holding the user API tokens (key api-tokens, one a line) and the worker
+token (key worker-token): the user's, or the one the chart generates. */}}
+{{- define "tuneship.authSecretName" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-auth" (include "tuneship.fullname" .)) }}
+{{- end }}
+
+{{/* Tokens and TLS of a pod (docs/security.md): the secrets are files, the variables
+name them. Input: dict root, role: controller (both tokens; serves and dials the
+workers), worker (the worker token; serves), client (a user token; the helm test pod). */}}
+{{- define "tuneship.authEnv" -}}
+{{- $v := .root.Values }}
+{{- if $v.auth.enabled }}
+{{- if eq .role "controller" }}
+- name: TUNESHIP_API_TOKENS_FILE
+  value: /etc/tuneship/auth/api-tokens
+{{- end }}
+{{- if eq .role "client" }}
+- name: TUNESHIP_TOKEN_FILE
+  value: /etc/tuneship/auth/api-tokens
+{{- else }}
+- name: TUNESHIP_WORKER_TOKEN_FILE
+  value: /etc/tuneship/auth/worker-token
+{{- end }}
+{{- end }}
+{{- if $v.tls.enabled }}
+{{- if eq .role "client" }}
+- name: TUNESHIP_CA
+  value: /etc/tuneship/tls/ca.crt
+{{- if $v.tls.clientAuth }}
+- name: TUNESHIP_CERT
+  value: /etc/tuneship/tls/tls.crt
+- name: TUNESHIP_KEY
+  value: /etc/tuneship/tls/tls.key
+{{- end }}
+{{- else }}
+- name: TUNESHIP_TLS_CERT
+  value: /etc/tuneship/tls/tls.crt
+- name: TUNESHIP_TLS_KEY
+  value: /etc/tuneship/tls/tls.key
+{{- if $v.tls.clientAuth }}
+- name: TUNESHIP_TLS_CLIENT_CA
+  value: /etc/tuneship/tls/ca.crt
+{{- end }}
+{{- end }}
+{{- if eq .role "controller" }}
+- name: TUNESHIP_WORKER_CA
+  value: /etc/tuneship/tls/ca.crt
+- name: TUNESHIP_WORKER_TLS_NAME
+  value: {{ $v.tls.workerServerName | default (printf "%s-worker" (include "tuneship.fullname" .root)) | quote }}
+{{- if $v.tls.clientAuth }}
+- name: TUNESHIP_WORKER_CERT
+  value: /etc/tuneship/tls/tls.crt
+- name: TUNESHIP_WORKER_KEY
+  value: /etc/tuneship/tls/tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The volume mounts of tuneship.authEnv's files. Input: dict root, role. */}}
+{{- define "tuneship.authMounts" -}}
+{{- if .root.Values.auth.enabled }}
+- name: auth
+  mountPath: /etc/tuneship/auth
+  readOnly: true
+{{- end }}
+{{- if .root.Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/tuneship/tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The volumes behind tuneship.authMounts: each pod gets only the keys of its role
+(a worker pod never holds a user token). Input: dict root, role. */}}
+{{- define "tuneship.authVolumes" -}}
+{{- if .root.Values.auth.enabled }}
+- name: auth
+  secret:
+    secretName: {{ include "tuneship.authSecretName" .root }}
+    items:
+      {{- if ne .role "worker" }}
+      - key: api-tokens
+        path: api-tokens
+      {{- end }}
+      {{- if ne .role "client" }}
+      - key: worker-token
+        path: worker-token
+      {{- end }}
+{{- end }}
+{{- if .root.Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ .root.Values.tls.secretName }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+      {{- if or (ne .role "client") .root.Values.tls.clientAuth }}
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      {{- end }}
+{{- end }}
 {{- end }}

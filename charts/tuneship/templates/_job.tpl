@@ -79,6 +79,7 @@ spec:
                   fieldPath: status.podIP
             {{- include "tuneship.storeEnv" $root | nindent 12 }}
             {{- include "tuneship.homeEnv" (dict "scratch" $values.scratchSizeLimit) | nindent 12 }}
+            {{- include "tuneship.authEnv" (dict "root" $root "role" "worker") | nindent 12 }}
           {{- include "tuneship.grpcProbes" $root | nindent 10 }}
           resources:
             {{- include "tuneship.resources" (dict "resources" $values.resources "gpu" .gpu) | nindent 12 }}
@@ -86,10 +87,12 @@ spec:
             {{- include "tuneship.containerSecurityContext" $root | nindent 12 }}
           volumeMounts:
             {{- include "tuneship.homeMounts" (dict "scratch" $values.scratchSizeLimit) | nindent 12 }}
+            {{- include "tuneship.authMounts" (dict "root" $root "role" "worker") | nindent 12 }}
             - name: dshm
               mountPath: /dev/shm
       volumes:
         {{- include "tuneship.homeVolumes" (dict "scratch" $values.scratchSizeLimit) | nindent 8 }}
+        {{- include "tuneship.authVolumes" (dict "root" $root "role" "worker") | nindent 8 }}
         - name: dshm
           emptyDir:
             medium: Memory

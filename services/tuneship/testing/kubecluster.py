@@ -8,11 +8,15 @@ Deployment, a kubeconfig instead of the in-cluster token, and the jobs ConfigMap
 files where the chart mounts them. Only what no test machine has is swapped: the
 object store is a local directory (no MinIO here), serving uses the pinned llama-server
 (no Ollama; the Ollama sidecar's image runs an idle process), and paths under a pod's
-read-only root point into the pod's own directory.
+read-only root point into the pod's own directory. The fake kubelet mounts no volumes:
+the files of the Secrets the chart mounts (the tokens) are written under the test's
+directory and the variables that name them point there, for the controller and for
+every pod.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -69,6 +73,8 @@ class ChartCluster:
     controller_env: dict[str, str]
     controller: subprocess.Popen[bytes] | None = None
     port: int = field(default_factory=free_port)
+    user_token: str | None = None
+    """The first token of the chart's user API Secret (None: auth disabled)."""
 
     @property
     def address(self) -> str:
@@ -81,7 +87,7 @@ class ChartCluster:
             [TUNESHIP, "serve", "controller", "--host", "127.0.0.1", "--port", str(self.port)],
             env=self.controller_env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
         )  # fmt: skip
-        client = PipelineClient(self.address, timeout_s=10)
+        client = PipelineClient(self.address, timeout_s=10, token=self.user_token)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -127,6 +133,7 @@ def deploy_chart(
     the chart's Role and apply the workloads; ``start_controller`` starts the controller.
     ``pod_env`` adds to (or replaces) what every pod's processes see."""
     rendered = render(merged(TEST_VALUES, values or {}))
+    mounted = secret_files(rendered, root / "secrets")
     store = root / "store"
     store.mkdir(parents=True, exist_ok=True)
     pod_env = {
@@ -139,6 +146,7 @@ def deploy_chart(
         "XDG_CACHE_HOME": "home/.cache",
         "HF_HOME": "home/.cache/huggingface",
         "TUNESHIP_SERVING_SYNC_S": "2",
+        **mounted.worker_env,
         **(pod_env or {}),
     }
     kubelet = Kubelet(
@@ -149,10 +157,59 @@ def deploy_chart(
     kube = FakeKube(NAMESPACE, role=role, kubelet=kubelet, gpus=gpus, kueue_hold=kueue_hold)
     kube.start()
     kube.apply([credentials_secret(), *workloads(rendered)])
-    cluster = ChartCluster(kube, rendered, root, {})
+    cluster = ChartCluster(kube, rendered, root, {}, user_token=mounted.user_token)
     cluster.controller_env = controller_environment(rendered, kube, root, store)
+    cluster.controller_env.update(mounted.controller_env)
     cluster.controller_env.update(controller_env or {})
     return cluster
+
+
+@dataclass(frozen=True)
+class SecretFiles:
+    """The chart's mounted Secret files, written locally, and the variables to use."""
+
+    controller_env: dict[str, str]
+    worker_env: dict[str, str]
+    user_token: str | None
+
+
+def secret_files(rendered: Rendered, directory: Path) -> SecretFiles:
+    """Write the files of every Secret volume of the controller and of a worker pod
+    (a pool's or a Job's) under ``directory``, and point the variables whose values
+    lie under a mount of one at the local copy."""
+    secrets = {m["metadata"]["name"]: m for m in rendered.manifests if m["kind"] == "Secret"}
+    controller = rendered.get("Deployment", "controller")["spec"]["template"]["spec"]
+    workers = [t["spec"]["template"]["spec"] for t in rendered.job_templates().values()]
+    deployments = [d for d in rendered.manifests if d["kind"] == "Deployment"]
+    workers += [d["spec"]["template"]["spec"] for d in deployments
+                if d["spec"]["template"]["spec"] is not controller]  # fmt: skip
+    controller_env = _mounted(controller, secrets, directory / "controller")
+    worker_env: dict[str, str] = {}
+    for index, pod in enumerate(workers):
+        worker_env.update(_mounted(pod, secrets, directory / f"worker-{index}"))
+    token_file = controller_env.get("TUNESHIP_API_TOKENS_FILE")
+    token = Path(token_file).read_text().split()[0] if token_file else None
+    return SecretFiles(controller_env, worker_env, token)
+
+
+def _mounted(pod: dict[str, Any], secrets: dict[str, Any], directory: Path) -> dict[str, str]:
+    volumes = {v["name"]: v["secret"] for v in pod.get("volumes") or [] if "secret" in v}
+    env: dict[str, str] = {}
+    for container in pod["containers"]:
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes.get(mount["name"])
+            if volume is None or volume["secretName"] not in secrets:
+                continue
+            local = directory / mount["mountPath"].strip("/")
+            local.mkdir(parents=True, exist_ok=True)
+            data = secrets[volume["secretName"]].get("data") or {}
+            for item in volume.get("items") or [{"key": k, "path": k} for k in data]:
+                (local / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
+            for var in container.get("env") or []:
+                value = str(var.get("value", ""))
+                if value.startswith(mount["mountPath"] + "/"):
+                    env[var["name"]] = str(local / value.removeprefix(mount["mountPath"] + "/"))
+    return env
 
 
 def credentials_secret() -> dict[str, Any]:
