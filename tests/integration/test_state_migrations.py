@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -20,7 +21,13 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from tuneship.common.errors import FailedPrecondition
 from tuneship.controller.machine import Phase
-from tuneship.controller.schema import VERSION_TABLE, alembic_config, current_revision, head
+from tuneship.controller.schema import (
+    MIGRATION_LOCK_KEY,
+    VERSION_TABLE,
+    alembic_config,
+    current_revision,
+    head,
+)
 from tuneship.controller.state import Base, StateStore
 
 pytestmark = pytest.mark.integration
@@ -176,37 +183,51 @@ def test_serve_controller_refuses_a_newer_database_without_a_traceback(tmp_path)
 
 
 STARTER = """
-import sys, time
+import sys
 from tuneship.controller.state import StateStore
-start_at = float(sys.argv[2])
-time.sleep(max(0.0, start_at - time.time()))
 store = StateStore(sys.argv[1])
-store.create("from-" + sys.argv[3], "{}", 0, {}, {})
+store.create("from-" + sys.argv[2], "{}", 0, {}, {})
 print(store.revision)
 """
 
 
 @pytest.mark.timeout(120)
 def test_controllers_starting_at_once_migrate_a_postgres_database_once(postgres) -> None:
+    """Controllers starting together queue on the migration lock, then all find the
+    database current. Holding that lock here lines them all up deterministically."""
     url = postgres.create_database()
-    start_at = time.time() + 3  # after every interpreter has imported SQLAlchemy and Alembic
-    starters = [
-        subprocess.Popen(
-            [sys.executable, "-c", STARTER, url, str(start_at), str(n)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(4)
-    ]
-    results = [process.communicate(timeout=60) for process in starters]
-    for process, (out, err) in zip(starters, results, strict=True):
+    starters = 3
+    with psycopg.connect(postgres.dsn(url.rsplit("/", 1)[1]), autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", STARTER, url, str(n)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for n in range(starters)
+        ]
+        deadline = time.monotonic() + 60
+        waiting = 0
+        while waiting < starters:  # every one of them is queued on the lock
+            assert time.monotonic() < deadline, f"{waiting} of {starters} wait for the lock"
+            exited = [p for p in processes if p.poll() is not None]
+            assert not exited, f"one started without the lock: {exited[0].communicate()}"
+            time.sleep(0.1)
+            waiting = holder.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ).fetchone()[0]
+        assert not holder.execute("SELECT to_regclass('pipelines')").fetchone()[0]
+        holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+        results = [process.communicate(timeout=60) for process in processes]
+    for process, (out, err) in zip(processes, results, strict=True):
         assert process.returncode == 0, err
         assert out.strip() == head()
     store = StateStore(url)
     try:
         names = sorted(p.name for p in store.list_pipelines()[0])
-        assert names == [f"from-{n}" for n in range(4)]  # all four work on the same tables
+        assert names == [f"from-{n}" for n in range(starters)]  # all on the same tables
     finally:
         store.close()
 

@@ -29,7 +29,7 @@ VERSION_TABLE = "tuneship_schema_version"
 """Alembic's version table, under a name of its own so that a database shared with
 another Alembic-managed application never mixes the two histories up."""
 BEFORE_MIGRATIONS = "0001"
-_LOCK_KEY = 0x74756E65  # any fixed 64-bit number, the same in every controller ("tune")
+MIGRATION_LOCK_KEY = 0x74756E65  # any fixed 64-bit number, the same in every controller ("tune")
 _IN_PROCESS = threading.Lock()  # Alembic's `context` is process-global
 
 
@@ -63,7 +63,8 @@ def migrate(engine: Engine, shown_url: str) -> str:
     known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
     with _IN_PROCESS, engine.connect() as connection:
         if engine.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+            lock = text("SELECT pg_advisory_xact_lock(:key)")
+            connection.execute(lock, {"key": MIGRATION_LOCK_KEY})
         config.attributes["connection"] = connection
         current = current_revision(connection)
         if current is None and inspect(connection).has_table("pipelines"):
