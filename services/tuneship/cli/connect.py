@@ -2,6 +2,10 @@
 (``TUNESHIP_TOKEN``/``TUNESHIP_TOKEN_FILE``), ``--ca`` (``TUNESHIP_CA``) and, for mutual
 TLS, ``--cert``/``--key`` (``TUNESHIP_CERT``/``TUNESHIP_KEY``).
 
+An option wins over its variable; the variables are read through the settings model
+(``load_env``), with its rules: a token given both inline and as a file is an error,
+on the command line as in the environment.
+
 A command declares a ``connection: Connection`` parameter and is wrapped in
 ``controller_options``: the command line shows the five options in its place, so that
 no command repeats them.
@@ -11,7 +15,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,8 +24,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from tuneship.client import PipelineClient
-from tuneship.common.auth import Token, read_tokens
+from tuneship.common.auth import Token, parse_tokens
 from tuneship.common.errors import InvalidInput
+from tuneship.common.settings import load_env
+from tuneship.common.settings.source import read_secret_file
 
 
 @dataclass(frozen=True)
@@ -41,49 +48,72 @@ class Connection:
 
 def connection(
     token: str | None, token_file: Path | None, ca: Path | None,
-    cert: Path | None, key: Path | None,
+    cert: Path | None, key: Path | None, env: Mapping[str, str],
 ) -> Connection:  # fmt: skip
-    """The ``Connection`` of the options; ``--token`` wins over ``--token-file``."""
-    chosen: Token | None = None
+    """The ``Connection`` of the options, and of ``env``'s ``TUNESHIP_TOKEN[_FILE]``,
+    ``TUNESHIP_CA``, ``TUNESHIP_CERT`` and ``TUNESHIP_KEY`` for those not given.
+
+    Raises ``InvalidInput`` naming the option or variable: both ``--token`` and
+    ``--token-file``, a token file without a token, a certificate that is not a file."""
+    if token and token_file is not None:
+        raise InvalidInput("both --token and --token-file are given", where="--token",
+                           hint="pass one: --token-file (kept out of ps and shell history) "
+                           "or --token")  # fmt: skip
+    values = load_env(env).values
     if token:
-        chosen = Token(token.strip())
+        text, where = token, "--token"
     elif token_file is not None:
-        tokens = read_tokens({"TUNESHIP_TOKEN_FILE": str(token_file)}, "TUNESHIP_TOKEN")
-        chosen = tokens[0]
-    for where, path in (("--ca", ca), ("--cert", cert), ("--key", key)):
+        text, where = read_secret_file(token_file, "--token-file"), "--token-file"
+    elif values.token is not None:  # an empty inline value is unset: empty is the file's
+        text = values.token.get_secret_value()
+        where = "TUNESHIP_TOKEN" if text.strip() else "TUNESHIP_TOKEN_FILE"
+    else:
+        text, where = "", ""
+    tokens = parse_tokens(text)
+    if where and not tokens:
+        raise InvalidInput("no token in it", where=where, hint="the controller's user token")
+    paths = []
+    for option, given, default, variable in (
+        ("--ca", ca, values.ca, "TUNESHIP_CA"),
+        ("--cert", cert, values.cert, "TUNESHIP_CERT"),
+        ("--key", key, values.key, "TUNESHIP_KEY"),
+    ):
+        path = given if given is not None else default
         if path is not None and not path.is_file():
-            raise InvalidInput(f"{path} is not a file", where=where, hint="a PEM file")
-    return Connection(chosen, ca, cert, key)
+            named = option if given is not None else variable
+            raise InvalidInput(f"{path} is not a file", where=named, hint="a PEM file")
+        paths.append(path)
+    # A file may hold several tokens (the chart mounts the API's list): send the first.
+    return Connection(tokens[0] if tokens else None, *paths)
 
 
 TokenOpt = Annotated[
     str | None,
     typer.Option(
         "--token",
-        envvar="TUNESHIP_TOKEN",
         show_default=False,
-        help="The controller's user token (better: --token-file).",
+        help="The controller's user token (better: --token-file) (or TUNESHIP_TOKEN).",
     ),
 ]
 TokenFileOpt = Annotated[
     Path | None,
-    typer.Option("--token-file", envvar="TUNESHIP_TOKEN_FILE", help="A file with the token."),
+    typer.Option("--token-file", help="A file with the token (or TUNESHIP_TOKEN_FILE)."),
 ]
 CaOpt = Annotated[
     Path | None,
     typer.Option(
         "--ca",
-        envvar="TUNESHIP_CA",
-        help="Check the controller's certificate with this CA (TLS even for host:port).",
+        help="Check the controller's certificate with this CA (TLS even for host:port) "
+        "(or TUNESHIP_CA).",
     ),
 ]
 CertOpt = Annotated[
     Path | None,
-    typer.Option("--cert", envvar="TUNESHIP_CERT", help="Client certificate (mutual TLS)."),
+    typer.Option("--cert", help="Client certificate (mutual TLS) (or TUNESHIP_CERT)."),
 ]
 KeyOpt = Annotated[
     Path | None,
-    typer.Option("--key", envvar="TUNESHIP_KEY", help="The client certificate's private key."),
+    typer.Option("--key", help="The client certificate's private key (or TUNESHIP_KEY)."),
 ]
 
 
@@ -115,7 +145,7 @@ def controller_options(command: F) -> F:
 
         given = {name: kwargs.pop(name, None) for name in _NAMES}
         try:
-            chosen = connection(**given)
+            chosen = connection(**given, env=os.environ)
         except TuneshipError as exc:
             raise fail(exc) from exc
         return command(*args, connection=chosen, **kwargs)

@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from tuneship.cli.kube_env import kube_settings
-from tuneship.common.auth import auth_from_env, check_exposure
+from tuneship.common.auth import AuthSettings, check_exposure
 from tuneship.common.errors import EXIT_FAILED, EXIT_OK, InvalidInput, exit_code_of
 from tuneship.common.guard import stage_security
 from tuneship.common.logs import configure_logging
@@ -111,8 +111,7 @@ def serve_component(
             "--once serves one stage task: it needs a stage component and TUNESHIP_TASK_ID",
             where="--once", hint="the controller sets TUNESHIP_TASK_ID in each Job it creates",
         )  # fmt: skip
-    auth = auth_from_env(env)
-    auth = dataclasses.replace(auth, insecure=auth.insecure or insecure)
+    auth = AuthSettings.from_loaded(values, insecure=insecure)
     check_exposure(component, host, auth)
     settings = Settings.from_loaded(values, env)
     store = open_store(StoreSettings.from_loaded(values))

@@ -10,55 +10,25 @@ Two kinds of caller, two kinds of token (docs/security.md):
   user API refuses it (PERMISSION_DENIED): a leaked worker pod token cannot drive
   pipelines.
 
-Environment (read here, once, by ``auth_from_env``; files win over inline values,
-and secrets are best mounted as files):
-
-- ``TUNESHIP_API_TOKENS`` / ``TUNESHIP_API_TOKENS_FILE``: tokens the user API accepts
-  (comma- or newline-separated).
-- ``TUNESHIP_WORKER_TOKEN`` / ``TUNESHIP_WORKER_TOKEN_FILE``: the worker token; several
-  while rotating, the first is the one the controller sends.
-- ``TUNESHIP_TLS_CERT``, ``TUNESHIP_TLS_KEY``: serve TLS with this certificate chain and
-  key (PEM); ``TUNESHIP_TLS_CLIENT_CA``: also require client certificates signed by
-  this CA (mutual TLS).
-- ``TUNESHIP_WORKER_CA``: the controller dials the stage services with TLS, checking
-  their certificates against this CA; ``TUNESHIP_WORKER_CERT`` / ``TUNESHIP_WORKER_KEY``:
-  the client certificate it shows them (their mutual TLS);
-  ``TUNESHIP_WORKER_TLS_NAME``: the name their certificates carry (a Job pod is dialled
-  by IP, which no certificate names).
-- ``TUNESHIP_INSECURE``: ``1`` lets a server listen beyond loopback with no token.
+The variables (``TUNESHIP_API_TOKENS[_FILE]``, ``TUNESHIP_WORKER_TOKEN[_FILE]``, the
+``TUNESHIP_TLS_*`` and ``TUNESHIP_WORKER_*`` paths, ``TUNESHIP_INSECURE``) are fields of
+the settings model (``tuneship.common.settings.model``), read once by ``load_env`` with
+its rules (a secret set both inline and as ``_FILE`` is an error naming both);
+``AuthSettings.from_loaded`` turns those values into tokens and TLS settings and checks
+what only makes sense together.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneship.common.errors import FailedPrecondition, InvalidInput
+from pydantic import SecretStr
 
-VARIABLES = {
-    "TUNESHIP_API_TOKENS": "tokens the controller's user API accepts (also _FILE)",
-    "TUNESHIP_API_TOKENS_FILE": "a file of the user API's tokens, one a line",
-    "TUNESHIP_WORKER_TOKEN": "the worker token (also _FILE)",
-    "TUNESHIP_WORKER_TOKEN_FILE": "a file holding the worker token",
-    "TUNESHIP_TLS_CERT": "the server's TLS certificate (PEM)",
-    "TUNESHIP_TLS_KEY": "the server's TLS key (PEM)",
-    "TUNESHIP_TLS_CLIENT_CA": "require client certificates of this CA (mutual TLS)",
-    "TUNESHIP_WORKER_CA": "dial the stage services with TLS, checked with this CA",
-    "TUNESHIP_WORKER_CERT": "the controller's client certificate for the stage services",
-    "TUNESHIP_WORKER_KEY": "its key",
-    "TUNESHIP_WORKER_TLS_NAME": "the name the stage services' certificates carry",
-    "TUNESHIP_INSECURE": "1: serve beyond loopback without tokens",
-    "TUNESHIP_TOKEN": "the CLI's user token",
-    "TUNESHIP_TOKEN_FILE": "a file holding the CLI's user token",
-    "TUNESHIP_CA": "the CA the CLI checks the controller with",
-    "TUNESHIP_CERT": "the CLI's client certificate (mutual TLS)",
-    "TUNESHIP_KEY": "its key",
-}
-"""Every variable of this module and of the CLI's credentials, with what it is for
-(read by ``auth_from_env`` and the CLI's options, not by the settings model)."""
+from tuneship.common.errors import FailedPrecondition, InvalidInput
+from tuneship.common.settings.model import TuneshipEnv, variable
 
 TOKEN_HINT = "pass --token or --token-file, or set TUNESHIP_TOKEN or TUNESHIP_TOKEN_FILE"
 """What a client is told to do when a server wants a token (never the token itself)."""
@@ -145,73 +115,75 @@ class AuthSettings:
         """The token the controller sends to stage services."""
         return self.worker_tokens[0] if self.worker_tokens else None
 
+    @classmethod
+    def from_loaded(cls, values: TuneshipEnv, insecure: bool = False) -> AuthSettings:
+        """A server process's authentication from its settings (``insecure``: the
+        ``--insecure`` option, which adds to ``TUNESHIP_INSECURE``).
 
-def read_tokens(env: Mapping[str, str], name: str) -> tuple[Token, ...]:
-    """Tokens from ``<name>_FILE`` (a file, one or more) or else ``<name>``."""
-    path = env.get(f"{name}_FILE", "")
-    if path:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
+        Raises ``InvalidInput`` naming the variable when a token list is empty, a
+        certificate or key is not a file, or a TLS setting is incomplete."""
+        served = _pair(values, "tls_cert", "tls_key")
+        client_ca = _file(values, "tls_client_ca")
+        if client_ca is not None and served is None:
+            raise InvalidInput("client certificates are checked only over TLS",
+                               where="TUNESHIP_TLS_CLIENT_CA",
+                               hint="set TUNESHIP_TLS_CERT and TUNESHIP_TLS_KEY too")  # fmt: skip
+        worker_ca = _file(values, "worker_ca")
+        shown = _pair(values, "worker_cert", "worker_key")
+        if shown is not None and worker_ca is None:
             raise InvalidInput(
-                f"cannot read the token file: {exc.strerror}", where=f"{name}_FILE",
-                hint="mount the Secret there or point the variable at the file",
-            ) from exc  # fmt: skip
-        if not text.strip():
-            raise InvalidInput("the token file is empty", where=f"{name}_FILE")
-    else:
-        text = env.get(name, "")
+                "a client certificate for the workers needs TLS to them",
+                where="TUNESHIP_WORKER_CERT", hint="set TUNESHIP_WORKER_CA",
+            )  # fmt: skip
+        worker_tls = None
+        if worker_ca is not None:
+            cert, key = shown or (None, None)
+            worker_tls = ClientTls(worker_ca, cert, key, server_name=values.worker_tls_name)
+        return cls(
+            api_tokens=_tokens(values.api_tokens, "api_tokens"),
+            worker_tokens=_tokens(values.worker_token, "worker_token"),
+            tls=ServerTls(*served, client_ca) if served else None,
+            worker_tls=worker_tls,
+            insecure=values.insecure or insecure,
+        )
+
+
+def parse_tokens(text: str) -> tuple[Token, ...]:
+    """The tokens in ``text``: one a line or comma-separated, surrounding spaces dropped."""
     pieces = (p.strip() for line in text.splitlines() for p in line.split(","))
     return tuple(Token(p) for p in pieces if p)
 
 
-def _path(env: Mapping[str, str], name: str) -> Path | None:
-    value = env.get(name, "")
-    if not value:
-        return None
-    if not Path(value).is_file():
+def _tokens(secret: SecretStr | None, name: str) -> tuple[Token, ...]:
+    if secret is None:
+        return ()
+    text = secret.get_secret_value()
+    tokens = parse_tokens(text)
+    if not tokens:
+        # An empty inline value is unset, so an empty text came from the file: a
+        # Secret mounted before its key was filled in, which must not mean "no auth".
+        where = variable(name) if text.strip() else f"{variable(name)}_FILE"
+        raise InvalidInput("no token in it", where=where,
+                           hint="one token a line (a file) or comma-separated")  # fmt: skip
+    return tokens
+
+
+def _file(values: TuneshipEnv, name: str) -> Path | None:
+    path: Path | None = getattr(values, name)
+    if path is not None and not path.is_file():
         hint = "a PEM file (a kubernetes.io/tls Secret mounted as files)"
-        raise InvalidInput(f"{value} is not a file", where=name, hint=hint)
-    return Path(value)
+        raise InvalidInput(f"{path} is not a file", where=variable(name), hint=hint)
+    return path
 
 
-def _pair(env: Mapping[str, str], cert_name: str, key_name: str) -> tuple[Path, Path] | None:
-    cert, key = _path(env, cert_name), _path(env, key_name)
+def _pair(values: TuneshipEnv, cert_name: str, key_name: str) -> tuple[Path, Path] | None:
+    cert, key = _file(values, cert_name), _file(values, key_name)
     if (cert is None) != (key is None):
         given, missing = (cert_name, key_name) if key is None else (key_name, cert_name)
         hint = "a certificate needs its private key and the other way round"
-        raise InvalidInput(f"{given} is set but {missing} is not", where=missing, hint=hint)
+        raise InvalidInput(f"{variable(given)} is set but {variable(missing)} is not",
+                           where=variable(missing), hint=hint)  # fmt: skip
     return None if cert is None or key is None else (cert, key)
-
-
-def auth_from_env(env: Mapping[str, str]) -> AuthSettings:
-    """The authentication settings of a server process (see the module docstring).
-
-    Raises ``InvalidInput`` naming the variable when a file is missing or a TLS
-    setting is incomplete."""
-    served = _pair(env, "TUNESHIP_TLS_CERT", "TUNESHIP_TLS_KEY")
-    client_ca = _path(env, "TUNESHIP_TLS_CLIENT_CA")
-    if client_ca is not None and served is None:
-        raise InvalidInput("client certificates are checked only over TLS",
-                           where="TUNESHIP_TLS_CLIENT_CA",
-                           hint="set TUNESHIP_TLS_CERT and TUNESHIP_TLS_KEY too")  # fmt: skip
-    worker_ca = _path(env, "TUNESHIP_WORKER_CA")
-    shown = _pair(env, "TUNESHIP_WORKER_CERT", "TUNESHIP_WORKER_KEY")
-    if shown is not None and worker_ca is None:
-        raise InvalidInput("a client certificate for the workers needs TLS to them",
-                           where="TUNESHIP_WORKER_CERT", hint="set TUNESHIP_WORKER_CA")  # fmt: skip
-    worker_tls = None
-    if worker_ca is not None:
-        cert, key = shown or (None, None)
-        name = env.get("TUNESHIP_WORKER_TLS_NAME") or None
-        worker_tls = ClientTls(worker_ca, cert, key, server_name=name)
-    return AuthSettings(
-        api_tokens=read_tokens(env, "TUNESHIP_API_TOKENS"),
-        worker_tokens=read_tokens(env, "TUNESHIP_WORKER_TOKEN"),
-        tls=ServerTls(*served, client_ca) if served else None,
-        worker_tls=worker_tls,
-        insecure=env.get("TUNESHIP_INSECURE", "").lower() in ("1", "true", "yes"),
-    )
 
 
 def is_loopback(host: str) -> bool:

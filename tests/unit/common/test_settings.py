@@ -67,6 +67,9 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "TUNESHIP_INSECURE": ("yes", True),
     "TUNESHIP_CONTROLLER": ("c:50051", "c:50051"),
     "TUNESHIP_TOKEN": ("user-token", "user-token"),
+    "TUNESHIP_CA": ("/c/ca", Path("/c/ca")),
+    "TUNESHIP_CERT": ("/c/crt", Path("/c/crt")),
+    "TUNESHIP_KEY": ("/c/key", Path("/c/key")),
 }
 
 

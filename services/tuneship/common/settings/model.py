@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from tuneship.common.auth import VARIABLES as AUTH_VARIABLES
 from tuneship.common.settings.values import (
     Accepts,
     Boolean,
@@ -160,7 +159,7 @@ class TuneshipEnv(BaseSettings):
         ("serving", "run", "cli"), env="OLLAMA_HOST",
     )  # fmt: skip
 
-    # --- authentication and TLS (common/auth.py reads these) ---------------------------
+    # --- authentication and TLS (``AuthSettings.from_loaded`` builds on these) ------
     api_tokens: SecretStr | None = setting(
         None, "tokens the controller's user API accepts (comma- or newline-separated)",
         CONTROLLER,
@@ -189,7 +188,14 @@ class TuneshipEnv(BaseSettings):
 
     # --- clients (`tuneship submit`, `list`, `chat`, ...) ------------------------------
     controller: str = setting("127.0.0.1:50051", "the controller's `host:port`", ("cli",))
-    token: SecretStr | None = setting(None, "the token sent to the controller", ("cli",))
+    token: SecretStr | None = setting(
+        None, "the token sent to the controller (`--token`, `--token-file`)", ("cli",)
+    )
+    ca: Path | None = setting(
+        None, "check the controller's certificate against this CA (`--ca`)", ("cli",)
+    )
+    cert: Path | None = setting(None, "client certificate for mutual TLS (`--cert`)", ("cli",))
+    key: Path | None = setting(None, "its private key (`--key`)", ("cli",))
 
     @classmethod
     def settings_customise_sources(
@@ -227,6 +233,5 @@ def is_secret(name: str) -> bool:
 OTHER_VARIABLES = {
     "TUNESHIP_MOTO_SERVER": "the test suite's S3 server (tests/conftest.py)",
     "TUNESHIP_VERSION": "the images' version (a build argument)",
-    **AUTH_VARIABLES,  # read by common.auth and the CLI's options
 }
 """``TUNESHIP_*`` names that are not settings of a process but are not typos either."""

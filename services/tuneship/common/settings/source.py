@@ -58,13 +58,16 @@ class LoadedEnv:
             _warn_unknown(name)
 
     def secrets(self) -> list[str]:
-        """The secret values that are set (for the log redactor)."""
+        """The secret values that are set (for the log redactor); a list of tokens
+        gives each token too, so that one token alone in a log line is masked."""
         found = []
         for name in TuneshipEnv.model_fields:
             value = getattr(self.values, name)
             if is_secret(name) and value is not None and value.get_secret_value():
-                found.append(value.get_secret_value())
-        return found
+                text = value.get_secret_value()
+                found.append(text)
+                found.extend(p.strip() for ln in text.splitlines() for p in ln.split(","))
+        return [s for s in found if s]
 
 
 class EnvironmentSource(PydanticBaseSettingsSource):
@@ -86,7 +89,7 @@ class EnvironmentSource(PydanticBaseSettingsSource):
                     f"both {name} and {name}_FILE are set", where=name,
                     hint=f"set one: {name}_FILE (a mounted Secret) or {name}",
                 )  # fmt: skip
-            secret = _read_secret_file(Path(path), f"{name}_FILE")
+            secret = read_secret_file(Path(path), f"{name}_FILE")
             return secret, f"file {path} ({name}_FILE)", False
         if raw is None or (raw.strip() == "" and not field_extra(field_name).get("keep_empty")):
             return None, DEFAULT, False
@@ -102,7 +105,9 @@ class EnvironmentSource(PydanticBaseSettingsSource):
         return data
 
 
-def _read_secret_file(path: Path, where: str) -> str:
+def read_secret_file(path: Path, where: str) -> str:
+    """A secret's file as ``<VAR>_FILE`` gives it: its text less one trailing newline.
+    Raises ``InvalidInput`` naming ``where`` when it cannot be read."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
