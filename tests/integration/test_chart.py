@@ -88,6 +88,9 @@ def test_chart_declares_the_oldest_validated_version() -> None:
         ({"controller": {"image": {"tag": "latest"}}}, "'/controller/image/tag'", ""),
         ({"networkPolicy": {"apiServer": {"cidrs": ["any"]}}},
          "'/networkPolicy/apiServer/cidrs/0'", ""),
+        ({"logs": {"format": "yaml"}}, "'/logs/format'", "must be one of"),
+        ({"logs": {"level": "verbose"}}, "'/logs/level'", "must be one of"),
+        ({"logs": {"colour": True}}, "'/logs'", "'colour' not allowed"),
     ],
 )  # fmt: skip
 def test_schema_refuses_bad_values_and_names_the_key(
@@ -597,6 +600,39 @@ def test_helm_test_pod_lists_pipelines_on_the_controller(rendered: dict[str, Ren
     assert pod["spec"]["containers"][0]["args"] == [
         "list", "--controller", f"{result.fullname}-controller:50051"
     ]  # fmt: skip
+
+
+def tuneship_containers(result: Rendered) -> dict[str, dict[str, Any]]:
+    """``owner/container`` -> every container that runs tuneship: the servers (a Job
+    template's included) and the helm test pod's ``tuneship list``."""
+    return {
+        f"{pod.owner}/{c['name']}": c
+        for pod in result.pod_templates()
+        for c in pod.containers()
+        if c in tuneship_servers(pod) or c.get("args", [""])[0] == "list"
+    }
+
+
+def test_the_log_format_and_level_reach_every_tuneship_container() -> None:
+    for container in tuneship_containers(render("default")).values():
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert (env["TUNESHIP_LOG_FORMAT"], env["TUNESHIP_LOG_LEVEL"]) == ("text", "info")
+    # A GPU merge: the merge Job template as well as the train one.
+    logs = {"logs": {"format": "json", "level": "debug"}, "merger": {"gpu": {"enabled": True}}}
+    result = render(logs)
+    found = tuneship_containers(result)
+    owners = {name.rsplit("/", 1)[0].split("/", 1)[1] for name in found}
+    fullname = result.fullname
+    assert owners == {f"{fullname}-controller", f"{fullname}-converter", f"{fullname}-serving",
+                      f"{fullname}-test", f"{fullname}-jobs:train.yaml",
+                      f"{fullname}-jobs:merge.yaml"}  # fmt: skip
+    for name, container in found.items():
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert (env["TUNESHIP_LOG_FORMAT"], env["TUNESHIP_LOG_LEVEL"]) == ("json", "debug"), name
+    for pod in result.pod_templates():  # nor does anything else get them (MinIO, Ollama)
+        for container in pod.containers():
+            if f"{pod.owner}/{container['name']}" not in found:
+                assert "TUNESHIP_LOG_FORMAT" not in str(container.get("env")), pod.owner
 
 
 def test_ingress_serves_grpc_over_tls(rendered: dict[str, Rendered]) -> None:

@@ -171,6 +171,14 @@ limit, default 2Gi). */}}
 {{- end }}
 {{- end }}
 
+{{/* The log format and level of every tuneship container (values `logs`). Input: root. */}}
+{{- define "tuneship.logEnv" -}}
+- name: TUNESHIP_LOG_FORMAT
+  value: {{ .Values.logs.format | quote }}
+- name: TUNESHIP_LOG_LEVEL
+  value: {{ .Values.logs.level | quote }}
+{{- end }}
+
 {{- define "tuneship.homeMounts" -}}
 - name: tmp
   mountPath: /tmp

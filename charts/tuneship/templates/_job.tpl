@@ -80,6 +80,7 @@ spec:
             {{- include "tuneship.storeEnv" $root | nindent 12 }}
             {{- include "tuneship.homeEnv" (dict "scratch" $values.scratchSizeLimit) | nindent 12 }}
             {{- include "tuneship.authEnv" (dict "root" $root "role" "worker") | nindent 12 }}
+            {{- include "tuneship.logEnv" $root | nindent 12 }}
           {{- include "tuneship.grpcProbes" $root | nindent 10 }}
           resources:
             {{- include "tuneship.resources" (dict "resources" $values.resources "gpu" .gpu) | nindent 12 }}
