@@ -112,6 +112,18 @@ def incoming_from_proto(header: pipeline_pb2.InputHeader) -> IncomingInput:
     return IncomingInput(header.kind, header.field, header.name or header.field, files)
 
 
+def pipeline_id_of(request: Any) -> str:
+    """The pipeline ``id`` of a Get/Watch/Cancel/Retry/Delete/Chat request. An empty id
+    is the caller's mistake (a variable left unset), not an unknown pipeline: it is
+    ``InvalidInput`` naming the field, where ``NOT_FOUND`` would suggest a typo."""
+    if not request.id.strip():
+        raise InvalidInput(
+            "no pipeline id: id is empty", where=f"{request.DESCRIPTOR.name}.id",
+            hint="the id `tuneship submit` printed; `tuneship list` shows ids",
+        )  # fmt: skip
+    return str(request.id)
+
+
 def stored_to_proto(stored: StoredInput | None, max_bytes: int) -> pipeline_pb2.UploadInputResponse:
     if stored is None:
         return pipeline_pb2.UploadInputResponse(max_upload_bytes=max_bytes)
@@ -165,13 +177,18 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
     def SubmitBatch(
         self, request: pipeline_pb2.SubmitBatchRequest, context: Any
     ) -> pipeline_pb2.SubmitBatchResponse:
+        if not request.pipelines:
+            raise InvalidInput(
+                "no specs: the batch is empty", where="SubmitBatchRequest.pipelines",
+                hint="send one SubmitRequest per pipeline (`tuneship submit SPEC...`)",
+            )  # fmt: skip
         # Validate every spec before creating any: a batch is accepted whole or not at all.
         specs = [self._validate(r, f"pipelines[{i}]") for i, r in enumerate(request.pipelines)]
         views = [self._create(s, r.priority) for s, r in zip(specs, request.pipelines, strict=True)]
         return pipeline_pb2.SubmitBatchResponse(pipelines=[pipeline_to_proto(v) for v in views])
 
     def Get(self, request: pipeline_pb2.GetRequest, context: Any) -> pipeline_pb2.Pipeline:
-        return pipeline_to_proto(self.state.get(request.id), self.scheduler.waiting)
+        return pipeline_to_proto(self.state.get(pipeline_id_of(request)), self.scheduler.waiting)
 
     def List(self, request: pipeline_pb2.ListRequest, context: Any) -> pipeline_pb2.ListResponse:
         try:
@@ -206,19 +223,20 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
     def Watch(
         self, request: pipeline_pb2.WatchRequest, context: grpc.ServicerContext
     ) -> Iterator[pipeline_pb2.PipelineEvent]:
+        pipeline_id = pipeline_id_of(request)
         seq = request.after_seq
         if seq < 0:
             raise InvalidInput(
                 f"after_seq is {seq}", where="WatchRequest.after_seq",
                 hint="0 replays every event; N replays those after event N",
             )  # fmt: skip
-        self.state.get(request.id)  # NotFound before streaming anything
+        self.state.get(pipeline_id)  # NotFound before streaming anything
         while context.is_active():
             # Phase and driver first, events second: when the pipeline is seen finished
             # with no driver left, the events read next include its very last one.
-            view = self.state.get(request.id)
-            settled = view.phase.terminal and not self.scheduler_busy(request.id)
-            events = self.state.events(request.id, after_seq=seq)
+            view = self.state.get(pipeline_id)
+            settled = view.phase.terminal and not self.scheduler_busy(pipeline_id)
+            events = self.state.events(pipeline_id, after_seq=seq)
             for event in events:
                 yield pipeline_event_to_proto(event, view.phase)
                 seq = event.seq
@@ -233,17 +251,19 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
     def Cancel(
         self, request: pipeline_pb2.CancelPipelineRequest, context: Any
     ) -> pipeline_pb2.Pipeline:
-        self.scheduler.cancel(request.id)
-        return pipeline_to_proto(self.state.get(request.id), self.scheduler.waiting)
+        pipeline_id = pipeline_id_of(request)
+        self.scheduler.cancel(pipeline_id)
+        return pipeline_to_proto(self.state.get(pipeline_id), self.scheduler.waiting)
 
     def Retry(self, request: pipeline_pb2.RetryRequest, context: Any) -> pipeline_pb2.Pipeline:
-        self.scheduler.retry_pipeline(request.id)
-        return pipeline_to_proto(self.state.get(request.id), self.scheduler.waiting)
+        pipeline_id = pipeline_id_of(request)
+        self.scheduler.retry_pipeline(pipeline_id)
+        return pipeline_to_proto(self.state.get(pipeline_id), self.scheduler.waiting)
 
     def Delete(
         self, request: pipeline_pb2.DeleteRequest, context: Any
     ) -> pipeline_pb2.DeleteResponse:
-        view = self.state.get(request.id)
+        view = self.state.get(pipeline_id_of(request))
         if request.purge_artifacts:
             # Committed outputs can be reused by other pipelines through the cache, so a
             # pipeline's files are not its alone to remove.
@@ -262,7 +282,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
     def Chat(
         self, request: pipeline_pb2.PipelineChatRequest, context: Any
     ) -> Iterator[workers_pb2.ChatChunk]:
-        view = self.state.get(request.id)
+        view = self.state.get(pipeline_id_of(request))
         publish = view.stage("publish")
         model = publish.summary.get("model")
         if publish.phase is not Phase.SUCCEEDED or not model:
