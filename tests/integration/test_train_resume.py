@@ -1,4 +1,7 @@
-"""A training run killed with SIGKILL resumes and ends exactly like an uninterrupted run."""
+"""A training run killed with SIGKILL resumes and ends exactly like an uninterrupted run.
+
+It is killed in its second epoch (64 conversations, batches of 2: 32 steps an epoch),
+where the batch order must not depend on what the first epoch drew."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ pytestmark = pytest.mark.integration
 
 TUNESHIP = str(Path(sys.executable).parent / "tuneship")
 STEPS, SAVE_EVERY = 40, 6
+KILL_AFTER = 36  # the last checkpoint, 4 steps into the second epoch
 
 
 def write_spec(tmp_path: Path, base: Path, data: Path) -> Path:
@@ -41,12 +45,10 @@ def losses(out: Path) -> list[tuple[int, float]]:
     return [(row["step"], row["loss"]) for row in rows]
 
 
-def checkpoint_written(partial: Path) -> bool:
+def checkpoint_written(partial: Path, step: int) -> bool:
     files = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
-    return any(
-        all((checkpoint / name).is_file() for name in files)
-        for checkpoint in (partial / "checkpoints").glob("checkpoint-*")
-    )
+    checkpoint = partial / "checkpoints" / f"checkpoint-{step}"
+    return all((checkpoint / name).is_file() for name in files)
 
 
 def test_kill_and_resume_matches_an_uninterrupted_run(
@@ -60,11 +62,11 @@ def test_kill_and_resume_matches_an_uninterrupted_run(
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = resumed.with_name("resumed.partial")
     deadline = time.monotonic() + 240
-    while not checkpoint_written(partial) and time.monotonic() < deadline:
+    while not checkpoint_written(partial, KILL_AFTER) and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=30) == -signal.SIGKILL
-    assert not resumed.exists() and checkpoint_written(partial)
+    assert not resumed.exists() and checkpoint_written(partial, KILL_AFTER)
 
     subprocess.run(command, check=True, timeout=300)
     expected, got = losses(straight), losses(resumed)

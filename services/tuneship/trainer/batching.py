@@ -121,3 +121,30 @@ def choose_batching(model: Any, packing: bool, vocab_rows: int) -> str:
     if packing and "flash" in implementation and keeps_examples_apart(model, vocab_rows):
         return "padding-free"
     return "padded-length-grouped"
+
+
+class EpochLengthGroupedSampler:
+    """Length-grouped order that is a function of (seed, epoch) alone.
+
+    transformers' own length-grouped sampler draws its permutation from the global
+    torch generator when an epoch starts. That state depends on everything drawn
+    before (dropout in the epochs already trained), so a run resumed in its second
+    epoch or later shuffled differently from an uninterrupted one. The Trainer calls
+    ``set_epoch`` before every epoch, on a resumed run too, so this order repeats."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Any:
+        import torch
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))

@@ -22,6 +22,7 @@ from tuneship.common.events import EventSink, Log
 from tuneship.common.spec import PipelineSpec, TrainSpec
 from tuneship.trainer import model_io
 from tuneship.trainer.batching import (
+    EpochLengthGroupedSampler,
     PaddedCollator,
     PaddingFreeCollator,
     TokenCount,
@@ -177,7 +178,7 @@ def _trainer(
     packed: bool,
 ) -> Any:
     import torch
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from transformers import PrinterCallback, TrainingArguments
 
     cuda = torch.cuda.is_available()
     dtype = model_io.training_dtype(train)
@@ -208,7 +209,7 @@ def _trainer(
         dataloader_num_workers=0,
     )
     rows = lambda examples: [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]  # noqa: E731
-    trainer = Trainer(
+    trainer = _resumable_order_trainer()(
         model=model,
         args=arguments,
         train_dataset=rows(prepared.train),
@@ -218,6 +219,23 @@ def _trainer(
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through the event sink only
     return trainer
+
+
+def _resumable_order_trainer() -> Any:
+    """transformers' Trainer whose length-grouped order repeats on resume (see
+    ``EpochLengthGroupedSampler``); random order (padding-free batches) already does."""
+    from transformers import Trainer
+
+    class ResumableOrderTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            dataset: Any = self.train_dataset if train_dataset is None else train_dataset
+            size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            lengths = [len(row["input_ids"]) for row in dataset]
+            return EpochLengthGroupedSampler(lengths, size, int(self.args.data_seed or 0))
+
+    return ResumableOrderTrainer
 
 
 def last_checkpoint(checkpoints: Path) -> str | None:
