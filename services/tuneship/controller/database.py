@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from tuneship.common.errors import Unavailable
@@ -42,10 +42,24 @@ class Reconnect:
     max_wait_s: float = 1.0
 
 
+POOL_SIZE = 8
+POOL_OVERFLOW = 32
+"""Connections kept, and opened beyond them under load: the gRPC server's threads, the
+scheduler and the stage drivers read at once (writes take turns), and a caller left
+waiting for a connection would fail after 30 s without the database being at fault."""
+
+
 def open_engine(url: str) -> Engine:
-    """An engine for ``url`` that checks pooled connections before handing them out."""
-    engine = create_engine(url, pool_pre_ping=True)
-    if engine.dialect.name == "sqlite":
+    """An engine for ``url``. A server's pooled connections are checked before they are
+    handed out (a restarted server ended them); a SQLite file does not go away, and
+    the check would cost a query per transaction."""
+    parsed = make_url(url)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    pool: dict[str, Any] = {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
+    if sqlite and parsed.database in (None, "", ":memory:"):
+        pool = {}  # one connection per thread; not a pool of its own
+    engine = create_engine(url, pool_pre_ping=not sqlite, **pool)
+    if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 

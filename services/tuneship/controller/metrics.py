@@ -41,15 +41,10 @@ class _StateCollector(Collector):
         counts = dict.fromkeys((p.value for p in Phase), 0)
         now = time.time()
         for phase in Phase:
-            ids = self.state.ids_in_phase(phase)
-            counts[phase.value] = len(ids)
-            if phase.terminal:
-                continue
-            for pipeline_id in ids:
-                view = self.state.get(pipeline_id)
-                current = next((s for s in view.stages if s.phase is not Phase.SUCCEEDED), None)
-                if current and current.phase is Phase.PENDING and current.not_before <= now:
-                    queued[current.name] += 1
+            counts[phase.value] = len(self.state.ids_in_phase(phase))
+        for current in self.state.next_stages():
+            if current.phase is Phase.PENDING and current.not_before <= now:
+                queued[current.name] += 1
         for phase_name, count in counts.items():
             phases.add_metric([phase_name], count)
         yield phases

@@ -190,44 +190,45 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            seen = self.state.generation  # a write during the tick wakes the wait at once
             try:
                 self.tick()
             except StateUnavailable as error:
                 log.warning("scheduler tick: %s; trying again", error.message)
             except Exception:
                 log.exception("scheduler tick failed; trying again")
-            self.state.wait_for_change(self.poll_s)
+            self.state.wait_for_change(self.poll_s, seen)
 
     def tick(self) -> None:
         """Start (or re-attach) every stage that may run now."""
         now = time.time()
-        for pipeline_id in self.state.ids_in_phase(Phase.PENDING, Phase.RUNNING):
-            # Read the drivers before the state: a driver records its stage's end before it
-            # leaves ``_active``, so a stage seen RUNNING here without a driver is orphaned.
-            with self._lock:
-                driven = {stage for pid, stage in self._active if pid == pipeline_id}
-            pipeline = self.state.get(pipeline_id)
-            current = next((s for s in pipeline.stages if s.phase is not Phase.SUCCEEDED), None)
-            if current is None or current.name in driven:
+        # Read the drivers before the state: a driver records its stage's end before it
+        # leaves ``_active``, so a stage seen RUNNING here without a driver is orphaned.
+        with self._lock:
+            driven = set(self._active)
+        running = {stage: sum(1 for _, s in driven if s == stage) for stage in STAGES}
+        limits: dict[str, int] = {}
+        for current in self.state.next_stages():
+            pipeline_id, stage = current.pipeline_id, current.name
+            if (pipeline_id, stage) in driven:
                 continue
             if current.phase is Phase.RUNNING:
-                self._launch(pipeline, current.name, current.task_id, current.attempts, True)
+                pipeline = self.state.get(pipeline_id)
+                self._launch(pipeline, stage, current.task_id, current.attempts, True)
             elif current.phase is Phase.PENDING and current.not_before <= now:
-                if self.running(current.name) >= self.limit(current.name):
+                if stage not in limits:
+                    limits[stage] = self.limit(stage)
+                if running[stage] >= limits[stage]:
                     continue
+                running[stage] += 1
                 attempts = current.attempts + 1
-                task_id = f"{pipeline_id}.{current.name}.{attempts}"
-                self.state.update_stage(
-                    pipeline_id, current.name, phase=Phase.RUNNING, task_id=task_id,
-                    attempts=attempts, started=time.time(), error="", error_code="",
-                )  # fmt: skip
-                if pipeline.phase is Phase.PENDING:
-                    self.state.set_pipeline(pipeline_id, Phase.RUNNING)
+                task_id = f"{pipeline_id}.{stage}.{attempts}"
+                message = f"{stage} started (attempt {attempts})"
+                # One transaction: the task_id is stored before the worker hears of it.
+                pipeline = self.state.start_stage(pipeline_id, stage, task_id, attempts, message)
                 with task_context(attempt=attempts, task_id=task_id):
-                    self._record(
-                        pipeline_id, current.name, f"{current.name} started (attempt {attempts})"
-                    )
-                self._launch(pipeline, current.name, task_id, attempts)
+                    self._logged(pipeline_id, stage, message)
+                self._launch(pipeline, stage, task_id, attempts)
 
     def _launch(
         self, pipeline: PipelineView, stage: str, task_id: str, attempts: int,
@@ -333,16 +334,15 @@ class Scheduler:
         self._unreachable.pop((pipeline_id, stage), None)
         outputs = {k: vars(v) for k, v in outcome.outputs.items()}
         note = " (reused a committed result)" if outcome.cached else ""
-        # Recorded before the stage moves on, so the log reads in the order things happened.
-        self._record(pipeline_id, stage, f"{stage} succeeded{note}", summary=outcome.summary)
-        view = self.state.update_stage(
-            pipeline_id, stage, phase=Phase.SUCCEEDED, finished=time.time(),
-            outputs=outputs, summary=outcome.summary,
-        )  # fmt: skip
+        message = f"{stage} succeeded{note}"
+        done = "pipeline succeeded" if stage == STAGES[-1] else ""
+        # One transaction; the stage's event is recorded before the stage moves on, so the
+        # log reads in the order things happened.
+        view = self.state.finish_stage(pipeline_id, stage, outputs, outcome.summary, message, done)
+        self._logged(pipeline_id, stage, message)
         self.observer.stage_finished(pipeline_id, stage, "succeeded", view.finished - view.started)
-        if stage == STAGES[-1]:
-            self.state.set_pipeline(pipeline_id, Phase.SUCCEEDED)
-            self._record(pipeline_id, "", "pipeline succeeded")
+        if done:
+            self._logged(pipeline_id, "", done)
 
     def _failed(self, active: _Active, failure: StageFailure) -> None:
         pipeline_id, stage = active.pipeline_id, active.stage
@@ -438,9 +438,10 @@ class Scheduler:
 
     def _record(self, pipeline_id: str, stage: str, message: str, level: str = "info",
                 **extra: Any) -> None:  # fmt: skip
-        phase = self.state.get(pipeline_id).phase.value
-        payload = {"message": message, "level": level, "phase": phase, **extra}
-        self.state.add_event(pipeline_id, stage, "transition", payload)
+        self.state.record(pipeline_id, stage, message, level, **extra)
+        self._logged(pipeline_id, stage, message, level)
+
+    def _logged(self, pipeline_id: str, stage: str, message: str, level: str = "info") -> None:
         ids = {"pipeline_id": pipeline_id, "stage": stage}
         log.log(LEVELS.get(level, logging.INFO), "%s", message, extra=ids)
 

@@ -3,9 +3,10 @@
 Every change is one short transaction, so a controller killed at any point restarts
 from a consistent picture: pipelines, their stages (with the task_id of the attempt
 in flight, written *before* the worker is called) and the event log that Watch replays.
-The tables below are the newest schema revision (``schema.py`` migrates a database to
-it on start; a change here needs a new revision in ``migrations/versions``). Every call
-rides out a database restart for a while (``database.py``).
+A scheduler step (a stage started, a stage succeeded) is one transaction with the
+events it records, so a reader never sees the step without its events or the reverse.
+The tables are in ``tables.py`` (the newest schema revision). Every call rides out a
+database restart for a while (``database.py``).
 """
 
 from __future__ import annotations
@@ -15,23 +16,11 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Text,
-    delete,
-    func,
-    select,
-    update,
-)
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from tuneship.common.errors import NotFound, Unavailable
 from tuneship.common.stages import STAGES
@@ -43,121 +32,30 @@ from tuneship.controller.database import (
     retrying,
     shown,
 )
-from tuneship.controller.machine import Phase, check_move
+from tuneship.controller.machine import Phase
 from tuneship.controller.schema import migrate
+from tuneship.controller.tables import (
+    Base,
+    EventRow,
+    EventView,
+    NextStage,
+    PipelineRow,
+    PipelineView,
+    StageRow,
+    StageView,
+    append,
+    change_stage,
+    has_labels,
+    move_pipeline,
+    pipeline_view,
+    pipeline_views,
+    stage_view,
+    transition,
+)
+
+__all__ = ["Base", "EventView", "NextStage", "PipelineView", "StageView", "StateStore"]
 
 T = TypeVar("T")
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class PipelineRow(Base):
-    __tablename__ = "pipelines"
-
-    id: Mapped[str] = mapped_column(String(80), primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), index=True)
-    phase: Mapped[str] = mapped_column(String(16), index=True)
-    spec_json: Mapped[str] = mapped_column(Text)
-    priority: Mapped[int] = mapped_column(Integer, default=0)
-    labels_json: Mapped[str] = mapped_column(Text, default="{}")
-    inputs_json: Mapped[str] = mapped_column(Text, default="{}")
-    created: Mapped[float] = mapped_column(Float)
-    updated: Mapped[float] = mapped_column(Float)
-    error: Mapped[str] = mapped_column(Text, default="")
-    last_seq: Mapped[int] = mapped_column(Integer, default=0)
-
-
-class StageRow(Base):
-    __tablename__ = "stages"
-
-    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id"), primary_key=True)
-    name: Mapped[str] = mapped_column(String(16), primary_key=True)
-    position: Mapped[int] = mapped_column(Integer)
-    phase: Mapped[str] = mapped_column(String(16), index=True)
-    task_id: Mapped[str] = mapped_column(String(120), default="")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    retry_base: Mapped[int] = mapped_column(Integer, default=0)
-    error: Mapped[str] = mapped_column(Text, default="")
-    error_code: Mapped[str] = mapped_column(String(32), default="")
-    started: Mapped[float] = mapped_column(Float, default=0.0)
-    finished: Mapped[float] = mapped_column(Float, default=0.0)
-    not_before: Mapped[float] = mapped_column(Float, default=0.0)
-    outputs_json: Mapped[str] = mapped_column(Text, default="{}")
-    summary_json: Mapped[str] = mapped_column(Text, default="{}")
-
-
-class EventRow(Base):
-    __tablename__ = "events"
-    __table_args__ = (Index("ix_events_task", "pipeline_id", "task_id", "task_seq"),)
-
-    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id"), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
-    time: Mapped[float] = mapped_column(Float)
-    stage: Mapped[str] = mapped_column(String(16), default="")
-    kind: Mapped[str] = mapped_column(String(16))
-    payload_json: Mapped[str] = mapped_column(Text)
-    # The worker task an event came from and its number there (payload "task"/"task_seq").
-    task_id: Mapped[str] = mapped_column(String(120), default="", server_default="")
-    task_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-
-
-@dataclass(frozen=True)
-class StageView:
-    """A stage as read from the store."""
-
-    name: str
-    phase: Phase
-    task_id: str
-    attempts: int
-    retry_base: int
-    error: str
-    error_code: str
-    started: float
-    finished: float
-    not_before: float
-    outputs: dict[str, Any]
-    summary: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class PipelineView:
-    """A pipeline with its stages, as read from the store."""
-
-    id: str
-    name: str
-    phase: Phase
-    spec_json: str
-    priority: int
-    labels: dict[str, str]
-    created: float
-    updated: float
-    error: str
-    stages: tuple[StageView, ...]
-    inputs: dict[str, dict[str, Any]]
-
-    def stage(self, name: str) -> StageView:
-        return next(s for s in self.stages if s.name == name)
-
-
-@dataclass(frozen=True)
-class EventView:
-    pipeline_id: str
-    seq: int
-    time: float
-    stage: str
-    kind: str
-    payload: dict[str, Any]
-
-
-def _stage_view(row: StageRow) -> StageView:
-    return StageView(
-        row.name, Phase(row.phase), row.task_id, row.attempts, row.retry_base, row.error,
-        row.error_code,
-        row.started, row.finished, row.not_before,
-        json.loads(row.outputs_json), json.loads(row.summary_json),
-    )  # fmt: skip
 
 
 class StateStore:
@@ -190,6 +88,7 @@ class StateStore:
         # PostgreSQL serializes the event sequence on the pipeline's row (add_event).
         self._write_lock = threading.RLock()
         self.changed = threading.Condition()
+        self._generation = 0
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -214,6 +113,7 @@ class StateStore:
 
         result = retrying(attempt, self.reconnect, self.url)
         with self.changed:
+            self._generation += 1
             self.changed.notify_all()
         return result
 
@@ -236,7 +136,7 @@ class StateStore:
         pipeline_id = f"{name}-{secrets.token_hex(3)}"
         now = time.time()
 
-        def insert(s: Session) -> None:
+        def add(s: Session) -> None:
             s.add(
                 PipelineRow(
                     id=pipeline_id, name=name, phase=Phase.PENDING.value, spec_json=spec_json,
@@ -247,13 +147,14 @@ class StateStore:
             for position, stage in enumerate(STAGES):
                 s.add(StageRow(pipeline_id=pipeline_id, name=stage, position=position,
                                phase=Phase.PENDING.value))  # fmt: skip
+            s.flush()
+            append(s, pipeline_id, "", "transition", {"message": "submitted", "phase": "pending"})
 
-        self._write(insert)
-        self.add_event(pipeline_id, "", "transition", {"message": "submitted", "phase": "pending"})
+        self._write(add)
         return pipeline_id
 
     def get(self, pipeline_id: str) -> PipelineView:
-        return self._read(lambda s: _pipeline_view(s, pipeline_id))
+        return self._read(lambda s: pipeline_view(s, pipeline_id))
 
     def list_pipelines(
         self,
@@ -263,18 +164,63 @@ class StateStore:
         offset: int = 0,
         limit: int = 50,
     ) -> tuple[list[PipelineView], bool]:
-        """A page of pipelines, newest first; the bool says whether more follow."""
-        query = select(PipelineRow.id).order_by(PipelineRow.created.desc(), PipelineRow.id)
+        """A page of pipelines, newest first; the bool says whether more follow.
+
+        Paged in SQL; only the page's pipelines are read whole (two queries). Labels
+        are JSON in a column: a ``LIKE`` on it narrows the rows, then the decoded
+        labels of those (no specs, no stages) decide."""
+        query = select(PipelineRow.id, PipelineRow.labels_json).order_by(
+            PipelineRow.created.desc(), PipelineRow.id
+        )
         if phase is not None:
             query = query.where(PipelineRow.phase == phase.value)
         if name_prefix:
-            query = query.where(PipelineRow.name.startswith(name_prefix))
-        ids = self._read(lambda s: list(s.scalars(query).all()))
-        views = [self.get(i) for i in ids]
-        if labels:
-            views = [v for v in views if all(v.labels.get(k) == x for k, x in labels.items())]
-        page = views[offset : offset + limit]
-        return page, len(views) > offset + limit
+            query = query.where(PipelineRow.name.startswith(name_prefix, autoescape=True))
+        for key, value in (labels or {}).items():
+            # json.dumps wrote the column, so a matching label appears as this text in it.
+            fragment = json.dumps({key: value})[1:-1]
+            query = query.where(PipelineRow.labels_json.contains(fragment, autoescape=True))
+        if not labels:
+            query = query.offset(offset).limit(limit + 1)
+
+        def read(s: Session) -> tuple[list[PipelineView], bool]:
+            rows = s.execute(query).all()
+            if labels:
+                ids = [i for i, text in rows if has_labels(json.loads(text), labels)]
+                ids = ids[offset:]
+            else:
+                ids = [i for i, _ in rows]
+            return pipeline_views(s, ids[:limit]), len(ids) > limit
+
+        return self._read(read)
+
+    def next_stages(self) -> list[NextStage]:
+        """For every pending or running pipeline, highest priority then oldest first, its
+        first stage that has not succeeded (one query, whatever the number of pipelines)."""
+        later = aliased(StageRow)
+        first_open = (
+            select(func.min(later.position))
+            .where(later.pipeline_id == PipelineRow.id, later.phase != Phase.SUCCEEDED.value)
+            .scalar_subquery()
+        )
+        query = (
+            select(PipelineRow.id, StageRow.name, StageRow.phase, StageRow.task_id)
+            .add_columns(StageRow.attempts, StageRow.not_before)
+            .join(StageRow, StageRow.pipeline_id == PipelineRow.id)
+            .where(
+                PipelineRow.phase.in_([Phase.PENDING.value, Phase.RUNNING.value]),
+                StageRow.position == first_open,
+            )
+            .order_by(PipelineRow.priority.desc(), PipelineRow.created)
+        )
+
+        def read(s: Session) -> list[NextStage]:
+            return [
+                NextStage(pid, name, Phase(phase), task_id, attempts, not_before)
+                for pid, name, phase, task_id, attempts, not_before in s.execute(query)
+            ]
+
+        return self._read(read)
 
     def ids_in_phase(self, *phases: Phase) -> list[str]:
         query = (
@@ -285,37 +231,62 @@ class StateStore:
         return self._read(lambda s: list(s.scalars(query)))
 
     def set_pipeline(self, pipeline_id: str, phase: Phase, error: str = "") -> None:
-        def change(s: Session) -> None:
-            row = s.get(PipelineRow, pipeline_id)
-            if row is None:
-                raise NotFound(f"no pipeline {pipeline_id!r}")
-            if Phase(row.phase) is not phase:
-                row.phase = check_move(f"pipeline {pipeline_id}", Phase(row.phase), phase).value
-            row.error, row.updated = error, time.time()
-
-        self._write(change)
+        self._write(lambda s: move_pipeline(s, pipeline_id, phase, error))
 
     def update_stage(self, pipeline_id: str, stage: str, **fields: Any) -> StageView:
         """Change a stage; a ``phase`` change is checked against the state machine."""
+        return self._write(lambda s: stage_view(change_stage(s, pipeline_id, stage, fields)))
 
-        def change(s: Session) -> StageView:
-            row = s.get(StageRow, (pipeline_id, stage))
-            if row is None:
-                raise NotFound(f"no stage {stage!r} in pipeline {pipeline_id!r}")
-            values = dict(fields)
-            if "phase" in values:
-                target = values.pop("phase")
-                row.phase = check_move(
-                    f"stage {pipeline_id}/{stage}", Phase(row.phase), target
-                ).value
-            for key in ("outputs", "summary"):
-                if key in values:
-                    setattr(row, f"{key}_json", json.dumps(values.pop(key), sort_keys=True))
-            for key, value in values.items():
-                setattr(row, key, value)
-            return _stage_view(row)
+    def start_stage(
+        self, pipeline_id: str, stage: str, task_id: str, attempts: int, message: str
+    ) -> PipelineView:
+        """Start attempt ``attempts`` of a pending ``stage`` under ``task_id``: the stage
+        and (if pending) the pipeline become running and ``message`` is recorded, in one
+        transaction. Returns the pipeline as it is then. ``FailedPrecondition`` if the
+        stage cannot start (the pipeline was cancelled meanwhile)."""
+
+        def change(s: Session) -> PipelineView:
+            fields = {"phase": Phase.RUNNING, "task_id": task_id, "attempts": attempts,
+                      "started": time.time(), "error": "", "error_code": ""}  # fmt: skip
+            change_stage(s, pipeline_id, stage, fields)
+            row = s.get(PipelineRow, pipeline_id)
+            if row is not None and row.phase == Phase.PENDING.value:
+                move_pipeline(s, pipeline_id, Phase.RUNNING)
+            transition(s, pipeline_id, stage, message, "info", {})
+            return pipeline_view(s, pipeline_id)
 
         return self._write(change)
+
+    def finish_stage(
+        self,
+        pipeline_id: str,
+        stage: str,
+        outputs: dict[str, Any],
+        summary: dict[str, Any],
+        message: str,
+        pipeline_message: str = "",
+    ) -> StageView:
+        """Record ``message`` (with the summary), then mark ``stage`` succeeded with its
+        outputs; with ``pipeline_message`` (the last stage) the pipeline succeeds too and
+        that is recorded after. One transaction; returns the stage."""
+
+        def change(s: Session) -> StageView:
+            transition(s, pipeline_id, stage, message, "info", {"summary": summary})
+            fields = {"phase": Phase.SUCCEEDED, "finished": time.time(), "outputs": outputs,
+                      "summary": summary}  # fmt: skip
+            row = change_stage(s, pipeline_id, stage, fields)
+            if pipeline_message:
+                move_pipeline(s, pipeline_id, Phase.SUCCEEDED)
+                transition(s, pipeline_id, "", pipeline_message, "info", {})
+            return stage_view(row)
+
+        return self._write(change)
+
+    def record(
+        self, pipeline_id: str, stage: str, message: str, level: str = "info", **extra: Any
+    ) -> int:
+        """Append a transition event carrying the pipeline's phase; returns its number."""
+        return self._write(lambda s: transition(s, pipeline_id, stage, message, level, extra))
 
     def delete(self, pipeline_id: str) -> None:
         def change(s: Session) -> None:
@@ -335,22 +306,7 @@ class StateStore:
         same one.
         """
 
-        def change(s: Session) -> int:
-            seq = s.execute(
-                update(PipelineRow)
-                .where(PipelineRow.id == pipeline_id)
-                .values(last_seq=PipelineRow.last_seq + 1)
-                .returning(PipelineRow.last_seq)
-            ).scalar()
-            if seq is None:
-                raise NotFound(f"no pipeline {pipeline_id!r}")
-            s.add(EventRow(pipeline_id=pipeline_id, seq=seq, time=time.time(), stage=stage,
-                           kind=kind, payload_json=json.dumps(payload),
-                           task_id=str(payload.get("task", "")),
-                           task_seq=int(payload.get("task_seq", 0))))  # fmt: skip
-            return seq
-
-        return self._write(change)
+        return self._write(lambda s: append(s, pipeline_id, stage, kind, payload))
 
     def last_task_seq(self, pipeline_id: str, task_id: str) -> int:
         """The highest worker sequence number recorded for ``task_id`` (0: none)."""
@@ -375,21 +331,14 @@ class StateStore:
 
         return self._read(read)
 
-    def wait_for_change(self, timeout_s: float) -> None:
-        """Block until any write (or the timeout)."""
+    @property
+    def generation(self) -> int:
+        """How many writes this store has made: pass it to :meth:`wait_for_change`."""
+        return self._generation
+
+    def wait_for_change(self, timeout_s: float, seen: int | None = None) -> None:
+        """Block until a write (or the timeout); with ``seen`` (a :attr:`generation`),
+        return at once if a write came after it, so none made meanwhile is missed."""
         with self.changed:
-            self.changed.wait(timeout_s)
-
-
-def _pipeline_view(s: Session, pipeline_id: str) -> PipelineView:
-    row = s.get(PipelineRow, pipeline_id)
-    if row is None:
-        raise NotFound(f"no pipeline {pipeline_id!r}", hint="`tuneship list` shows ids")
-    stages = s.scalars(
-        select(StageRow).where(StageRow.pipeline_id == pipeline_id).order_by(StageRow.position)
-    ).all()
-    return PipelineView(
-        row.id, row.name, Phase(row.phase), row.spec_json, row.priority,
-        json.loads(row.labels_json), row.created, row.updated, row.error,
-        tuple(_stage_view(st) for st in stages), json.loads(row.inputs_json),
-    )  # fmt: skip
+            if seen is None or seen == self._generation:
+                self.changed.wait(timeout_s)

@@ -1,0 +1,250 @@
+"""The state tables (the newest schema revision), the views read from them, and what one
+transaction does with them: the pieces :class:`~tuneship.controller.state.StateStore`
+puts together, one transaction per call.
+
+A change to the tables needs a new revision in ``migrations/versions`` (``schema.py``
+migrates a database to it on start).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, insert, select, update
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from tuneship.common.errors import NotFound
+from tuneship.controller.machine import Phase, check_move
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PipelineRow(Base):
+    __tablename__ = "pipelines"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    phase: Mapped[str] = mapped_column(String(16), index=True)
+    spec_json: Mapped[str] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    labels_json: Mapped[str] = mapped_column(Text, default="{}")
+    inputs_json: Mapped[str] = mapped_column(Text, default="{}")
+    created: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float)
+    error: Mapped[str] = mapped_column(Text, default="")
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class StageRow(Base):
+    __tablename__ = "stages"
+
+    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(16), index=True)
+    task_id: Mapped[str] = mapped_column(String(120), default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    retry_base: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    error_code: Mapped[str] = mapped_column(String(32), default="")
+    started: Mapped[float] = mapped_column(Float, default=0.0)
+    finished: Mapped[float] = mapped_column(Float, default=0.0)
+    not_before: Mapped[float] = mapped_column(Float, default=0.0)
+    outputs_json: Mapped[str] = mapped_column(Text, default="{}")
+    summary_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_task", "pipeline_id", "task_id", "task_seq"),)
+
+    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[float] = mapped_column(Float)
+    stage: Mapped[str] = mapped_column(String(16), default="")
+    kind: Mapped[str] = mapped_column(String(16))
+    payload_json: Mapped[str] = mapped_column(Text)
+    # The worker task an event came from and its number there (payload "task"/"task_seq").
+    task_id: Mapped[str] = mapped_column(String(120), default="", server_default="")
+    task_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+@dataclass(frozen=True)
+class StageView:
+    """A stage as read from the store."""
+
+    name: str
+    phase: Phase
+    task_id: str
+    attempts: int
+    retry_base: int
+    error: str
+    error_code: str
+    started: float
+    finished: float
+    not_before: float
+    outputs: dict[str, Any]
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PipelineView:
+    """A pipeline with its stages, as read from the store."""
+
+    id: str
+    name: str
+    phase: Phase
+    spec_json: str
+    priority: int
+    labels: dict[str, str]
+    created: float
+    updated: float
+    error: str
+    stages: tuple[StageView, ...]
+    inputs: dict[str, dict[str, Any]]
+
+    def stage(self, name: str) -> StageView:
+        return next(s for s in self.stages if s.name == name)
+
+
+@dataclass(frozen=True)
+class EventView:
+    pipeline_id: str
+    seq: int
+    time: float
+    stage: str
+    kind: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NextStage:
+    """The first stage of a pending or running pipeline that has not succeeded: the one
+    the scheduler starts, waits on or re-attaches to."""
+
+    pipeline_id: str
+    name: str
+    phase: Phase
+    task_id: str
+    attempts: int
+    not_before: float
+
+
+def stage_view(row: StageRow) -> StageView:
+    return StageView(
+        row.name, Phase(row.phase), row.task_id, row.attempts, row.retry_base, row.error,
+        row.error_code,
+        row.started, row.finished, row.not_before,
+        json.loads(row.outputs_json), json.loads(row.summary_json),
+    )  # fmt: skip
+
+
+def has_labels(found: dict[str, str], wanted: dict[str, str]) -> bool:
+    return all(found.get(key) == value for key, value in wanted.items())
+
+
+def move_pipeline(s: Session, pipeline_id: str, phase: Phase, error: str = "") -> None:
+    row = s.get(PipelineRow, pipeline_id)
+    if row is None:
+        raise NotFound(f"no pipeline {pipeline_id!r}")
+    if Phase(row.phase) is not phase:
+        row.phase = check_move(f"pipeline {pipeline_id}", Phase(row.phase), phase).value
+    row.error, row.updated = error, time.time()
+
+
+def change_stage(s: Session, pipeline_id: str, stage: str, fields: dict[str, Any]) -> StageRow:
+    row = s.get(StageRow, (pipeline_id, stage))
+    if row is None:
+        raise NotFound(f"no stage {stage!r} in pipeline {pipeline_id!r}")
+    values = dict(fields)
+    if "phase" in values:
+        target = values.pop("phase")
+        row.phase = check_move(f"stage {pipeline_id}/{stage}", Phase(row.phase), target).value
+    for key in ("outputs", "summary"):
+        if key in values:
+            setattr(row, f"{key}_json", json.dumps(values.pop(key), sort_keys=True))
+    for key, value in values.items():
+        setattr(row, key, value)
+    return row
+
+
+def _next_seq(s: Session, pipeline_id: str) -> tuple[int, str]:
+    """The pipeline's next event number and its phase. One ``UPDATE ... RETURNING`` on its
+    row, which the database serializes: writers in other threads or processes never get
+    the same number."""
+    s.flush()  # the phase returned includes this transaction's changes
+    found = s.execute(
+        update(PipelineRow)
+        .where(PipelineRow.id == pipeline_id)
+        .values(last_seq=PipelineRow.last_seq + 1)
+        .returning(PipelineRow.last_seq, PipelineRow.phase)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if found is None:
+        raise NotFound(f"no pipeline {pipeline_id!r}")
+    return int(found[0]), str(found[1])
+
+
+def _insert_event(
+    s: Session, pipeline_id: str, seq: int, stage: str, kind: str, payload: dict[str, Any]
+) -> None:
+    s.execute(
+        insert(EventRow),
+        [{"pipeline_id": pipeline_id, "seq": seq, "time": time.time(), "stage": stage,
+         "kind": kind, "payload_json": json.dumps(payload),
+         "task_id": str(payload.get("task", "")), "task_seq": int(payload.get("task_seq", 0))}],
+    )  # fmt: skip
+
+
+def append(s: Session, pipeline_id: str, stage: str, kind: str, payload: dict[str, Any]) -> int:
+    seq, _ = _next_seq(s, pipeline_id)
+    _insert_event(s, pipeline_id, seq, stage, kind, payload)
+    return seq
+
+
+def transition(
+    s: Session, pipeline_id: str, stage: str, message: str, level: str, extra: dict[str, Any]
+) -> int:
+    seq, phase = _next_seq(s, pipeline_id)
+    payload = {"message": message, "level": level, "phase": phase, **extra}
+    _insert_event(s, pipeline_id, seq, stage, "transition", payload)
+    return seq
+
+
+def pipeline_view(s: Session, pipeline_id: str) -> PipelineView:
+    row = s.get(PipelineRow, pipeline_id)
+    if row is None:
+        raise NotFound(f"no pipeline {pipeline_id!r}", hint="`tuneship list` shows ids")
+    stages = s.scalars(
+        select(StageRow).where(StageRow.pipeline_id == pipeline_id).order_by(StageRow.position)
+    ).all()
+    return _view(row, [stage_view(st) for st in stages])
+
+
+def pipeline_views(s: Session, ids: list[str]) -> list[PipelineView]:
+    """The pipelines ``ids`` in that order (two queries; ids no longer there are left out)."""
+    if not ids:
+        return []
+    rows = {r.id: r for r in s.scalars(select(PipelineRow).where(PipelineRow.id.in_(ids)))}
+    stages: dict[str, list[StageView]] = {i: [] for i in rows}
+    query = (
+        select(StageRow)
+        .where(StageRow.pipeline_id.in_(ids))
+        .order_by(StageRow.pipeline_id, StageRow.position)
+    )
+    for stage in s.scalars(query):
+        stages[stage.pipeline_id].append(stage_view(stage))
+    return [_view(rows[i], stages[i]) for i in ids if i in rows]
+
+
+def _view(row: PipelineRow, stages: list[StageView]) -> PipelineView:
+    return PipelineView(
+        row.id, row.name, Phase(row.phase), row.spec_json, row.priority,
+        json.loads(row.labels_json), row.created, row.updated, row.error,
+        tuple(stages), json.loads(row.inputs_json),
+    )  # fmt: skip
