@@ -32,7 +32,7 @@ from tuneship.controller.database import (
     retrying,
     shown,
 )
-from tuneship.controller.machine import Phase
+from tuneship.controller.machine import Phase, check_move
 from tuneship.controller.schema import migrate
 from tuneship.controller.tables import (
     Base,
@@ -43,12 +43,16 @@ from tuneship.controller.tables import (
     PipelineView,
     StageRow,
     StageView,
+    add_pipeline,
     append,
     change_stage,
     has_labels,
     move_pipeline,
+    move_pipeline_from,
+    move_stage,
     pipeline_view,
     pipeline_views,
+    stage_of,
     stage_view,
     transition,
 )
@@ -137,18 +141,12 @@ class StateStore:
         now = time.time()
 
         def add(s: Session) -> None:
-            s.add(
-                PipelineRow(
-                    id=pipeline_id, name=name, phase=Phase.PENDING.value, spec_json=spec_json,
-                    priority=priority, labels_json=json.dumps(labels), created=now, updated=now,
-                    inputs_json=json.dumps(inputs, sort_keys=True),
-                )
-            )  # fmt: skip
-            for position, stage in enumerate(STAGES):
-                s.add(StageRow(pipeline_id=pipeline_id, name=stage, position=position,
-                               phase=Phase.PENDING.value))  # fmt: skip
-            s.flush()
-            append(s, pipeline_id, "", "transition", {"message": "submitted", "phase": "pending"})
+            row = {"id": pipeline_id, "name": name, "phase": Phase.PENDING.value,
+                   "spec_json": spec_json, "priority": priority,
+                   "labels_json": json.dumps(labels), "created": now, "updated": now,
+                   "inputs_json": json.dumps(inputs, sort_keys=True), "error": "",
+                   "last_seq": 0}  # fmt: skip
+            add_pipeline(s, row, list(STAGES))
 
         self._write(add)
         return pipeline_id
@@ -246,14 +244,16 @@ class StateStore:
         stage cannot start (the pipeline was cancelled meanwhile)."""
 
         def change(s: Session) -> PipelineView:
-            fields = {"phase": Phase.RUNNING, "task_id": task_id, "attempts": attempts,
-                      "started": time.time(), "error": "", "error_code": ""}  # fmt: skip
-            change_stage(s, pipeline_id, stage, fields)
-            row = s.get(PipelineRow, pipeline_id)
-            if row is not None and row.phase == Phase.PENDING.value:
-                move_pipeline(s, pipeline_id, Phase.RUNNING)
+            move_stage(
+                s, pipeline_id, stage, Phase.PENDING, Phase.RUNNING, task_id=task_id,
+                attempts=attempts, started=time.time(), error="", error_code="",
+            )  # fmt: skip
+            move_pipeline_from(s, pipeline_id, Phase.PENDING, Phase.RUNNING)
             transition(s, pipeline_id, stage, message, "info", {})
-            return pipeline_view(s, pipeline_id)
+            view = pipeline_view(s, pipeline_id)
+            if view.phase is not Phase.RUNNING:  # cancelled meanwhile: refused, rolled back
+                check_move(f"pipeline {pipeline_id}", view.phase, Phase.RUNNING)
+            return view
 
         return self._write(change)
 
@@ -272,13 +272,17 @@ class StateStore:
 
         def change(s: Session) -> StageView:
             transition(s, pipeline_id, stage, message, "info", {"summary": summary})
-            fields = {"phase": Phase.SUCCEEDED, "finished": time.time(), "outputs": outputs,
-                      "summary": summary}  # fmt: skip
-            row = change_stage(s, pipeline_id, stage, fields)
+            finished = time.time()
+            move_stage(
+                s, pipeline_id, stage, Phase.RUNNING, Phase.SUCCEEDED, finished=finished,
+                outputs_json=json.dumps(outputs, sort_keys=True),
+                summary_json=json.dumps(summary, sort_keys=True),
+            )  # fmt: skip
             if pipeline_message:
-                move_pipeline(s, pipeline_id, Phase.SUCCEEDED)
+                if not move_pipeline_from(s, pipeline_id, Phase.RUNNING, Phase.SUCCEEDED):
+                    move_pipeline(s, pipeline_id, Phase.SUCCEEDED)  # checked: refused or same
                 transition(s, pipeline_id, "", pipeline_message, "info", {})
-            return stage_view(row)
+            return stage_of(s, pipeline_id, stage)
 
         return self._write(change)
 

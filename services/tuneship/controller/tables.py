@@ -11,9 +11,21 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, insert, select, update
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    bindparam,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from tuneship.common.errors import NotFound
@@ -72,6 +84,37 @@ class EventRow(Base):
     # The worker task an event came from and its number there (payload "task"/"task_seq").
     task_id: Mapped[str] = mapped_column(String(120), default="", server_default="")
     task_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+# The hot paths (a stage started or finished, an event, a pipeline read) run these
+# statements, built once: SQLAlchemy then skips building and keying them on every call,
+# and the ORM's loading and flushing, which were most of a transaction's CPU time.
+PIPELINES = cast(Table, PipelineRow.__table__)
+STAGES_TABLE = cast(Table, StageRow.__table__)
+EVENTS = cast(Table, EventRow.__table__)
+_NEXT_SEQ = (
+    update(PIPELINES)
+    .where(PIPELINES.c.id == bindparam("pid"))
+    .values(last_seq=PIPELINES.c.last_seq + 1)
+    .returning(PIPELINES.c.last_seq, PIPELINES.c.phase)
+)
+_INSERT_EVENT = insert(EVENTS)
+_PIPELINE = select(PIPELINES).where(PIPELINES.c.id == bindparam("pid"))
+_STAGES = (
+    select(STAGES_TABLE)
+    .where(STAGES_TABLE.c.pipeline_id == bindparam("pid"))
+    .order_by(STAGES_TABLE.c.position)
+)
+_MOVE_STAGE = update(STAGES_TABLE).where(
+    STAGES_TABLE.c.pipeline_id == bindparam("pid"),
+    STAGES_TABLE.c.name == bindparam("stage"),
+    STAGES_TABLE.c.phase == bindparam("source"),
+)
+_MOVE_PIPELINE = (
+    update(PIPELINES)
+    .where(PIPELINES.c.id == bindparam("pid"), PIPELINES.c.phase == bindparam("source"))
+    .values(phase=bindparam("target"), error="", updated=bindparam("now"))
+)
 
 
 @dataclass(frozen=True)
@@ -135,7 +178,8 @@ class NextStage:
     not_before: float
 
 
-def stage_view(row: StageRow) -> StageView:
+def stage_view(row: Any) -> StageView:
+    """A stage from its ORM object or a row of the ``stages`` table."""
     return StageView(
         row.name, Phase(row.phase), row.task_id, row.attempts, row.retry_base, row.error,
         row.error_code,
@@ -178,13 +222,7 @@ def _next_seq(s: Session, pipeline_id: str) -> tuple[int, str]:
     row, which the database serializes: writers in other threads or processes never get
     the same number."""
     s.flush()  # the phase returned includes this transaction's changes
-    found = s.execute(
-        update(PipelineRow)
-        .where(PipelineRow.id == pipeline_id)
-        .values(last_seq=PipelineRow.last_seq + 1)
-        .returning(PipelineRow.last_seq, PipelineRow.phase)
-        .execution_options(synchronize_session=False)
-    ).first()
+    found = s.connection().execute(_NEXT_SEQ, {"pid": pipeline_id}).first()
     if found is None:
         raise NotFound(f"no pipeline {pipeline_id!r}")
     return int(found[0]), str(found[1])
@@ -193,12 +231,47 @@ def _next_seq(s: Session, pipeline_id: str) -> tuple[int, str]:
 def _insert_event(
     s: Session, pipeline_id: str, seq: int, stage: str, kind: str, payload: dict[str, Any]
 ) -> None:
-    s.execute(
-        insert(EventRow),
-        [{"pipeline_id": pipeline_id, "seq": seq, "time": time.time(), "stage": stage,
+    s.connection().execute(
+        _INSERT_EVENT,
+        {"pipeline_id": pipeline_id, "seq": seq, "time": time.time(), "stage": stage,
          "kind": kind, "payload_json": json.dumps(payload),
-         "task_id": str(payload.get("task", "")), "task_seq": int(payload.get("task_seq", 0))}],
+         "task_id": str(payload.get("task", "")), "task_seq": int(payload.get("task_seq", 0))},
     )  # fmt: skip
+
+
+def move_stage(
+    s: Session, pipeline_id: str, stage: str, source: Phase, target: Phase, **values: Any
+) -> None:
+    """Move a stage from ``source`` to ``target`` setting ``values`` (columns), in one
+    ``UPDATE``; a stage in another phase goes through the checked path
+    (:func:`change_stage`: ``FailedPrecondition`` for a move the machine refuses)."""
+    check_move(f"stage {pipeline_id}/{stage}", source, target)
+    params = {"pid": pipeline_id, "stage": stage, "source": source.value}
+    statement = _MOVE_STAGE.values(phase=target.value, **values)
+    if s.connection().execute(statement, params).rowcount != 1:
+        change_stage(s, pipeline_id, stage, {"phase": target, **values})
+        s.flush()
+
+
+def move_pipeline_from(s: Session, pipeline_id: str, source: Phase, target: Phase) -> bool:
+    """Move a pipeline in ``source`` to ``target`` (error cleared); False if it was not
+    in ``source`` (nothing changed)."""
+    params = {"pid": pipeline_id, "source": source.value, "target": target.value,
+              "now": time.time()}  # fmt: skip
+    return bool(s.connection().execute(_MOVE_PIPELINE, params).rowcount == 1)
+
+
+def add_pipeline(s: Session, row: dict[str, Any], stages: list[str]) -> None:
+    """Insert a pending pipeline (``row``: its columns) with pending ``stages``, and its
+    "submitted" event."""
+    connection = s.connection()
+    connection.execute(insert(PIPELINES), row)
+    connection.execute(
+        insert(STAGES_TABLE),
+        [{"pipeline_id": row["id"], "name": stage, "position": position,
+          "phase": Phase.PENDING.value} for position, stage in enumerate(stages)],
+    )  # fmt: skip
+    append(s, row["id"], "", "transition", {"message": "submitted", "phase": "pending"})
 
 
 def append(s: Session, pipeline_id: str, stage: str, kind: str, payload: dict[str, Any]) -> int:
@@ -217,32 +290,40 @@ def transition(
 
 
 def pipeline_view(s: Session, pipeline_id: str) -> PipelineView:
-    row = s.get(PipelineRow, pipeline_id)
+    connection = s.connection()
+    row = connection.execute(_PIPELINE, {"pid": pipeline_id}).first()
     if row is None:
         raise NotFound(f"no pipeline {pipeline_id!r}", hint="`tuneship list` shows ids")
-    stages = s.scalars(
-        select(StageRow).where(StageRow.pipeline_id == pipeline_id).order_by(StageRow.position)
-    ).all()
+    stages = connection.execute(_STAGES, {"pid": pipeline_id})
     return _view(row, [stage_view(st) for st in stages])
+
+
+def stage_of(s: Session, pipeline_id: str, stage: str) -> StageView:
+    for row in s.connection().execute(_STAGES, {"pid": pipeline_id}):
+        if row.name == stage:
+            return stage_view(row)
+    raise NotFound(f"no stage {stage!r} in pipeline {pipeline_id!r}")
 
 
 def pipeline_views(s: Session, ids: list[str]) -> list[PipelineView]:
     """The pipelines ``ids`` in that order (two queries; ids no longer there are left out)."""
     if not ids:
         return []
-    rows = {r.id: r for r in s.scalars(select(PipelineRow).where(PipelineRow.id.in_(ids)))}
+    connection = s.connection()
+    found = connection.execute(select(PIPELINES).where(PIPELINES.c.id.in_(ids)))
+    rows = {r.id: r for r in found}
     stages: dict[str, list[StageView]] = {i: [] for i in rows}
     query = (
-        select(StageRow)
-        .where(StageRow.pipeline_id.in_(ids))
-        .order_by(StageRow.pipeline_id, StageRow.position)
+        select(STAGES_TABLE)
+        .where(STAGES_TABLE.c.pipeline_id.in_(ids))
+        .order_by(STAGES_TABLE.c.pipeline_id, STAGES_TABLE.c.position)
     )
-    for stage in s.scalars(query):
+    for stage in connection.execute(query):
         stages[stage.pipeline_id].append(stage_view(stage))
     return [_view(rows[i], stages[i]) for i in ids if i in rows]
 
 
-def _view(row: PipelineRow, stages: list[StageView]) -> PipelineView:
+def _view(row: Any, stages: list[StageView]) -> PipelineView:
     return PipelineView(
         row.id, row.name, Phase(row.phase), row.spec_json, row.priority,
         json.loads(row.labels_json), row.created, row.updated, row.error,
