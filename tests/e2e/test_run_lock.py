@@ -51,3 +51,26 @@ def test_a_second_run_on_a_data_dir_in_use_is_refused(tmp_path: Path) -> None:
         except FailedPrecondition:
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+def test_an_unusable_data_dir_or_store_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    # A file where a directory must be: refused even to root, like a read-only or full
+    # filesystem (tests run as root, so permissions would not do).
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    unusable = subprocess.run([TUNESHIP, "run", "--data-dir", str(blocker / "run")],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert unusable.returncode == 2, unusable.stderr
+    assert f"--data-dir: cannot use {blocker / 'run'} as the data directory" in unusable.stderr
+    assert "hint:" in unusable.stderr and "Traceback" not in unusable.stderr
+
+    data_dir = tmp_path / "run"
+    data_dir.mkdir()
+    (data_dir / "store").write_text("a file where the store's directory goes")
+    read_only = subprocess.run([TUNESHIP, "run", "--data-dir", str(data_dir)],
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert read_only.returncode == 2, read_only.stderr
+    assert f"to local store {data_dir / 'store'}" in read_only.stderr
+    assert "must be writable" in read_only.stderr
+    # Embedded mode has no server log to point at, and shows no traceback.
+    assert "server log" not in read_only.stderr and "Traceback" not in read_only.stderr

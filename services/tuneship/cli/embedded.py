@@ -117,12 +117,19 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
     ``tuneship run`` on it gets ``FailedPrecondition`` naming the holder's pid instead
     of sharing (and corrupting) its database and store. The lock is the kernel's
     (``flock``), so a killed holder never leaves it stale. Re-entrant in one process."""
-    data_dir.mkdir(parents=True, exist_ok=True)
     if data_dir.resolve() in _HELD:
         yield
         return
-    path = data_dir / "lock"
-    handle = path.open("a+")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        handle = (data_dir / "lock").open("a+")
+    except OSError as exc:
+        raise FailedPrecondition(
+            f"cannot use {data_dir} as the data directory: {exc.strerror or exc}",
+            where="--data-dir",
+            hint="give a directory this user can create and write (--data-dir or "
+            "TUNESHIP_DATA_DIR), on a filesystem with free space",
+        ) from exc
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
