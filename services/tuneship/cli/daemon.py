@@ -62,6 +62,7 @@ def controller_settings(
         state_url=state, workers=workers, limits=limits, providers=kinds, kube=kube,
         heartbeat_timeout_s=values.heartbeat_timeout_s,
         unreachable_timeout_s=values.unreachable_timeout_s,
+        state_reconnect_s=values.state_reconnect_s,
         retry=RetryPolicy(
             max_attempts=values.retry_attempts, initial_backoff_s=values.retry_backoff_s
         ),

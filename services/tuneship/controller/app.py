@@ -10,6 +10,7 @@ from tuneship.common.guard import user_api_security, worker_dialer
 from tuneship.common.jobs import Artifact
 from tuneship.common.stages import STAGES, stage_named
 from tuneship.common.wire import Server, start_server
+from tuneship.controller.database import Reconnect
 from tuneship.controller.metrics import ControllerMetrics
 from tuneship.controller.providers import StageWorkers
 from tuneship.controller.providers.build import build_workers
@@ -58,6 +59,8 @@ class ControllerSettings:
     heartbeat_timeout_s: float = 60.0
     unreachable_timeout_s: float = 600.0
     """How long a stage waits for workers that do not answer before it fails."""
+    state_reconnect_s: float = 30.0
+    """How long a state call waits for the database to come back (a restart)."""
     host: str = "127.0.0.1"
     port: int = 0
     metrics_port: int | None = None
@@ -97,7 +100,7 @@ def start_controller(
     chat: ChatForwarder | None = None,
 ) -> Controller:
     """Open the state, start the scheduler (re-attaching to running stages) and serve."""
-    state = StateStore(settings.state_url)
+    state = StateStore(settings.state_url, Reconnect(give_up_after_s=settings.state_reconnect_s))
     workers = build_workers(
         settings.workers, settings.providers, settings.kube, worker_dialer(settings.auth)
     )

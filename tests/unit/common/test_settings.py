@@ -39,6 +39,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "TUNESHIP_METRICS_PORT": ("", None),
     "TUNESHIP_HEARTBEAT_TIMEOUT_S": ("1.5", 1.5),
     "TUNESHIP_UNREACHABLE_TIMEOUT_S": ("0", 0.0),
+    "TUNESHIP_STATE_RECONNECT_S": ("5", 5.0),
     "TUNESHIP_RETRY_ATTEMPTS": ("7", 7),
     "TUNESHIP_RETRY_BACKOFF_S": ("3", 3.0),
     "TUNESHIP_MAX_UPLOAD_GIB": ("0.5", 0.5),

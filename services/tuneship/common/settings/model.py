@@ -120,6 +120,9 @@ class TuneshipEnv(BaseSettings):
     unreachable_timeout_s: Seconds = setting(
         600.0, "how long a stage waits for workers that do not answer", CONTROLLER
     )
+    state_reconnect_s: Seconds = setting(
+        30.0, "how long a state call waits for the database to come back", CONTROLLER
+    )
     retry_attempts: Count = setting(4, "attempts of a stage for retryable failures", CONTROLLER)
     retry_backoff_s: Seconds = setting(
         2.0, "the first backoff between attempts, doubling after each", CONTROLLER
