@@ -207,8 +207,8 @@ class Scheduler:
         with self._lock:
             driven = set(self._active)
         running = {stage: sum(1 for _, s in driven if s == stage) for stage in STAGES}
-        limits: dict[str, int] = {}
-        for current in self.state.next_stages():
+        limits = {stage: self.limit(stage) for stage in STAGES}
+        for current in self.state.next_stages(per_stage=max(limits.values())):
             pipeline_id, stage = current.pipeline_id, current.name
             if (pipeline_id, stage) in driven:
                 continue
@@ -216,8 +216,6 @@ class Scheduler:
                 pipeline = self.state.get(pipeline_id)
                 self._launch(pipeline, stage, current.task_id, current.attempts, True)
             elif current.phase is Phase.PENDING and current.not_before <= now:
-                if stage not in limits:
-                    limits[stage] = self.limit(stage)
                 if running[stage] >= limits[stage]:
                     continue
                 running[stage] += 1

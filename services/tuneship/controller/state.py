@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -192,25 +192,47 @@ class StateStore:
 
         return self._read(read)
 
-    def next_stages(self) -> list[NextStage]:
+    def next_stages(self, per_stage: int | None = None) -> list[NextStage]:
         """For every pending or running pipeline, highest priority then oldest first, its
-        first stage that has not succeeded (one query, whatever the number of pipelines)."""
+        first stage that has not succeeded (one query, whatever the number of pipelines).
+
+        ``per_stage``: only stages that may start now (pending, out of their backoff),
+        at most that many per stage, and every running one; the scheduler asks for no
+        more than it can start, so a long queue costs it nothing per tick."""
         later = aliased(StageRow)
         first_open = (
             select(func.min(later.position))
             .where(later.pipeline_id == PipelineRow.id, later.phase != Phase.SUCCEEDED.value)
             .scalar_subquery()
         )
-        query = (
-            select(PipelineRow.id, StageRow.name, StageRow.phase, StageRow.task_id)
-            .add_columns(StageRow.attempts, StageRow.not_before)
+        columns = (PipelineRow.id, StageRow.name, StageRow.phase, StageRow.task_id,
+                   StageRow.attempts, StageRow.not_before)  # fmt: skip
+        order = (PipelineRow.priority.desc(), PipelineRow.created)
+        active = (
+            select(*columns)
             .join(StageRow, StageRow.pipeline_id == PipelineRow.id)
             .where(
                 PipelineRow.phase.in_([Phase.PENDING.value, Phase.RUNNING.value]),
                 StageRow.position == first_open,
             )
-            .order_by(PipelineRow.priority.desc(), PipelineRow.created)
         )
+        if per_stage is None:
+            query = active.order_by(*order)
+        else:
+            running = StageRow.phase == Phase.RUNNING.value
+            startable = and_(StageRow.phase == Phase.PENDING.value,
+                             StageRow.not_before <= time.time())  # fmt: skip
+            rank = func.row_number().over(partition_by=StageRow.name, order_by=order)
+            ranked = (
+                active.add_columns(PipelineRow.priority, PipelineRow.created, rank.label("rank"))
+                .where(or_(running, startable))
+                .subquery()
+            )
+            query = (
+                select(*(ranked.c[c.key] for c in columns))
+                .where(or_(ranked.c.phase == Phase.RUNNING.value, ranked.c.rank <= per_stage))
+                .order_by(ranked.c.priority.desc(), ranked.c.created)
+            )
 
         def read(s: Session) -> list[NextStage]:
             return [
