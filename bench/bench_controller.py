@@ -33,14 +33,16 @@ databases; ``BENCH_BEFORE=<commit>`` also runs that commit's controller (its
 ``services/`` from ``git archive``) under the same load, for a before/after in the same
 conditions; ``BENCH_OUT`` writes elsewhere than ``bench/results/controller.json``.
 
-What bounds the rest (profiled with py-spy, ``--gil``, on 2 shared cores): CPU in the
-controller's one Python process, i.e. the GIL. Per stage the controller makes three
-transactions (start, the worker's log event, success) and one worker call; SQLAlchemy's
-per-statement work (compiling, caching, ORM loading) and Python gRPC's per-call and
-per-message cost make up most of it, the databases themselves little (SQLite commits
-in WAL without fsync; PostgreSQL is a loopback round trip per statement). Submissions
-(spec parsing and validation, input resolution) share the same CPU, and so do the
-bench's own stage services on a 2-core machine.
+What bounds the rest (profiled with py-spy ``--gil`` on 2 cores shared with other work):
+CPU in the controller's one Python process, i.e. the GIL. Per stage the controller makes
+three transactions (start; the worker's log event; success) and one streaming worker call,
+and logs two lines; SQLAlchemy's per-statement work, Python gRPC's per-call and
+per-message cost and the logging make up most of it, the databases little (SQLite
+commits in WAL without fsync). Submissions (spec parsing and validation, input
+resolution) and the bench's own stage services share the same two cores. On PostgreSQL
+each statement is also a loopback round trip, and writes take turns in the controller
+(one writer at a time, as SQLite needs), so the controller waits on those round trips one
+after the other: that, not the server, is why PostgreSQL reaches about half SQLite's rate.
 """
 
 from __future__ import annotations
