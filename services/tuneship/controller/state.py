@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from tuneship.common.errors import NotFound, Unavailable
 from tuneship.common.stages import STAGES
@@ -35,6 +35,8 @@ from tuneship.controller.database import (
 from tuneship.controller.machine import Phase, check_move
 from tuneship.controller.schema import migrate
 from tuneship.controller.tables import (
+    ALL_NEXT_STAGES,
+    STARTABLE_NEXT_STAGES,
     Base,
     EventRow,
     EventView,
@@ -199,45 +201,16 @@ class StateStore:
         ``per_stage``: only stages that may start now (pending, out of their backoff),
         at most that many per stage, and every running one; the scheduler asks for no
         more than it can start, so a long queue costs it nothing per tick."""
-        later = aliased(StageRow)
-        first_open = (
-            select(func.min(later.position))
-            .where(later.pipeline_id == PipelineRow.id, later.phase != Phase.SUCCEEDED.value)
-            .scalar_subquery()
-        )
-        columns = (PipelineRow.id, StageRow.name, StageRow.phase, StageRow.task_id,
-                   StageRow.attempts, StageRow.not_before)  # fmt: skip
-        order = (PipelineRow.priority.desc(), PipelineRow.created)
-        active = (
-            select(*columns)
-            .join(StageRow, StageRow.pipeline_id == PipelineRow.id)
-            .where(
-                PipelineRow.phase.in_([Phase.PENDING.value, Phase.RUNNING.value]),
-                StageRow.position == first_open,
-            )
-        )
         if per_stage is None:
-            query = active.order_by(*order)
+            query, params = ALL_NEXT_STAGES, {}
         else:
-            running = StageRow.phase == Phase.RUNNING.value
-            startable = and_(StageRow.phase == Phase.PENDING.value,
-                             StageRow.not_before <= time.time())  # fmt: skip
-            rank = func.row_number().over(partition_by=StageRow.name, order_by=order)
-            ranked = (
-                active.add_columns(PipelineRow.priority, PipelineRow.created, rank.label("rank"))
-                .where(or_(running, startable))
-                .subquery()
-            )
-            query = (
-                select(*(ranked.c[c.key] for c in columns))
-                .where(or_(ranked.c.phase == Phase.RUNNING.value, ranked.c.rank <= per_stage))
-                .order_by(ranked.c.priority.desc(), ranked.c.created)
-            )
+            query = STARTABLE_NEXT_STAGES
+            params = {"now": time.time(), "per_stage": per_stage}
 
         def read(s: Session) -> list[NextStage]:
             return [
                 NextStage(pid, name, Phase(phase), task_id, attempts, not_before)
-                for pid, name, phase, task_id, attempts, not_before in s.execute(query)
+                for pid, name, phase, task_id, attempts, not_before in s.execute(query, params)
             ]
 
         return self._read(read)

@@ -21,8 +21,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     bindparam,
+    func,
     insert,
+    or_,
     select,
     update,
 )
@@ -115,6 +118,49 @@ _MOVE_PIPELINE = (
     .where(PIPELINES.c.id == bindparam("pid"), PIPELINES.c.phase == bindparam("source"))
     .values(phase=bindparam("target"), error="", updated=bindparam("now"))
 )
+
+
+def _next_stages_queries() -> tuple[Any, Any]:
+    """For every pending or running pipeline, highest priority then oldest first, its
+    first stage that has not succeeded: all of them, and only those that may start now
+    (pending past ``:now``, at most ``:per_stage`` per stage) plus every running one.
+    Built once: the scheduler asks on every tick, and building the statement cost more
+    than running it."""
+    later = STAGES_TABLE.alias("later")
+    first_open = (
+        select(func.min(later.c.position))
+        .where(later.c.pipeline_id == PIPELINES.c.id, later.c.phase != Phase.SUCCEEDED.value)
+        .scalar_subquery()
+    )
+    stage = STAGES_TABLE.c
+    columns = (PIPELINES.c.id, stage.name, stage.phase, stage.task_id, stage.attempts,
+               stage.not_before)  # fmt: skip
+    order = (PIPELINES.c.priority.desc(), PIPELINES.c.created)
+    active = (
+        select(*columns)
+        .join(STAGES_TABLE, stage.pipeline_id == PIPELINES.c.id)
+        .where(
+            PIPELINES.c.phase.in_([Phase.PENDING.value, Phase.RUNNING.value]),
+            stage.position == first_open,
+        )
+    )
+    running = stage.phase == Phase.RUNNING.value
+    startable = and_(stage.phase == Phase.PENDING.value, stage.not_before <= bindparam("now"))
+    rank = func.row_number().over(partition_by=stage.name, order_by=order)
+    ranked = (
+        active.add_columns(PIPELINES.c.priority, PIPELINES.c.created, rank.label("rank"))
+        .where(or_(running, startable))
+        .subquery()
+    )
+    may_start = (
+        select(*(ranked.c[c.key] for c in columns))
+        .where(or_(ranked.c.phase == Phase.RUNNING.value, ranked.c.rank <= bindparam("per_stage")))
+        .order_by(ranked.c.priority.desc(), ranked.c.created)
+    )
+    return active.order_by(*order), may_start
+
+
+ALL_NEXT_STAGES, STARTABLE_NEXT_STAGES = _next_stages_queries()
 
 
 @dataclass(frozen=True)
