@@ -9,12 +9,19 @@ the second.
 
 Throughput is real (non-pad) tokens per second of the training loop. Writes
 ``bench/results/train_throughput.json``.
+
+``BENCH_BEFORE=<commit>`` also runs that commit's trainer (its ``services/`` from
+``git archive``, in a subprocess) in the same rounds, for a before/after in the same
+conditions: ``tuneship_before`` and ``after_over_before`` in the results.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +35,7 @@ from tuneship.quickstart.tiny_models import build_fixture
 from tuneship.trainer import train
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
+BEFORE = os.environ.get("BENCH_BEFORE", "")
 CONVERSATIONS, MAX_EXCHANGES, BATCH, STEPS, SEED = 1024, 10, 8, 24, 42
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 
@@ -70,6 +78,25 @@ def run_tuneship(base: Path, data: Path, work: Path) -> dict[str, Any]:
         "padding_fraction": metrics["padding_fraction"],
         "batching": metrics["batching"],
     }
+
+
+def checkout_services(commit: str, into: Path) -> Path:
+    """``services/`` of ``commit``, unpacked under ``into``."""
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", commit, "services"], check=True, capture_output=True
+    ).stdout
+    into.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "services"
+
+
+def run_tuneship_from(services: Path, base: Path, data: Path, work: Path) -> dict[str, Any]:
+    """``run_tuneship`` in a subprocess that imports tuneship from ``services``."""
+    env = {**os.environ, "PYTHONPATH": str(services)}
+    command = [sys.executable, __file__, "--tuneship-only", str(base), str(data), str(work)]
+    output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(output.strip().splitlines()[-1]))
 
 
 def run_trl(base: Path, conversations: list, work: Path, checkpointing: bool) -> dict[str, Any]:
@@ -122,17 +149,19 @@ def main() -> None:
         )
         data = write_jsonl(work / "chat.jsonl", [{"messages": c} for c in conversations])
         # alternate and keep the best of each: the machine may be shared
-        runs: list[tuple[dict, dict, dict]] = []
+        before = checkout_services(BEFORE, work / "before") if BEFORE else None
+        runs: list[tuple[dict, ...]] = []
         for _ in range(2):
             runs.append(
                 (
                     run_tuneship(base, data, work),
                     run_trl(base, conversations, work, checkpointing=True),
                     run_trl(base, conversations, work, checkpointing=False),
+                    *([run_tuneship_from(before, base, data, work)] if before else []),
                 )
             )
-        ours, theirs, plain = (
-            max((r[i] for r in runs), key=lambda r: r["tokens_per_s"]) for i in range(3)
+        ours, theirs, plain, *earlier = (
+            max((r[i] for r in runs), key=lambda r: r["tokens_per_s"]) for i in range(len(runs[0]))
         )
     result = {
         "model": "tiny-chatml (LlamaForCausalLM, hidden 256, 2 layers, fp32)",
@@ -148,10 +177,18 @@ def main() -> None:
         "ratio": ours["tokens_per_s"] / theirs["tokens_per_s"],
         "ratio_batching_only": ours["tokens_per_s"] / plain["tokens_per_s"],
     }
+    if earlier:
+        result["tuneship_before"] = {"commit": BEFORE, **earlier[0]}
+        result["ratio_before"] = earlier[0]["tokens_per_s"] / theirs["tokens_per_s"]
+        result["after_over_before"] = ours["tokens_per_s"] / earlier[0]["tokens_per_s"]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--tuneship-only"]:
+        base_dir, data_file, work_dir = (Path(arg) for arg in sys.argv[2:5])
+        print(json.dumps(run_tuneship(base_dir, data_file, work_dir)))
+    else:
+        main()
