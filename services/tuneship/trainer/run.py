@@ -22,7 +22,6 @@ from tuneship.common.events import EventSink, Log
 from tuneship.common.spec import PipelineSpec, TrainSpec
 from tuneship.trainer import model_io
 from tuneship.trainer.batching import (
-    EpochLengthGroupedSampler,
     PaddedCollator,
     PaddingFreeCollator,
     TokenCount,
@@ -31,6 +30,7 @@ from tuneship.trainer.batching import (
 from tuneship.trainer.manifest import build_manifest
 from tuneship.trainer.prepare import PreparedData, encode_all, prepare_tokenizer
 from tuneship.trainer.progress import STAGE, EventBridge, plot_loss, read_metrics
+from tuneship.trainer.sft import build_trainer, sft_config
 from tuneship.trainer.vocab import PadDecision, apply_pad, forbidden_pad_ids
 
 MANIFEST = "training-manifest.json"
@@ -100,7 +100,8 @@ def train(
     )
     events.emit(Log(STAGE, f"batches: {batching}"))
     bridge = EventBridge(events, partial / "metrics.jsonl", count, stop)
-    trainer = _trainer(model, prepared, spec.train, partial, collator, bridge, packed)
+    config = sft_config(spec.train, partial, packed)
+    trainer = build_trainer(model, prepared, config, collator, bridge)
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=last_checkpoint(partial / "checkpoints"))
     if bridge.stopped_at is not None:
@@ -166,76 +167,6 @@ def _with_method(model: Any, train: TrainSpec) -> Any:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
-
-
-def _trainer(
-    model: Any,
-    prepared: PreparedData,
-    train: TrainSpec,
-    partial: Path,
-    collator: Any,
-    bridge: EventBridge,
-    packed: bool,
-) -> Any:
-    import torch
-    from transformers import PrinterCallback, TrainingArguments
-
-    cuda = torch.cuda.is_available()
-    dtype = model_io.training_dtype(train)
-    arguments = TrainingArguments(
-        output_dir=str(partial / "checkpoints"),
-        per_device_train_batch_size=train.per_device_train_batch_size,
-        per_device_eval_batch_size=train.per_device_train_batch_size,
-        gradient_accumulation_steps=train.gradient_accumulation_steps,
-        learning_rate=train.learning_rate,
-        lr_scheduler_type=train.lr_scheduler_type,
-        warmup_steps=train.warmup_ratio,
-        weight_decay=train.weight_decay,
-        num_train_epochs=train.num_train_epochs,
-        max_steps=train.max_steps,
-        logging_steps=train.logging_steps,
-        save_strategy="steps",
-        save_steps=train.save_steps,
-        seed=train.seed,
-        data_seed=train.seed,
-        bf16=cuda and dtype == torch.bfloat16,
-        fp16=cuda and dtype == torch.float16,
-        use_cpu=not cuda,
-        activation_checkpointing=train.gradient_checkpointing,
-        report_to="none",
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        train_sampling_strategy="random" if packed else "group_by_length",
-        dataloader_num_workers=0,
-    )
-    rows = lambda examples: [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]  # noqa: E731
-    trainer = _resumable_order_trainer()(
-        model=model,
-        args=arguments,
-        train_dataset=rows(prepared.train),
-        eval_dataset=rows(prepared.eval) or None,
-        data_collator=collator,
-        callbacks=[bridge],
-    )
-    trainer.remove_callback(PrinterCallback)  # progress goes through the event sink only
-    return trainer
-
-
-def _resumable_order_trainer() -> Any:
-    """transformers' Trainer whose length-grouped order repeats on resume (see
-    ``EpochLengthGroupedSampler``); random order (padding-free batches) already does."""
-    from transformers import Trainer
-
-    class ResumableOrderTrainer(Trainer):
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            if self.args.train_sampling_strategy != "group_by_length":
-                return super()._get_train_sampler(train_dataset)
-            dataset: Any = self.train_dataset if train_dataset is None else train_dataset
-            size = self.args.train_batch_size * self.args.gradient_accumulation_steps
-            lengths = [len(row["input_ids"]) for row in dataset]
-            return EpochLengthGroupedSampler(lengths, size, int(self.args.data_seed or 0))
-
-    return ResumableOrderTrainer
 
 
 def last_checkpoint(checkpoints: Path) -> str | None:

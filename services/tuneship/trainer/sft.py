@@ -1,0 +1,138 @@
+"""The SFT loop: TRL's ``SFTTrainer`` fed with tuneship's finished examples.
+
+tuneship hands TRL what it has already decided: token ids from its own rendering, labels
+masked by its own mask, its collator (pad policy, padding-free rows) and its
+length-grouped sampler (resumable order). TRL is told to prepare nothing
+(``skip_prepare_dataset``: no templating, tokenization, truncation or packing) and to
+add no masking of its own (no ``completion_only_loss``/``assistant_only_loss``).
+
+What is switched off, and why:
+
+- TRL's loss: ``SFTTrainer.compute_loss`` runs its fused LM head and, on every
+  micro-batch, also computes the entropy and top-1 accuracy of every token and gathers
+  three metrics to the host (``trl/trainer/sft_trainer.py``, ``compute_loss``). No
+  ``SFTConfig`` field turns those off, so the loss is transformers' own: the model's
+  cross-entropy over tuneship's labels, as before the move onto TRL.
+- TRL's cast of QLoRA adapters to bf16 (``SFTTrainer.__init__``, "the PEFT adapter
+  weights are converted to bf16"): the adapters keep PEFT's dtype, which fp16 GPUs
+  need and which the rest of tuneship was tested with.
+- The model card TRL writes beside the checkpoints: the manifest is the run's record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneship.common.spec import TrainSpec
+from tuneship.trainer import model_io
+from tuneship.trainer.batching import EpochLengthGroupedSampler
+from tuneship.trainer.masking import Example
+from tuneship.trainer.prepare import PreparedData
+from tuneship.trainer.progress import EventBridge
+
+
+def sft_config(train: TrainSpec, partial: Path, packed: bool) -> Any:
+    """``SFTConfig`` from the spec's ``train`` section (same names where TRL has them)."""
+    import torch
+    from trl import SFTConfig
+
+    cuda = torch.cuda.is_available()
+    dtype = model_io.training_dtype(train)
+    return SFTConfig(
+        output_dir=str(partial / "checkpoints"),
+        per_device_train_batch_size=train.per_device_train_batch_size,
+        per_device_eval_batch_size=train.per_device_train_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler_type,
+        warmup_steps=train.warmup_ratio,
+        weight_decay=train.weight_decay,
+        num_train_epochs=train.num_train_epochs,
+        max_steps=train.max_steps,
+        logging_steps=train.logging_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        seed=train.seed,
+        data_seed=train.seed,
+        bf16=cuda and dtype == torch.bfloat16,
+        fp16=cuda and dtype == torch.float16,
+        use_cpu=not cuda,
+        activation_checkpointing=train.gradient_checkpointing,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        train_sampling_strategy="random" if packed else "group_by_length",
+        dataloader_num_workers=0,
+        # The examples are final: TRL prepares nothing and masks nothing.
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,  # dataset.max_length was enforced (with an error) when encoding
+        packing=False,
+        padding_free=False,  # tuneship's collator builds padding-free rows itself
+        completion_only_loss=False,
+        assistant_only_loss=False,
+    )
+
+
+def build_trainer(
+    model: Any, prepared: PreparedData, config: Any, collator: Any, bridge: EventBridge
+) -> Any:
+    """A ``SFTTrainer`` on the already wrapped ``model`` (TRL wraps nothing: no peft_config)."""
+    from datasets import Dataset
+    from transformers import PrinterCallback
+
+    def rows(examples: list[Example]) -> Any:
+        return Dataset.from_dict(
+            {"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]}
+        )
+
+    trainable = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
+    trainer = _tuneship_sft_trainer()(
+        model=model,
+        args=config,
+        train_dataset=rows(prepared.train),
+        eval_dataset=rows(prepared.eval) if prepared.eval else None,
+        processing_class=prepared.tokenizer,
+        data_collator=collator,
+        callbacks=[bridge],
+        lengths=[len(e.input_ids) for e in prepared.train],
+    )
+    for name, parameter in model.named_parameters():
+        if name in trainable and parameter.dtype != trainable[name]:
+            parameter.data = parameter.data.to(trainable[name])
+    trainer.remove_callback(PrinterCallback)  # progress goes through the event sink only
+    return trainer
+
+
+def _tuneship_sft_trainer() -> Any:
+    """``SFTTrainer`` with tuneship's sampler and transformers' loss (see module doc)."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class TuneshipSFTTrainer(SFTTrainer):
+        def __init__(self, *args: Any, lengths: list[int], **kwargs: Any) -> None:
+            self.example_lengths = lengths
+            super().__init__(*args, **kwargs)
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            # Length-grouped order that repeats on resume (EpochLengthGroupedSampler);
+            # random order (padding-free batches) already does.
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            seed = int(self.args.data_seed or 0)
+            return EpochLengthGroupedSampler(self.example_lengths, size, seed)
+
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: Any,
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+        def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    return TuneshipSFTTrainer

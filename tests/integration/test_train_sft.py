@@ -1,0 +1,64 @@
+"""Training runs on TRL's SFTTrainer, and the loss it optimises is the masked cross-entropy
+over tuneship's own labels: TRL re-templates, re-tokenizes and re-masks nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tuneship.common.events import ListSink
+from tuneship.common.spec import PipelineSpec
+from tuneship.trainer import train
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_trainer_is_trls_and_its_loss_is_the_masked_cross_entropy(
+    tiny_chatml: Path, sample_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from trl import SFTConfig, SFTTrainer
+    from tuneship.trainer import run, sft
+    from tuneship.trainer.masking import IGNORE
+
+    built: dict = {}
+
+    def keep(model, prepared, config, collator, bridge):
+        built["prepared"] = prepared
+        built["trainer"] = sft.build_trainer(model, prepared, config, collator, bridge)
+        return built["trainer"]
+
+    monkeypatch.setattr(run, "build_trainer", keep)
+    data = sample_data / "chat"
+    spec = PipelineSpec.model_validate(
+        {
+            "apiVersion": "tuneship/v1",
+            "metadata": {"name": "sft"},
+            "model": {"base": str(tiny_chatml)},
+            "dataset": {"train": str(data / "train.jsonl"), "eval": str(data / "eval.jsonl")},
+            "train": {"max_steps": 1, "per_device_train_batch_size": 4},
+        }
+    )
+    train(spec, tiny_chatml, tmp_path / "out", ListSink())
+    trainer, prepared = built["trainer"], built["prepared"]
+    assert isinstance(trainer, SFTTrainer) and isinstance(trainer.args, SFTConfig)
+
+    batch = next(iter(trainer.get_train_dataloader()))
+    # Every row is one of tuneship's examples, its labels exactly tuneship's mask.
+    ours = {tuple(e.input_ids): e.labels for e in prepared.train}
+    rows = zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True)
+    for ids, labels, mask in rows:
+        length = int(mask.sum())
+        assert ours[tuple(ids[:length].tolist())] == labels[:length].tolist()
+        assert (labels[length:] == IGNORE).all()
+    assert (batch["labels"] == IGNORE).any() and (batch["labels"] != IGNORE).any()
+
+    model = trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    trained = targets != IGNORE
+    log_probs = torch.log_softmax(logits[:, :-1][trained].float(), dim=-1)
+    by_hand = -log_probs.gather(1, targets[trained].unsqueeze(1)).mean()
+    assert torch.allclose(loss, by_hand, rtol=1e-5, atol=0), (float(loss), float(by_hand))
