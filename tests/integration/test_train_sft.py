@@ -3,6 +3,8 @@ over tuneship's own labels: TRL re-templates, re-tokenizes and re-masks nothing.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,33 @@ def test_the_trainer_is_trls_and_its_loss_is_the_masked_cross_entropy(
     log_probs = torch.log_softmax(logits[:, :-1][trained].float(), dim=-1)
     by_hand = -log_probs.gather(1, targets[trained].unsqueeze(1)).mean()
     assert torch.allclose(loss, by_hand, rtol=1e-5, atol=0), (float(loss), float(by_hand))
+
+
+CONCURRENT_IMPORTS = """
+import sys, threading
+from pathlib import Path
+from tuneship.common.spec import TrainSpec
+from tuneship.trainer import sft
+failed = []
+def build():
+    try:
+        sft.sft_config(TrainSpec(), Path(sys.argv[1]), packed=False)
+        sft._tuneship_sft_trainer()
+    except Exception as exc:
+        failed.append(repr(exc))
+threads = [threading.Thread(target=build) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(failed)
+"""
+
+
+def test_trainings_started_together_in_one_process_all_get_trl(tmp_path: Path) -> None:
+    # A trainer runs several trainings in threads; TRL's lazy module, first touched by
+    # two at once, refused one ("cannot import name 'SFTConfig'") before the import lock.
+    done = subprocess.run([sys.executable, "-c", CONCURRENT_IMPORTS, str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout

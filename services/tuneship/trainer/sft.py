@@ -21,6 +21,7 @@ What is switched off, and why:
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,18 @@ from tuneship.trainer.masking import Example
 from tuneship.trainer.prepare import PreparedData
 from tuneship.trainer.progress import EventBridge
 
+_TRL_IMPORT = threading.Lock()
+"""Held while importing from ``trl``: a trainer runs several trainings at once in
+threads, and TRL's lazy module, first touched by two of them together, gave one
+"cannot import name 'SFTConfig' from 'trl'"."""
+
 
 def sft_config(train: TrainSpec, partial: Path, packed: bool) -> Any:
     """``SFTConfig`` from the spec's ``train`` section (same names where TRL has them)."""
     import torch
-    from trl import SFTConfig
+
+    with _TRL_IMPORT:
+        from trl import SFTConfig
 
     cuda = torch.cuda.is_available()
     dtype = model_io.training_dtype(train)
@@ -107,7 +115,9 @@ def build_trainer(
 def _tuneship_sft_trainer() -> Any:
     """``SFTTrainer`` with tuneship's sampler and transformers' loss (see module doc)."""
     from transformers import Trainer
-    from trl import SFTTrainer
+
+    with _TRL_IMPORT:
+        from trl import SFTTrainer
 
     class TuneshipSFTTrainer(SFTTrainer):
         def __init__(self, *args: Any, lengths: list[int], **kwargs: Any) -> None:
