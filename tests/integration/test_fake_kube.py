@@ -37,15 +37,21 @@ NS = "tuneship"
 
 # A stage worker in miniature: serves gRPC health on $(POD_IP):50051, exits with a code.
 HEALTH_WORKER = """
-import sys, time
+import signal, sys, time
 from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-host, seconds, code = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+host, seconds, code, drain = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 server = grpc.server(futures.ThreadPoolExecutor(2))
 health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
 server.add_insecure_port(f"{host}:50051")
 server.start()
+def drained(*_):  # a server finishing its calls: the pod stays Terminating a while
+    time.sleep(drain)
+    server.stop(0)
+    sys.exit(0)
+if drain:
+    signal.signal(signal.SIGTERM, drained)
 print("serving on", host, flush=True)
 time.sleep(seconds)
 server.stop(0)
@@ -109,8 +115,11 @@ def worker_job(name: str, argv: list[str], **spec: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def health_worker(seconds: float, code: int = 0) -> list[str]:
-    return [sys.executable, "-c", HEALTH_WORKER, "$(POD_IP)", str(seconds), str(code)]
+def health_worker(seconds: float, code: int = 0, drain_s: float = 0.0) -> list[str]:
+    """Serves health on the pod's IP for ``seconds``, then exits ``code``; with
+    ``drain_s`` it keeps serving that long after SIGTERM (else SIGTERM ends it at once)."""
+    return [sys.executable, "-c", HEALTH_WORKER, "$(POD_IP)", str(seconds), str(code),
+            str(drain_s)]  # fmt: skip
 
 
 def sleeper(seconds: float = 60) -> list[str]:
@@ -506,7 +515,10 @@ def test_deployment_behind_a_service_feeds_its_endpointslice(kube: FakeKube) -> 
         "spec": {"clusterIP": "None", "selector": {"app.kubernetes.io/component": "conv"},
                  "ports": [{"name": "grpc", "port": 50051, "targetPort": "grpc"}]},
     }  # fmt: skip
-    kube.apply([service, deployment("conv", 2, health_worker(600))])
+    # The victim drains for 2 s after SIGTERM, so its Terminating endpoint outlives a
+    # control-loop pass even on a loaded machine (one that exits at once can be gone
+    # before the slice controller looks, as on a real cluster).
+    kube.apply([service, deployment("conv", 2, health_worker(600, drain_s=2.0))])
     slices = client.DiscoveryV1Api(kube.api_client("admin"))
     selector = f"{SERVICE_NAME_LABEL}=tuneship-converter"
 
