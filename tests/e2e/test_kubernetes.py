@@ -265,7 +265,11 @@ def test_an_unschedulable_job_fails_clearly_after_the_timeout(
         "TUNESHIP_RETRY_BACKOFF_S": "0.2"})  # fmt: skip
     client = cluster.start_controller()
     pid = client.submit(write_spec(tmp_path / "nogpu.yaml", tiny_chatml, sample_data / "pirate")).id
-    waiting = wait(client, pid, lambda i: i.stage("train").shown_phase == "waiting", 60, "waiting")
+    # "starting pod ..." can come first; wait for the scheduler's reason.
+    waiting = wait(client, pid, lambda i: "Insufficient" in i.stage("train").waiting, 60,
+                   "waiting for a node")  # fmt: skip
+    assert waiting.stage("train").shown_phase == "waiting"
+    assert "0/1 nodes are available" in waiting.stage("train").waiting
     assert "Insufficient nvidia.com/gpu" in waiting.stage("train").waiting
     failed = wait(client, pid, finished, 120)
     assert failed.phase == "failed"
