@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tuneship.common.spec.data import Section
 
@@ -57,3 +57,41 @@ class TrainSpec(Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, slower."
     )
+    devices: Literal["auto"] | int = Field(
+        "auto",
+        description="Training processes on each node: auto = every CUDA device the worker "
+        "sees (1 without CUDA); N > 1 runs torchrun with N processes (on CPU: gloo, for "
+        "testing). The global batch is per_device_train_batch_size x devices x nodes x "
+        "gradient_accumulation_steps.",
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="How several processes share the work: ddp (a full copy of the model "
+        "on each device) or fsdp (weights, gradients and optimizer state sharded; for "
+        "method: full when the model does not fit one device).",
+    )
+    nodes: int = Field(
+        1, ge=1, le=256,
+        description="Machines in one training (k8s-job provider: a JobSet or TrainJob).",
+    )  # fmt: skip
+    ddp_timeout: int = Field(
+        600, ge=10, le=86_400,
+        description="Seconds a collective waits for the other ranks before the run fails "
+        "(a dead or hung rank ends the attempt instead of hanging it).",
+    )  # fmt: skip
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError("devices must be auto or a number from 1 to 64")
+        return value
+
+    @model_validator(mode="after")
+    def _strategy(self) -> TrainSpec:
+        if self.strategy == "fsdp" and self.method != "full":
+            raise ValueError(
+                f"strategy: fsdp shards a full fine-tune; with method: {self.method} the "
+                "adapters are small and ddp is the right choice: use strategy: ddp"
+            )
+        return self
