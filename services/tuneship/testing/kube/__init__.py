@@ -11,7 +11,10 @@ Followed from the Kubernetes API documentation ("API Concepts", the API referenc
 - Resources: core ``namespaces``, ``pods`` (+ ``status``, ``log``, ``eviction``),
   ``events``, ``secrets``, ``configmaps``, ``services``; ``batch/v1 jobs`` (+
   ``status``); ``apps/v1 deployments``, ``replicasets`` (+ ``status``);
-  ``discovery.k8s.io/v1 endpointslices``. Discovery: ``/version``, ``/api``,
+  ``discovery.k8s.io/v1 endpointslices``; ``networking.k8s.io/v1 networkpolicies``
+  (stored, not enforced); the custom resources ``jobset.x-k8s.io/v1alpha2 jobsets``,
+  ``trainer.kubeflow.org/v1alpha1 trainjobs`` and ``clustertrainingruntimes``, each
+  validated against its published schema (``crds.py``). Discovery: ``/version``, ``/api``,
   ``/api/v1``, ``/apis``, ``/apis/<group>[/<version>]``.
 - Verbs from methods (GET item/collection/``watch=true``, POST, PUT, PATCH, DELETE
   item/collection); ``uid``, ``creationTimestamp``, ``generation``, ``generateName``;
@@ -40,17 +43,22 @@ Followed from the Kubernetes API documentation ("API Concepts", the API referenc
   finalizer, ``podFailurePolicy``, ``backoffLimit``, ``activeDeadlineSeconds``,
   ``suspend``, conditions incl. ``FailureTarget``/``SuccessCriteriaMet``,
   ``ttlSecondsAfterFinished``), Deployments -> ReplicaSets -> pods, EndpointSlices,
-  the scheduler (``nvidia.com/gpu`` capacity), Kueue admission of queued Jobs.
+  Indexed Jobs (completion index, hostname), JobSets (``jobsets.py``: a headless Service
+  and a Job per replica), TrainJobs (``trainjobs.py``: a JobSet from the
+  ClusterTrainingRuntime with the torch plugin's ``PET_*`` variables), the scheduler
+  (``nvidia.com/gpu`` capacity), Kueue admission of queued Jobs, JobSets and TrainJobs.
 - The kubelet: one loopback IP per pod, env from the downward API, Secrets and
   ConfigMaps, ``$(VAR)`` expansion, init and sidecar containers, restart policies,
   readiness probes (gRPC health, TCP, HTTP, exec), SIGTERM then SIGKILL, exit codes
-  and ``OOMKilled``, per-container logs, final phases as the kubelet sets them.
+  and ``OOMKilled``, per-container logs, final phases as the kubelet sets them; pod
+  DNS names (``<hostname>.<subdomain>``) in a container's environment given as that
+  pod's loopback IP (``dns.py``: the fake has no resolver).
 
 Left out (each would need a real cluster; nothing here pretends to have it): server-side
 apply, ``dryRun`` (400), protobuf, field managers, admission webhooks other than
 Kueue's, namespace deletion, most field validation (immutable pod specs and the like are
-accepted), the ``resourceVersion`` semantics of list (always "most recent"), indexed
-Jobs and ``successPolicy``, Job backoff delays, rolling updates (a new Deployment
+accepted), the ``resourceVersion`` semantics of list (always "most recent"),
+``successPolicy``, NetworkPolicy enforcement, Job backoff delays, rolling updates (a new Deployment
 template replaces all pods at once), Service virtual IPs (ClusterIPs are assigned but
 nothing answers on them: use the EndpointSlices), nodes other than ``fake-node``,
 node selectors, affinity, taints, CPU/memory accounting, liveness and startup probes,

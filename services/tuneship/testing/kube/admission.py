@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from tuneship.testing.kube import resources as r
+from tuneship.testing.kube.crds import schema_causes
 from tuneship.testing.kube.errors import invalid
 from tuneship.testing.kube.resources import ResourceType
 from tuneship.testing.kube.selectors import selector_object_matches
@@ -164,6 +165,7 @@ def validate(rtype: ResourceType, obj: dict[str, Any]) -> None:
     elif rtype in (r.DEPLOYMENT, r.REPLICASET):
         causes += _selector_causes(spec)
         causes += _pod_spec_causes("spec.template.spec", spec.get("template", {}).get("spec", {}))
+    causes += schema_causes(obj)
     if causes:
         raise invalid(rtype, name, causes)
 

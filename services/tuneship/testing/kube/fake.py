@@ -1,8 +1,8 @@
 """``FakeKube``: the fake API server, its controllers and (optionally) a fake node.
 
 One control loop thread runs the controllers in a fixed order every 50 ms and after
-every change: Kueue, Jobs, Deployments, ReplicaSets, the scheduler, the kubelet, the
-EndpointSlices and the garbage collector. The test knobs (``gpus``, ``kueue_hold``,
+every change: Kueue, TrainJobs, JobSets, Jobs, Deployments, ReplicaSets, the scheduler,
+the kubelet, the EndpointSlices and the garbage collector. The test knobs (``gpus``, ``kueue_hold``,
 ``schedulable``) take effect on the next pass.
 """
 
@@ -26,6 +26,7 @@ from tuneship.testing.kube.endpointslices import EndpointSliceController
 from tuneship.testing.kube.errors import ApiError, bad_request
 from tuneship.testing.kube.gc import GarbageCollector
 from tuneship.testing.kube.jobs import JobController
+from tuneship.testing.kube.jobsets import JobSetController
 from tuneship.testing.kube.kueue import Kueue
 from tuneship.testing.kube.node import FakeNode, Kubelet
 from tuneship.testing.kube.podstatus import condition
@@ -34,6 +35,7 @@ from tuneship.testing.kube.scheduler import ClusterKnobs, Scheduler
 from tuneship.testing.kube.selectors import labels_match, parse_label_selector
 from tuneship.testing.kube.store import DeleteOptions, ObjectStore
 from tuneship.testing.kube.tls import self_signed, server_context
+from tuneship.testing.kube.trainjobs import TrainJobController
 from tuneship.testing.kube.workloads import DeploymentController, ReplicaSetController
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,8 @@ class FakeKube:
         self._kubelet = kubelet
         self._kueue = Kueue(self.store, self.knobs)
         self._controllers: list[Reconciler] = [
-            self._kueue, JobController(self.store), DeploymentController(self.store),
+            self._kueue, TrainJobController(self.store), JobSetController(self.store),
+            JobController(self.store), DeploymentController(self.store),
             ReplicaSetController(self.store), Scheduler(self.store, self.knobs),
         ]  # fmt: skip
         self._late_controllers: list[Reconciler] = [
@@ -237,9 +240,9 @@ class FakeKube:
 
     # --- failures and Kueue --------------------------------------------------------
 
-    def admit(self, job_name: str, namespace: str | None = None) -> None:
-        """Kueue admits the queued Job now, hold or not."""
-        self._kueue.admit(self.store.get(r.JOB, namespace or self.namespace, job_name))
+    def admit(self, job_name: str, namespace: str | None = None, kind: str = "Job") -> None:
+        """Kueue admits the queued Job (JobSet, TrainJob: ``kind``) now, hold or not."""
+        self._kueue.admit(self.store.get(r.by_name(kind), namespace or self.namespace, job_name))
         self.store.poke()
 
     def evict(

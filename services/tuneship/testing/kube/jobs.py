@@ -13,9 +13,15 @@ backoffLimit``, a ``FailJob`` rule, or ``activeDeadlineSeconds`` put the Job in
 ``Complete``. As since Kubernetes 1.31, the terminal condition waits for the pods.
 Finished Jobs are deleted after ``ttlSecondsAfterFinished``.
 
-Simplified: no Indexed mode, no ``successPolicy``, no backoff delay between
-retries, and pods the controller itself deletes (suspend, deadline, failure) are
-not counted as failures.
+Indexed Jobs (``completionMode: Indexed``) get a pod per index not yet succeeded:
+named ``<job>-<index>-<5 chars>``, with the ``batch.kubernetes.io/job-completion-index``
+annotation and label, ``JOB_COMPLETION_INDEX`` in every container and the hostname
+``<job>-<index>`` (what gives JobSet's pods their stable DNS names); the Job completes
+when every index has succeeded (``completedIndexes``).
+
+Simplified: no ``successPolicy``, no backoff delay between retries, no per-index
+backoff limits, and pods the controller itself deletes (suspend, deadline, failure)
+are not counted as failures.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from tuneship.testing.kube.recorder import record_event
 from tuneship.testing.kube.store import DeleteOptions, ObjectStore
 
 TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 _COMPONENT = "job-controller"
 _TERMINAL = ("Succeeded", "Failed")
 _BACKGROUND = DeleteOptions(propagation="Background")
@@ -124,7 +131,7 @@ class JobController:
                 _set_condition(status, "Failed", True, *failure)
                 record_event(self._store, job, "Warning", failure[0], failure[1], _COMPONENT)
             return
-        if status["succeeded"] >= int(spec.get("completions", 1)):
+        if _succeeded(spec, status) >= int(spec.get("completions", 1)):
             _set_condition(status, "SuccessCriteriaMet", True, "CompletionsReached",
                            "Reached expected number of succeeded pods")  # fmt: skip
             if not active and not terminating:
@@ -148,6 +155,10 @@ class JobController:
                 pass
             elif pod["status"]["phase"] == "Succeeded":
                 status["succeeded"] = int(status.get("succeeded", 0)) + 1
+                index = _index_of(pod)
+                if index is not None:
+                    done = _completed(status) | {index}
+                    status["completedIndexes"] = ",".join(str(i) for i in sorted(done))
             else:
                 verdict = judge(job, pod)
                 if verdict.action == "FailJob":
@@ -182,12 +193,17 @@ class JobController:
         terminating: list[dict[str, Any]],
     ) -> None:
         spec = job["spec"]
-        remaining = int(spec.get("completions", 1)) - int(status.get("succeeded", 0))
+        remaining = int(spec.get("completions", 1)) - _succeeded(spec, status)
         wanted = min(int(spec.get("parallelism", 1)), remaining) - len(active)
         if spec.get("podReplacementPolicy") == "Failed":
             wanted -= len(terminating)  # wait until the old pod is fully gone
-        for _ in range(max(0, wanted)):
-            pod = self._store.create(r.POD, job["metadata"]["namespace"], pod_for(job))
+        indexes: list[int | None] = [None] * max(0, wanted)
+        if spec.get("completionMode") == "Indexed":
+            taken = _completed(status) | {_index_of(p) for p in [*active, *terminating]}
+            free = [i for i in range(int(spec.get("completions", 1))) if i not in taken]
+            indexes = list(free[: max(0, wanted)])
+        for index in indexes:
+            pod = self._store.create(r.POD, job["metadata"]["namespace"], pod_for(job, index))
             status["active"] = int(status.get("active", 0)) + 1
             record_event(self._store, job, "Normal", "SuccessfulCreate",
                          f"Created pod: {pod['metadata']['name']}", _COMPONENT)  # fmt: skip
@@ -227,16 +243,34 @@ class JobController:
             self._store.mutate(r.POD, pod["metadata"]["namespace"], pod["metadata"]["name"], drop)
 
 
-def pod_for(job: dict[str, Any]) -> dict[str, Any]:
-    """A new pod from the Job's template, owned and tracked by the Job."""
+def pod_for(job: dict[str, Any], index: int | None = None) -> dict[str, Any]:
+    """A new pod from the Job's template, owned and tracked by the Job (``index``: the
+    completion index of an Indexed Job's pod)."""
     meta, template = job["metadata"], copy.deepcopy(job["spec"]["template"])
     template_meta = template.get("metadata") or {}
+    labels, annotations = template_meta.get("labels") or {}, template_meta.get("annotations") or {}
+    prefix = meta["name"]
+    if index is not None:
+        prefix = f"{meta['name']}-{index}"
+        labels[COMPLETION_INDEX] = annotations[COMPLETION_INDEX] = str(index)
+        template["spec"].setdefault("hostname", prefix)
+        for container in template["spec"].get("containers") or []:
+            env = [e for e in container.get("env") or [] if e["name"] != "JOB_COMPLETION_INDEX"]
+            container["env"] = [
+                {
+                    "name": "JOB_COMPLETION_INDEX",
+                    "valueFrom": {
+                        "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}
+                    },
+                },
+                *env,
+            ]
     return {
         "metadata": {
-            "generateName": f"{meta['name']}-",
+            "generateName": f"{prefix}-",
             "namespace": meta["namespace"],
-            "labels": template_meta.get("labels") or {},
-            "annotations": template_meta.get("annotations") or {},
+            "labels": labels,
+            "annotations": annotations,
             "ownerReferences": [{
                 "apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
                 "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True,
@@ -261,6 +295,23 @@ def _set_condition(
         conditions.append(fresh)
     else:
         conditions[conditions.index(old)] = fresh
+
+
+def _index_of(pod: dict[str, Any]) -> int | None:
+    value = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX)
+    return int(value) if value is not None and str(value).isdigit() else None
+
+
+def _completed(status: dict[str, Any]) -> set[int]:
+    text = str(status.get("completedIndexes") or "")
+    return {int(part) for part in text.split(",") if part.isdigit()}
+
+
+def _succeeded(spec: dict[str, Any], status: dict[str, Any]) -> int:
+    """Succeeded pods (NonIndexed) or succeeded indexes (Indexed)."""
+    if spec.get("completionMode") == "Indexed":
+        return len(_completed(status))
+    return int(status.get("succeeded", 0))
 
 
 def _owner(pod: dict[str, Any]) -> str:

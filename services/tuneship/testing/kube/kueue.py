@@ -1,5 +1,6 @@
-"""Kueue, reduced to what a Job's owner sees: admission of Jobs labelled with
-``kueue.x-k8s.io/queue-name``.
+"""Kueue, reduced to what a Job's owner sees: admission of Jobs, JobSets and TrainJobs
+labelled with ``kueue.x-k8s.io/queue-name`` (Kueue's batch/v1 Job, JobSet and Kubeflow
+Trainer integrations; the owner creates the last two suspended).
 
 Kueue's webhook (``admission.default``) creates such Jobs suspended. Here, a queued
 Job is admitted (``spec.suspend=false``, Event ``Started``) at once unless
@@ -32,15 +33,15 @@ class Kueue:
         self._seen: set[str] = set()
 
     def reconcile(self) -> None:
-        """One pass over the queued Jobs."""
-        jobs, _ = self._store.select(r.JOB, None, _queued)
+        """One pass over the queued Jobs, JobSets and TrainJobs."""
+        jobs = [j for kind in QUEUED_KINDS for j in self._store.select(kind, None, _queued)[0]]
         for job in jobs:
             meta = job["metadata"]
-            if finished(job) or meta.get("deletionTimestamp") or meta["uid"] in self._admitted:
+            if _done(job) or meta.get("deletionTimestamp") or meta["uid"] in self._admitted:
                 continue
             if meta["uid"] not in self._seen:
                 self._seen.add(meta["uid"])
-                workload = f"job-{meta['name']}-{random_suffix()}"
+                workload = f"{job['kind'].lower()}-{meta['name']}-{random_suffix()}"
                 record_event(self._store, job, "Normal", "CreatedWorkload",
                              f"Created Workload: {meta['namespace']}/{workload}",
                              "kueue-job-controller")  # fmt: skip
@@ -67,7 +68,19 @@ class Kueue:
             if obj["metadata"]["uid"] == uid:
                 obj["spec"]["suspend"] = suspend
 
-        self._store.mutate(r.JOB, job["metadata"]["namespace"], job["metadata"]["name"], change)
+        rtype = r.by_kind(job["apiVersion"], job["kind"]) or r.JOB
+        self._store.mutate(rtype, job["metadata"]["namespace"], job["metadata"]["name"], change)
+
+
+QUEUED_KINDS = (r.JOB, r.JOBSET, r.TRAINJOB)
+
+
+def _done(obj: dict[str, Any]) -> bool:
+    if obj.get("kind") == "Job":
+        return finished(obj)
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c["type"] in ("Complete", "Completed", "Failed") and c["status"] == "True"
+               for c in conditions)  # fmt: skip
 
 
 def _queued(job: dict[str, Any]) -> bool:

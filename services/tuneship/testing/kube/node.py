@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneship.testing.kube import env, errors
+from tuneship.testing.kube import dns, env, errors
 from tuneship.testing.kube import resources as r
 from tuneship.testing.kube.podworker import PodWorker
 from tuneship.testing.kube.store import DeleteOptions, ObjectStore
@@ -109,6 +109,8 @@ class FakeNode:
         self.root = settings.workdir or Path(tempfile.mkdtemp(prefix="fake-kubelet-"))
         self._addresses = AddressPool()
         self._workers: dict[str, PodWorker] = {}
+        self._ips: dict[str, str] = {}
+        self._resolve = dns.resolver(store, self._ips)
         self._lock = threading.Lock()
         self._stopped = False
 
@@ -146,7 +148,10 @@ class FakeNode:
         directory = self.root / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         directory.mkdir(parents=True, exist_ok=True)
         ip = self._addresses.allocate(ports)
-        worker = PodWorker(pod, self.settings, self._store, ip, directory, self._lookup)
+        self._ips[meta["uid"]] = ip
+        worker = PodWorker(
+            pod, self.settings, self._store, ip, directory, self._lookup, self._resolve
+        )
         self._workers[meta["uid"]] = worker
         worker.start()
         return worker

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuneship.testing.kube import clock, env
+from tuneship.testing.kube import clock, dns, env
 from tuneship.testing.kube import resources as r
 from tuneship.testing.kube.podstatus import ContainerRun, pod_status
 from tuneship.testing.kube.probes import ReadinessProbe
@@ -38,6 +38,7 @@ class PodWorker:
         ip: str,
         directory: Path,
         lookup: env.DataLookup,
+        resolve: dns.Resolver | None = None,
     ) -> None:
         meta, spec = pod["metadata"], pod["spec"]
         self.uid, self.namespace, self.name = meta["uid"], meta["namespace"], meta["name"]
@@ -46,6 +47,7 @@ class PodWorker:
         self.done = threading.Event()
         self._pod = pod
         self._settings, self._store, self._lookup = settings, store, lookup
+        self._resolve = resolve
         self._restart_policy = spec.get("restartPolicy", "Always")
         self._start_time = clock.timestamp()
         self._stop = threading.Event()
@@ -147,8 +149,15 @@ class PodWorker:
             pod.setdefault("status", {})["podIP"] = self.ip
             try:
                 spec_env = env.container_env(pod, run.spec, self._lookup)
+                if self._resolve is not None:
+                    spec_env = dns.resolve_env(spec_env, self.namespace, self._resolve)
                 visible = {**spec_env, **self._settings.env}
                 argv = env.argv(run.spec, self._settings.images, visible)
+            except dns.Unresolved as error:
+                run.waiting("ContainerCreating", str(error))
+                self._publish()
+                self._stop.wait(self._settings.probe_period_s)
+                continue
             except (env.ContainerConfigError, env.ImageError) as error:
                 image = isinstance(error, env.ImageError)
                 run.waiting("ErrImagePull" if image else "CreateContainerConfigError", str(error))

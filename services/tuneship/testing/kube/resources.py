@@ -66,6 +66,14 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("apps", "v1", "replicasets", "ReplicaSet", subresources=("status",),
                  short_names=("rs",)),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
+    ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy",
+                 short_names=("netpol",)),
+    # Custom resources (their CRDs installed): validated against their schemas (crds.py).
+    ResourceType("jobset.x-k8s.io", "v1alpha2", "jobsets", "JobSet", subresources=("status",)),
+    ResourceType("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob",
+                 subresources=("status",)),
+    ResourceType("trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes",
+                 "ClusterTrainingRuntime", namespaced=False),
 )  # fmt: skip
 
 POD = RESOURCES[1]
@@ -78,6 +86,10 @@ DEPLOYMENT = RESOURCES[7]
 REPLICASET = RESOURCES[8]
 ENDPOINTSLICE = RESOURCES[9]
 NAMESPACE = RESOURCES[0]
+NETWORKPOLICY = RESOURCES[10]
+JOBSET = RESOURCES[11]
+TRAINJOB = RESOURCES[12]
+TRAINING_RUNTIME = RESOURCES[13]
 
 
 def find(group: str, version: str, resource: str) -> ResourceType | None:
