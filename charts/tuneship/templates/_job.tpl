@@ -99,3 +99,37 @@ spec:
             medium: Memory
             sizeLimit: {{ $values.shmSizeLimit }}
 {{- end }}
+
+{{/*
+The NetworkPolicy of one training on more than one node (docs/kubernetes.md, "More than
+one node"): its pods reach each other on every port (torchrun's rendezvous port, and
+NCCL's, which NCCL picks). The controller creates one per JobSet/TrainJob, owned by it,
+with the selectors set to that training's `tuneship.dev/task` label, which only its
+pods carry; the placeholder below selects nothing.
+*/}}
+{{- define "tuneship.trainingNetworkPolicy" -}}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  labels:
+    {{- include "tuneship.selectorLabels" (dict "root" . "component" "network") | nindent 4 }}
+    app.kubernetes.io/managed-by: tuneship-controller
+    app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+    app.kubernetes.io/part-of: tuneship
+    helm.sh/chart: {{ include "tuneship.chart" . }}
+spec:
+  podSelector:
+    matchLabels:
+      tuneship.dev/task: set-by-the-controller
+  policyTypes: [Ingress, Egress]
+  ingress:
+    - from:
+        - podSelector:
+            matchLabels:
+              tuneship.dev/task: set-by-the-controller
+  egress:
+    - to:
+        - podSelector:
+            matchLabels:
+              tuneship.dev/task: set-by-the-controller
+{{- end }}

@@ -8,7 +8,13 @@ from typing import Any
 
 from tuneship.common.errors import InvalidInput
 from tuneship.common.settings import TuneshipEnv
-from tuneship.controller.providers.kube import PROVIDER_KINDS, KubeSettings, load_job_template
+from tuneship.controller.providers.kube import (
+    PROVIDER_KINDS,
+    KubeSettings,
+    MultiNodeSettings,
+    load_job_template,
+    load_network_policy,
+)
 
 
 def kube_settings(values: TuneshipEnv, env: Mapping[str, str]) -> KubeSettings | None:
@@ -44,6 +50,13 @@ def kube_settings(values: TuneshipEnv, env: Mapping[str, str]) -> KubeSettings |
         pool_capacity=dict(values.pool_capacity),
         unschedulable_timeout_s=values.unschedulable_timeout_s,
         start_timeout_s=values.start_timeout_s,
+        multinode=MultiNodeSettings(
+            kind=values.multinode_kind,
+            trainjob_runtime=values.trainjob_runtime,
+            rendezvous_port=values.rendezvous_port or 29400,
+            max_nodes=values.max_nodes,
+            network_policy=load_network_policy(values.job_templates / "train-network.yaml"),
+        ),
     )
 
 

@@ -98,11 +98,13 @@ class Rendered:
         return True
 
     def job_templates(self) -> dict[str, Manifest]:
-        """``{stage: Job manifest}`` parsed from the jobs ConfigMap (empty without one)."""
+        """``{stage: Job manifest}`` parsed from the jobs ConfigMap (empty without one);
+        its other manifest (``train-network.yaml``, a NetworkPolicy) is left out."""
         if not self.has("ConfigMap", "jobs"):
             return {}
         data = self.get("ConfigMap", "jobs")["data"]
-        return {key.removesuffix(".yaml"): yaml.safe_load(text) for key, text in data.items()}
+        parsed = {key.removesuffix(".yaml"): yaml.safe_load(text) for key, text in data.items()}
+        return {stage: job for stage, job in parsed.items() if job.get("kind") == "Job"}
 
     def pod_templates(self) -> list[PodTemplate]:
         """Every pod spec: workloads, Jobs, the test pod and the Job templates."""

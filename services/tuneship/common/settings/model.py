@@ -45,6 +45,11 @@ LogLevel = Annotated[
     BeforeValidator(choice("debug", "info", "warning", "error")),
     Accepts("`debug`, `info`, `warning`, `error`"),
 ]
+MultiNodeKind = Annotated[
+    Literal["jobset", "trainjob"],
+    BeforeValidator(choice("jobset", "trainjob")),
+    Accepts("`jobset`, `trainjob`"),
+]
 ServingBackendKind = Annotated[
     Literal["ollama", "llama-server"],
     BeforeValidator(choice("ollama", "llama-server")),
@@ -144,11 +149,30 @@ class TuneshipEnv(BaseSettings):
     start_timeout_s: Seconds = setting(
         1800.0, "a scheduled Job pod not Ready this long fails the attempt", CONTROLLER
     )
+    multinode_kind: MultiNodeKind = setting(
+        "jobset", "what runs a training with `train.nodes` > 1: a JobSet or a Kubeflow TrainJob",
+        CONTROLLER,
+    )  # fmt: skip
+    trainjob_runtime: str = setting(
+        "torch-distributed", "the ClusterTrainingRuntime a TrainJob references", CONTROLLER
+    )
+    rendezvous_port: Port = setting(
+        29400, "torchrun's rendezvous port on node 0 of a JobSet (`PET_MASTER_PORT`)", CONTROLLER
+    )
+    max_nodes: Count = setting(8, "the most nodes one training may ask for", CONTROLLER)
 
     # --- stage services ----------------------------------------------------------------
     work_dir: Path = setting(Path("/tmp/tuneship"), "scratch space of a stage service", WORKERS)
     capacity: Count = setting(1, "tasks a stage service runs at once", WORKERS)
     task_id: str = setting("", "the one task of `tuneship serve --once` (set per Job)", WORKERS)
+    stage_job: str = setting(
+        "", "the serialized job of a training's pods on nodes > 0 (set per JobSet/TrainJob)",
+        ("trainer",),
+    )  # fmt: skip
+    node_rank: Tries = setting(
+        0, "torchrun's node rank; > 0 makes `serve trainer --once` a follower of node 0",
+        ("trainer",), env="PET_NODE_RANK",
+    )  # fmt: skip
     once_grace_s: Seconds = setting(
         600.0, "`--once`: how long a finished task waits to be read", WORKERS
     )

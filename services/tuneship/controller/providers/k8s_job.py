@@ -14,11 +14,12 @@ at once. A failed or cancelled attempt's Job is deleted so it holds no GPU.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Generator, Iterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -30,6 +31,7 @@ from tuneship.controller.providers.informer import Informer
 from tuneship.controller.providers.kube import (
     JOB_NAME_LABEL,
     TASK_ANNOTATION,
+    WORKER_CONTAINER,
     KubeSettings,
     attempt_selector,
     condition,
@@ -38,8 +40,12 @@ from tuneship.controller.providers.kube import (
     job_manifest,
     job_name,
 )
+from tuneship.controller.providers.multinode import TRAINJOB_CONTAINER, Training, topology
 from tuneship.controller.scheduler import Numbered, StageFailure, Waiting
 from tuneship.controller.wire_clients import Channels, GrpcStageCall, start_stage
+
+if TYPE_CHECKING:
+    from tuneship.controller.providers.k8s_multinode import MultiNodeStageCall
 
 log = logging.getLogger("tuneship.controller.k8s")
 
@@ -67,7 +73,16 @@ class JobWorkloads:
         selector = attempt_selector(settings.job_templates.values())
         self.jobs = Informer(self.batch.list_namespaced_job, namespace, selector, what="jobs")
         self.pods = Informer(self.core.list_namespaced_pod, namespace, selector, what="pods")
+        self.custom = client.CustomObjectsApi(api)
+        self.networking = client.NetworkingV1Api(api)
+        self.training = Training.of(settings.multinode.kind)
+        self.trainings = Informer(
+            functools.partial(self.custom.list_namespaced_custom_object, self.training.group,
+                              self.training.version, plural=self.training.plural),
+            namespace, selector, what=self.training.plural,
+        )  # fmt: skip
         self._started = False
+        self._trainings_started = False
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -77,9 +92,33 @@ class JobWorkloads:
                 self.pods.start()
                 self._started = True
 
+    def start_trainings(self) -> None:
+        """Watch the JobSets (or TrainJobs) too: only once a training on more than one
+        node runs, so that a cluster without their CRD is never asked about them."""
+        self.start()
+        with self._lock:
+            if not self._trainings_started:
+                self.trainings.start()
+                self._trainings_started = True
+
     def stop(self) -> None:
         self.jobs.stop()
         self.pods.stop()
+        self.trainings.stop()
+
+    def delete_training(self, name: str) -> bool:
+        """Delete the JobSet (TrainJob) ``name`` with its Jobs and pods; False when gone."""
+        kind = self.training
+        try:
+            self.custom.delete_namespaced_custom_object(
+                kind.group, kind.version, self.settings.namespace, kind.plural, name,
+                propagation_policy="Background",
+            )  # fmt: skip
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
 
     def pod_of(self, name: str) -> dict[str, Any] | None:
         """The newest pod of Job ``name`` (a Job may replace a disrupted pod)."""
@@ -101,20 +140,23 @@ class JobWorkloads:
             raise
         return True
 
-    def why_waiting(self, name: str) -> str:
+    def why_waiting(self, name: str, workload: str = "job") -> str:
         """The newest event's message about Job ``name`` or its Kueue Workload (named
-        ``job-<name>-<hash>``; Kueue puts "couldn't assign flavors ... insufficient quota"
-        there); a Warning over a Normal one."""
+        ``job-<name>-<hash>``, ``jobset-`` or ``trainjob-`` for those kinds; Kueue puts
+        "couldn't assign flavors ... insufficient quota" there); a Warning over a Normal
+        one."""
         try:
             events = self.core.list_namespaced_event(
                 self.settings.namespace, field_selector=f"involvedObject.name={name}"
             ).items
-            workload = self.core.list_namespaced_event(
+            workloads = self.core.list_namespaced_event(
                 self.settings.namespace, field_selector="involvedObject.kind=Workload"
             ).items
         except ApiException:
             return ""
-        events += [e for e in workload if str(e.involved_object.name).startswith(f"job-{name}-")]
+        events += [
+            e for e in workloads if str(e.involved_object.name).startswith(f"{workload}-{name}-")
+        ]  # fmt: skip
         if not events:
             return ""
 
@@ -125,10 +167,10 @@ class JobWorkloads:
 
         return str(max(events, key=rank).message or "")
 
-    def log_tail(self, pod: str, lines: int = 20) -> str:
+    def log_tail(self, pod: str, container: str = WORKER_CONTAINER, lines: int = 20) -> str:
         try:
             text = self.core.read_namespaced_pod_log(
-                pod, self.settings.namespace, container="worker", tail_lines=lines
+                pod, self.settings.namespace, container=container, tail_lines=lines
             )
         except ApiException:
             return ""
@@ -145,12 +187,19 @@ class JobProvider:
         self.template = workloads.settings.job_templates[stage]
         self.port = grpc_port(self.template)
 
-    def run(self, job: StageJob, reattach: bool) -> JobStageCall:
+    def run(self, job: StageJob, reattach: bool) -> JobStageCall | MultiNodeStageCall:
+        if topology(job).nodes > 1 and self.stage == "train":
+            from tuneship.controller.providers.k8s_multinode import MultiNodeStageCall
+
+            self.workloads.start_trainings()
+            return MultiNodeStageCall(self, job)
         self.workloads.start()
         return JobStageCall(self, job)
 
     def cancel(self, task_id: str) -> bool:
-        return self.workloads.delete(job_name(self.stage, task_id))
+        name = job_name(self.stage, task_id)
+        gone = self.stage == "train" and self.workloads.delete_training(name)
+        return self.workloads.delete(name) or gone
 
     def capacity(self) -> int | None:
         return None  # TUNESHIP_LIMITS caps Jobs in flight; Kueue and the cluster do the rest
@@ -221,13 +270,13 @@ class JobStageCall:
             log.info("created job %s for task %s", self.name, self.job.task_id)
         except ApiException as error:
             if error.status != 409:
-                raise _api_failure(f"cannot create job {self.name}", error) from error
+                raise api_failure(f"cannot create job {self.name}", error) from error
             try:
                 existing = self.workloads.batch.read_namespaced_job(
                     self.name, self.settings.namespace
                 )
             except ApiException as read_error:
-                raise _api_failure(f"cannot read job {self.name}", read_error) from read_error
+                raise api_failure(f"cannot read job {self.name}", read_error) from read_error
             meta = existing.metadata
             owner = ((meta.annotations if meta else None) or {}).get(TASK_ANNOTATION)
             if owner != self.job.task_id:
@@ -341,29 +390,7 @@ class JobStageCall:
         return failure
 
     def _pod_failed(self, pod: dict[str, Any]) -> StageFailure:
-        name = pod["metadata"]["name"]
-        disruption = condition(pod, "DisruptionTarget")
-        if disruption and disruption.get("status") == "True":
-            return StageFailure(
-                "UNAVAILABLE",
-                f"pod {name} was {_disruption(disruption)}; the retry resumes from the last "
-                "checkpoint in the store", True,
-            )  # fmt: skip
-        terminated = _terminated(pod)
-        if terminated.get("reason") == "OOMKilled":
-            return StageFailure(
-                "RESOURCE_EXHAUSTED",
-                f"pod {name} ran out of memory (OOMKilled at its limit of "
-                f"{_memory_limit(pod)}): {MEMORY_HINT}", False,
-            )  # fmt: skip
-        code = terminated.get("exitCode")
-        tail = self.workloads.log_tail(name)
-        detail = f"\n{tail}" if tail else ""
-        if code == EXIT_INVALID_INPUT:
-            return StageFailure(
-                "INVALID_ARGUMENT", f"pod {name} rejected its input (exit {code}){detail}", False
-            )
-        return StageFailure("UNAVAILABLE", f"pod {name} failed (exit {code}){detail}", True)
+        return pod_failure(self.workloads, pod)
 
     def _job_failed(self, job: dict[str, Any]) -> StageFailure:
         failed = condition(job, "Failed") or {}
@@ -376,7 +403,35 @@ class JobStageCall:
                             message, True)  # fmt: skip
 
 
-def _api_failure(what: str, error: ApiException) -> StageFailure:
+def pod_failure(workloads: JobWorkloads, pod: dict[str, Any]) -> StageFailure:
+    """Why a Job pod ended, from its status: disrupted (retried from the checkpoint),
+    out of memory or invalid input (no retry), any other exit (retried)."""
+    name = pod["metadata"]["name"]
+    disruption = condition(pod, "DisruptionTarget")
+    if disruption and disruption.get("status") == "True":
+        return StageFailure(
+            "UNAVAILABLE",
+            f"pod {name} was {_disruption(disruption)}; the retry resumes from the last "
+            "checkpoint in the store", True,
+        )  # fmt: skip
+    terminated = _terminated(pod)
+    if terminated.get("reason") == "OOMKilled":
+        return StageFailure(
+            "RESOURCE_EXHAUSTED",
+            f"pod {name} ran out of memory (OOMKilled at its limit of "
+            f"{_memory_limit(pod)}): {MEMORY_HINT}", False,
+        )  # fmt: skip
+    code = terminated.get("exitCode")
+    tail = workloads.log_tail(name, main_container(pod))
+    detail = f"\n{tail}" if tail else ""
+    if code == EXIT_INVALID_INPUT:
+        return StageFailure(
+            "INVALID_ARGUMENT", f"pod {name} rejected its input (exit {code}){detail}", False
+        )
+    return StageFailure("UNAVAILABLE", f"pod {name} failed (exit {code}){detail}", True)
+
+
+def api_failure(what: str, error: ApiException) -> StageFailure:
     """An API error as a stage failure: server-side and throttling errors are retried;
     anything else (403: the Role; 422: the chart's template) will not fix itself."""
     status = int(error.status or 0)
@@ -385,9 +440,16 @@ def _api_failure(what: str, error: ApiException) -> StageFailure:
                         f"{what}: {status} {error.reason}", retryable)  # fmt: skip
 
 
+def main_container(pod: dict[str, Any]) -> str:
+    """The tuneship container of a Job pod: ``worker`` (the chart's Job template) or
+    ``node`` (a TrainJob's runtime)."""
+    names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+    return next((n for n in names if n in (WORKER_CONTAINER, TRAINJOB_CONTAINER)), WORKER_CONTAINER)
+
+
 def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
     for container in (pod.get("status") or {}).get("containerStatuses") or []:
-        if container.get("name") == "worker":
+        if container.get("name") == main_container(pod):
             state = container.get("state") or {}
             last = container.get("lastState") or {}
             return dict(state.get("terminated") or last.get("terminated") or {})
@@ -396,7 +458,7 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
 
 def _memory_limit(pod: dict[str, Any]) -> str:
     for container in pod["spec"]["containers"]:
-        if container.get("name") == "worker":
+        if container.get("name") == main_container(pod):
             limits = (container.get("resources") or {}).get("limits") or {}
             return str(limits.get("memory", "no limit set"))
     return "unknown"

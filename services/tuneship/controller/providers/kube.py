@@ -33,6 +33,23 @@ PROVIDER_KINDS = ("static", "k8s-job", "k8s-pool")
 
 
 @dataclass(frozen=True)
+class MultiNodeSettings:
+    """How a training with ``train.nodes`` > 1 runs (``TUNESHIP_MULTINODE_*``)."""
+
+    kind: str = "jobset"
+    """``jobset`` (JobSet ``jobset.x-k8s.io/v1alpha2``) or ``trainjob`` (Kubeflow
+    Trainer ``trainer.kubeflow.org/v1alpha1``)."""
+    trainjob_runtime: str = "torch-distributed"
+    """The ClusterTrainingRuntime a TrainJob references."""
+    rendezvous_port: int = 29400
+    """``PET_MASTER_PORT`` of a JobSet's pods (a TrainJob's runtime sets its own)."""
+    max_nodes: int = 8
+    """The most nodes one training may ask for."""
+    network_policy: dict[str, Any] | None = None
+    """The chart's NetworkPolicy for the pods of one training (None: none is created)."""
+
+
+@dataclass(frozen=True)
 class KubeSettings:
     """How the controller uses the Kubernetes API (built by the entry point)."""
 
@@ -50,6 +67,8 @@ class KubeSettings:
     """A Job pod that no node can take for this long fails the attempt (UNAVAILABLE)."""
     start_timeout_s: float = 1800.0
     """A scheduled Job pod not Ready after this long fails the attempt (UNAVAILABLE)."""
+    multinode: MultiNodeSettings = field(default_factory=MultiNodeSettings)
+    """Trainings on more than one node (a JobSet or TrainJob instead of a Job)."""
 
 
 def job_name(stage: str, task_id: str) -> str:
@@ -78,6 +97,23 @@ def load_job_template(path: Path) -> dict[str, Any]:
             f"the Job template needs a container {WORKER_CONTAINER!r} with a port named "
             f"{GRPC_PORT_NAME!r}", where=f"{path}: spec.template.spec.containers",
         ) from exc  # fmt: skip
+    return manifest
+
+
+def load_network_policy(path: Path) -> dict[str, Any] | None:
+    """The chart's NetworkPolicy for one multi-node training's pods (``train-network.yaml``
+    in the jobs ConfigMap, rendered with ``networkPolicy.enabled``); None without one."""
+    if not path.is_file():
+        return None
+    try:
+        manifest = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInput(
+            f"cannot read the NetworkPolicy template: {exc}", where=str(path)
+        ) from exc
+    if not isinstance(manifest, dict) or manifest.get("kind") != "NetworkPolicy":
+        raise InvalidInput("not a NetworkPolicy manifest", where=str(path),
+                           hint="the chart renders it into the jobs ConfigMap")  # fmt: skip
     return manifest
 
 
