@@ -15,13 +15,18 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tuneship.common.events import Eta, EventSink, Log, Metrics, Progress
+from tuneship.trainer import distributed
 from tuneship.trainer.batching import TokenCount
 
 STAGE = "train"
 
 
 class EventBridge(TrainerCallback):
-    """Turns Trainer logs into stage events and ``metrics.jsonl`` lines."""
+    """Turns Trainer logs into stage events and ``metrics.jsonl`` lines.
+
+    With several ranks every rank runs it (the Trainer calls back on all of them) and
+    takes part in its collectives; only global rank 0 writes the metrics file, and only
+    its sink relays events (the others get a ``NullSink``)."""
 
     def __init__(
         self,
@@ -45,16 +50,20 @@ class EventBridge(TrainerCallback):
         self.first_step = state.global_step
         self.eta = Eta(max(state.max_steps - state.global_step, 0))
         self.last_time = time.monotonic()
-        self.last_tokens = self.count.real
-        truncate_metrics(self.metrics_path, state.global_step)
+        self.last_tokens = distributed.total_over_ranks(self.count.real)
+        if distributed.is_main_rank():
+            truncate_metrics(self.metrics_path, state.global_step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs:
             return
+        tokens = distributed.total_over_ranks(self.count.real)  # every rank's, not one's
         now = time.monotonic()
         elapsed = max(now - self.last_time, 1e-9)
-        tokens_per_s = (self.count.real - self.last_tokens) / elapsed
-        self.last_time, self.last_tokens = now, self.count.real
+        tokens_per_s = (tokens - self.last_tokens) / elapsed
+        self.last_time, self.last_tokens = now, tokens
+        if not distributed.is_main_rank():
+            return
         step = int(state.global_step)
         values = {
             "loss": float(logs["loss"]),
@@ -68,13 +77,20 @@ class EventBridge(TrainerCallback):
         self.events.emit(Progress(STAGE, step, int(state.max_steps), "steps", eta))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.stop is not None and self.stop() and state.global_step < state.max_steps:
+        if self.stop is None:
+            return
+        # Ranks see the request at different moments: they agree before acting on it,
+        # or one would stop while the others wait for it in the next step's all-reduce.
+        if distributed.agree(self.stop()) and state.global_step < state.max_steps:
             # Save here and end: the worker is going away (SIGTERM) and a retry resumes.
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = int(state.global_step)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Every rank writes its RNG state into the checkpoint: it is complete (and may be
+        # copied to the store) once all of them are here.
+        distributed.barrier()
         self.events.emit(Log(STAGE, f"checkpoint saved at step {state.global_step}"))
 
 

@@ -20,7 +20,7 @@ from tuneship.common.conversations import load_conversations
 from tuneship.common.errors import FailedPrecondition, Unavailable
 from tuneship.common.events import EventSink, Log
 from tuneship.common.spec import PipelineSpec, TrainSpec
-from tuneship.trainer import model_io
+from tuneship.trainer import distributed, model_io
 from tuneship.trainer.batching import (
     PaddedCollator,
     PaddingFreeCollator,
@@ -86,6 +86,10 @@ def train(
     partial = out.with_name(out.name + ".partial")
     if not resume:
         shutil.rmtree(partial, ignore_errors=True)
+    if distributed.needs_launch(spec.train):
+        # Several processes (devices > 1 or nodes > 1): torchrun runs this same function
+        # in each rank, and rank 0 commits the output (see distributed.py).
+        return TrainResult(out, distributed.launch(spec, base, out, events, data=data, stop=stop))
     prepared, model, pad = _load(spec, base, events, data)
     # Only now: a spec, dataset or model refused while loading leaves nothing behind.
     partial.mkdir(parents=True, exist_ok=True)
@@ -112,15 +116,22 @@ def train(
         )
     seconds = time.monotonic() - started
     eval_loss = trainer.evaluate()["eval_loss"] if prepared.eval else None
+    real_tokens = distributed.total_over_ranks(count.real)
+    if not distributed.is_main_rank():
+        return TrainResult(out, {})  # rank 0 commits; the launcher returns its manifest
 
     rows = read_metrics(partial / "metrics.jsonl")
     measured = {
         "final_loss": rows[-1]["loss"] if rows else None,
         "eval_loss": eval_loss,
-        "train_tokens_per_s": count.real / seconds if seconds > 0 else 0.0,
+        "train_tokens_per_s": real_tokens / seconds if seconds > 0 else 0.0,
         "padding_fraction": count.padding_fraction,
         "steps": int(trainer.state.global_step),
         "batching": batching,
+        "processes": distributed.world_size(),
+        "global_batch_size": spec.train.per_device_train_batch_size
+        * spec.train.gradient_accumulation_steps
+        * distributed.world_size(),
     }
     manifest = build_manifest(spec, base, prepared, pad, measured)
     _finish(model, tokenizer, base, spec.train, pad, manifest, rows, partial, out)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneship.common.spec import TrainSpec
-from tuneship.trainer import model_io
+from tuneship.trainer import distributed, model_io
 from tuneship.trainer.batching import EpochLengthGroupedSampler
 from tuneship.trainer.masking import Example
 from tuneship.trainer.prepare import PreparedData
@@ -47,7 +47,7 @@ def sft_config(train: TrainSpec, partial: Path, packed: bool) -> Any:
 
     cuda = torch.cuda.is_available()
     dtype = model_io.training_dtype(train)
-    return SFTConfig(
+    config = SFTConfig(
         output_dir=str(partial / "checkpoints"),
         per_device_train_batch_size=train.per_device_train_batch_size,
         per_device_eval_batch_size=train.per_device_train_batch_size,
@@ -79,7 +79,35 @@ def sft_config(train: TrainSpec, partial: Path, packed: bool) -> Any:
         padding_free=False,  # tuneship's collator builds padding-free rows itself
         completion_only_loss=False,
         assistant_only_loss=False,
+        # Several ranks (torchrun): a dead or hung rank ends the run after ddp_timeout;
+        # every trainable weight (the adapters, or all for full) takes part in each
+        # step, so DDP need not look for unused ones (a graph walk per step).
+        ddp_timeout=train.ddp_timeout,
+        ddp_find_unused_parameters=False,
+        **_fsdp(train),
     )
+    if cuda and distributed.world_size() == 1 and torch.cuda.device_count() > 1:
+        # devices: 1 on a machine with several GPUs: one GPU, not nn.DataParallel over
+        # all of them (TRL refuses that). transformers sets the same private field when
+        # a model is split across devices.
+        _ = config.device
+        config._n_gpu = 1
+    return config
+
+
+def _fsdp(train: TrainSpec) -> dict[str, Any]:
+    """FSDP settings for ``strategy: fsdp`` with several ranks (transformers' names)."""
+    if train.strategy != "fsdp" or distributed.world_size() == 1:
+        return {}
+    return {
+        "fsdp": "full_shard auto_wrap",
+        "fsdp_config": {
+            "version": 2,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "state_dict_type": "FULL_STATE_DICT",
+            "cpu_ram_efficient_loading": False,
+        },
+    }
 
 
 def build_trainer(
@@ -129,7 +157,14 @@ def _tuneship_sft_trainer() -> Any:
             # random order (padding-free batches) already does.
             if self.args.train_sampling_strategy != "group_by_length":
                 return super()._get_train_sampler(train_dataset)
-            size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            # One group per global optimizer step: with N ranks each step takes N
+            # consecutive batches of this order, so the examples of a step are the
+            # ones a single process with an N times larger batch would take.
+            size = (
+                self.args.train_batch_size
+                * self.args.gradient_accumulation_steps
+                * self.args.world_size
+            )
             seed = int(self.args.data_seed or 0)
             return EpochLengthGroupedSampler(self.example_lengths, size, seed)
 
