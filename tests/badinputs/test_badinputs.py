@@ -258,7 +258,10 @@ def test_cli_case(case: Case, workdir: Path, cli_env: Path, request: pytest.Fixt
     allowed = set(case.body.get("creates", []))
     left = {p for p in created if p.split(os.sep)[0] not in allowed}
     assert not left, f"{case.name}: left behind {sorted(left)}"
-    assert not list(cli_env.iterdir()), f"{case.name}: temporary files {list(cli_env.iterdir())}"
+    # torch makes its compile cache directory when the Trainer is first imported in a
+    # process: the first case of a run that imports it would see it; it is not ours.
+    ours = [p for p in cli_env.iterdir() if not p.name.startswith("torchinductor_")]
+    assert not ours, f"{case.name}: temporary files {ours}"
 
 
 # --- gRPC against one real controller -----------------------------------------------

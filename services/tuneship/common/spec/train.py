@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from tuneship.common.spec.data import Section
 
@@ -16,6 +16,18 @@ class LoraSpec(Section):
     lora_alpha: int = Field(32, gt=0)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "all-linear"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _not_the_head(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        if any(name == "lm_head" or name.endswith(".lm_head") for name in names):
+            raise ValueError(
+                "LoRA on lm_head is never trained: TRL computes the log-probabilities from "
+                "lm_head.weight directly and refuses such an adapter. Remove lm_head (all-linear "
+                "already leaves it out); to change the output layer use method: full"
+            )
+        return value
 
 
 class TrainSpec(Section):
@@ -87,11 +99,13 @@ class TrainSpec(Section):
             raise ValueError("devices must be auto or a number from 1 to 64")
         return value
 
-    @model_validator(mode="after")
-    def _strategy(self) -> TrainSpec:
-        if self.strategy == "fsdp" and self.method != "full":
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, value: str, info: ValidationInfo) -> str:
+        method = info.data.get("method")
+        if value == "fsdp" and method not in (None, "full"):
             raise ValueError(
-                f"strategy: fsdp shards a full fine-tune; with method: {self.method} the "
-                "adapters are small and ddp is the right choice: use strategy: ddp"
+                f"fsdp shards a full fine-tune; with method: {method} the adapters are "
+                "small and every device holds the frozen model anyway: use strategy: ddp"
             )
-        return self
+        return value
