@@ -28,7 +28,7 @@ from tuneship.common.stages import PIPELINE, STAGES
 from tuneship.common.stagework import StageContext
 from tuneship.common.store import StoreSettings, open_store
 from tuneship.common.toolchain import find_toolchain
-from tuneship.common.wire import StageServicer
+from tuneship.common.wire import StageServicer, start_server
 from tuneship.controller.app import ControllerSettings, start_controller
 from tuneship.controller.inputs import UploadSettings, input_uploader
 from tuneship.controller.scheduler import RetryPolicy
@@ -96,7 +96,8 @@ def serve_component(
     ``once``: serve only the task named by ``TUNESHIP_TASK_ID`` (a Job pod) and return
     when its end has been streamed to the controller, or ``TUNESHIP_ONCE_GRACE_S``
     (default 600) after it ended if nobody came for it. The code is 0 when it
-    succeeded, ``EXIT_INVALID_INPUT`` when no retry can help, 1 otherwise.
+    succeeded, ``EXIT_INVALID_INPUT`` when no retry can help, 1 otherwise. A trainer
+    pod of a node other than node 0 (``PET_NODE_RANK`` > 0) follows node 0 instead.
 
     Beyond loopback it refuses to start without a token to check (``FailedPrecondition``)
     unless ``insecure``.
@@ -128,6 +129,8 @@ def serve_component(
             stack.callback(controller.stop)
             stop.wait()
             return EXIT_OK
+        if once and component == "trainer" and values.node_rank > 0:
+            return _follow(values, store, host, port, auth, stop, stack)
         # Imported only for a stage service: the stage packages pull in torch and
         # transformers, which the controller (and its image) never needs.
         from tuneship.cli.embedded import component_server
@@ -158,6 +161,33 @@ def serve_component(
             stage, task_id, stop, values.once_grace_s,
             keeps_progress=component == "trainer",
         )  # fmt: skip
+
+
+def _follow(
+    values: TuneshipEnv, store: Any, host: str, port: int, auth: AuthSettings,
+    stop: threading.Event, stack: ExitStack,
+) -> int:  # fmt: skip
+    """A training pod of a node other than node 0 (``PET_NODE_RANK`` > 0): its share of
+    the training in ``TUNESHIP_STAGE_JOB`` (docs/kubernetes.md, "More than one node").
+    It serves gRPC health only, for the pod's probes; the controller dials node 0."""
+    from tuneship.controller.providers.multinode import decode_job
+    from tuneship.trainer.follower import run_follower
+
+    if not values.stage_job:
+        raise InvalidInput(
+            f"node {values.node_rank} of a multi-node training needs its job",
+            where="TUNESHIP_STAGE_JOB",
+            hint="the controller sets it in every pod of the JobSet or TrainJob it creates",
+        )  # fmt: skip
+    job = decode_job(values.stage_job)
+    if job.task_id != values.task_id:
+        raise InvalidInput(
+            f"TUNESHIP_STAGE_JOB is task {job.task_id}, this pod's is {values.task_id}",
+            where="TUNESHIP_STAGE_JOB",
+        )
+    server = start_server([], [], host=host, port=port, security=stage_security(auth))
+    stack.callback(server.stop)
+    return run_follower(StageContext(store, values.work_dir), job, stop)
 
 
 def _serve_once(

@@ -270,6 +270,15 @@ class FakeKube:
         if worker is None or not worker.oom_kill(container):
             raise RuntimeError(f"pod {name} has no running container to OOM-kill")
 
+    def crash(
+        self, name: str, container: str | None = None, *, namespace: str | None = None
+    ) -> None:
+        """SIGKILL a running container, as a crash: it terminates with exit code 137."""
+        pod = self.store.get(r.POD, namespace or self.namespace, name)
+        worker = self._node.worker(pod) if self._node else None
+        if worker is None or not worker.oom_kill(container, oom=False):
+            raise RuntimeError(f"pod {name} has no running container to kill")
+
     def delete_pod(
         self, name: str, grace_seconds: int | None = None, *, namespace: str | None = None
     ) -> None:

@@ -79,13 +79,14 @@ class PodWorker:
         self._grace_s = grace if self._grace_s is None else min(self._grace_s, grace)
         self._stop.set()
 
-    def oom_kill(self, container: str | None = None) -> bool:
-        """SIGKILL a running container as the OOM killer would; False if none runs."""
+    def oom_kill(self, container: str | None = None, *, oom: bool = True) -> bool:
+        """SIGKILL a running container as the OOM killer would (``oom=False``: a crash,
+        reason ``Error``); False if none runs."""
         for run in self.runs:
             if run.state == "running" and run.process and container in (None, run.name):
                 if container is None and run.role != "main":
                     continue
-                run.oom = True
+                run.oom = oom
                 run.process.send(signal.SIGKILL)
                 return True
         return False

@@ -1,0 +1,131 @@
+"""A training on two nodes, as the chart installs tuneship, against the shared fake API.
+
+The controller (a real ``tuneship serve controller``) creates a JobSet, which the fake
+API checks against JobSet's published schema; the fake JobSet controller makes an
+Indexed Job of two pods, and the fake kubelet runs each as a real ``tuneship serve
+trainer --once`` on its own loopback address: node 0 serves the stage to the
+controller, node 1 follows it (``TUNESHIP_STAGE_JOB``), and their torchrun ranks meet
+over gloo at node 0's JobSet hostname (the fake resolves it to node 0's address).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tuneship.client import PipelineClient, WatchEvent
+from tuneship.common.errors import Unavailable
+from tuneship.controller.providers.kube import TASK_ANNOTATION
+from tuneship.testing.kube.crds import schema_causes
+from tuneship.testing.kubecluster import ChartCluster, deploy_chart, free_port, write_spec
+
+pytestmark = pytest.mark.e2e
+
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[ChartCluster]:
+    values = {"trainer": {"gpu": {"count": 0}, "multiNode": {"rendezvousPort": free_port()}}}
+    running = deploy_chart(tmp_path / "cluster", values,
+                           controller_env={"TUNESHIP_RETRY_BACKOFF_S": "0.5"})  # fmt: skip
+    yield running
+    denied = [r for r in running.kube.requests if r.token == "controller" and not r.allowed]
+    errors = list(running.kube.controller_errors)
+    running.stop()
+    assert denied == [], f"the chart's Role refused the controller: {denied}"
+    assert errors == []
+
+
+class Followed:
+    """A pipeline's Watch stream, read in the background."""
+
+    def __init__(self, client: PipelineClient, pid: str) -> None:
+        self.items: list[WatchEvent] = []
+        threading.Thread(target=self._read, args=(client, pid), daemon=True).start()
+
+    def _read(self, client: PipelineClient, pid: str) -> None:
+        try:
+            self.items.extend(client.watch(pid))
+        except Unavailable:
+            return
+
+    def wait_for(self, predicate, timeout_s: float = 300, what: str = "") -> WatchEvent:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [e for e in list(self.items) if predicate(e)]
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        raise AssertionError(f"no {what or predicate} event; got {[e.text for e in self.items]}")
+
+
+def two_node_spec(tmp_path: Path, tiny_chatml: Path, sample_data: Path, steps: int) -> Path:
+    return write_spec(
+        tmp_path / f"two-nodes-{steps}.yaml", tiny_chatml, sample_data / "pirate",
+        train={"nodes": 2, "devices": 1, "max_steps": steps, "save_steps": 4},
+    )  # fmt: skip
+
+
+def jobsets(cluster: ChartCluster) -> list[dict]:
+    return cluster.kube.objects("jobsets")
+
+
+def node_pods(cluster: ChartCluster, task_id: str) -> dict[str, dict]:
+    """The pods of the JobSet of ``task_id``, by node rank."""
+    [jobset] = [j for j in jobsets(cluster)
+                if j["metadata"]["annotations"][TASK_ANNOTATION] == task_id]  # fmt: skip
+    label = f"tuneship.dev/task={jobset['metadata']['labels']['tuneship.dev/task']}"
+    return {p["metadata"]["annotations"][COMPLETION_INDEX]: p for p in cluster.kube.pods(label)}
+
+
+def test_a_two_node_training_runs_as_a_jobset_and_node_1_follows_node_0(
+    cluster: ChartCluster, tmp_path: Path, tiny_chatml: Path, sample_data: Path
+) -> None:
+    client = cluster.start_controller()
+    pid = client.submit(two_node_spec(tmp_path, tiny_chatml, sample_data, 8)).id
+    followed = Followed(client, pid)
+    followed.wait_for(lambda e: e.stage == "train" and "succeeded" in e.text, 300, "train done")
+    client.cancel(pid)  # the rest of the pipeline is the one-node tests' business
+
+    [jobset] = jobsets(cluster)
+    assert jobset["metadata"]["annotations"][TASK_ANNOTATION] == f"{pid}.train.1"
+    assert schema_causes(jobset) == []  # as stored; the fake also refused nothing on create
+    assert cluster.kube.get("NetworkPolicy", jobset["metadata"]["name"]) is not None
+    pods = node_pods(cluster, f"{pid}.train.1")
+    assert sorted(pods) == ["0", "1"]
+    follower = cluster.kube.pod_log(pods["1"]["metadata"]["name"])
+    assert "following node 0" in follower, follower[-2000:]
+    texts = [e.text for e in followed.items]
+    assert any("running on 2 nodes: JobSet" in t for t in texts), texts
+    info = client.get(pid)
+    assert info.stage("train").attempts == 1
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_training_fails_the_attempt_and_the_retry_resumes(
+    cluster: ChartCluster, tmp_path: Path, tiny_chatml: Path, sample_data: Path
+) -> None:
+    client = cluster.start_controller()
+    pid = client.submit(two_node_spec(tmp_path, tiny_chatml, sample_data, 40)).id
+    followed = Followed(client, pid)
+    followed.wait_for(lambda e: e.text.startswith("checkpoint at step 8 saved to the store"),
+                      300, "a stored checkpoint")  # fmt: skip
+    first = node_pods(cluster, f"{pid}.train.1")
+    cluster.kube.crash(first["1"]["metadata"]["name"])  # node 1 dies (SIGKILL)
+    followed.wait_for(lambda e: e.stage == "train" and "succeeded" in e.text, 600, "train done")
+    client.cancel(pid)
+
+    texts = [e.text for e in followed.items]
+    failed = [t for t in texts if "attempt 1 failed (UNAVAILABLE)" in t]
+    assert failed and "node 1 of JobSet" in failed[0], texts
+    resumed = [t for t in texts if t.startswith("resuming from the stored checkpoint at step")]
+    assert resumed and int(resumed[0].split()[-1]) >= 8, texts
+    assert client.get(pid).stage("train").attempts == 2
+    # The failed attempt's JobSet is gone (no GPU held); the retry's remains.
+    cluster.kube.wait_for(lambda: len(jobsets(cluster)) == 1, 30, "the first JobSet deleted")
+    [jobset] = jobsets(cluster)
+    assert jobset["metadata"]["annotations"][TASK_ANNOTATION] == f"{pid}.train.2"
