@@ -21,7 +21,14 @@ from tuneship.controller.providers.multinode import (
     topology,
     trainjob_manifest,
 )
-from tuneship.testing.helm import NAMESPACE, Rendered, render
+from tuneship.testing.helm import (
+    NAMESPACE,
+    Endpoint,
+    Rendered,
+    allowed_paths,
+    pod_endpoints,
+    render,
+)
 from tuneship.testing.kube.crds import schema_causes
 from tuneship.testing.kubecluster import TEST_VALUES, merged
 
@@ -164,3 +171,43 @@ def test_the_trainjob_kind_swaps_the_role_s_rule_and_the_controller_env() -> Non
     assert env["TUNESHIP_MULTINODE_KIND"] == "trainjob"
     assert env["TUNESHIP_TRAINJOB_RUNTIME"] == "my-runtime"
     assert env["TUNESHIP_MAX_NODES"] == "4"
+
+
+def test_two_trainings_pods_reach_their_own_peers_on_any_port_and_nothing_else(
+    chart: Rendered,
+) -> None:
+    """The rendered default-deny policies plus one controller-made policy per training,
+    evaluated between two trainings' node pods, the controller and a bystander."""
+    template = yaml.safe_load(chart.get("ConfigMap", "jobs")["data"]["train-network.yaml"])
+    pods = {p.name: p for p in pod_endpoints(chart)}
+    trainer, controller = pods["trainer"], pods["controller"]
+    ns = {"kubernetes.io/metadata.name": NAMESPACE}
+    nccl = frozenset({(50051, "TCP"), (29400, "TCP"), (43125, "TCP")})  # NCCL picks its own
+
+    def node(training: str, rank: int) -> Endpoint:
+        labels = {**trainer.labels, "tuneship.dev/task": training}
+        return Endpoint(f"{training}-{rank}", f"10.244.9.{len(training) + rank}", nccl,
+                        NAMESPACE, labels, ns)  # fmt: skip
+
+    a, b = "a" * 16, "b" * 15
+    bystander = Endpoint("bystander", "10.244.8.1", nccl, NAMESPACE, {"app": "x"}, ns)
+    endpoints = [node(a, 0), node(a, 1), node(b, 0), controller, bystander]
+    owners = [{"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+               "metadata": {"name": f"ts-train-{t}", "namespace": NAMESPACE, "uid": t}}
+              for t in (a, b)]  # fmt: skip
+    policies = [
+        *chart.all("NetworkPolicy"),
+        *(network_policy(template, o, t) for o, t in zip(owners, (a, b), strict=True)),
+    ]
+    paths = {str(p) for p in allowed_paths(policies, endpoints)}
+    for port in (29400, 43125, 50051):
+        assert f"{a}-1 -> {a}-0:{port}/TCP" in paths
+        assert f"{a}-0 -> {a}-1:{port}/TCP" in paths
+        assert f"{a}-0 -> {b}-0:{port}/TCP" not in paths
+        assert f"{b}-0 -> {a}-1:{port}/TCP" not in paths
+        assert f"bystander -> {a}-0:{port}/TCP" not in paths
+    assert f"controller -> {a}-0:50051/TCP" in paths
+    assert f"controller -> {a}-0:29400/TCP" not in paths
+    # Without the controller's policy, the nodes of a training could not meet at all.
+    alone = {str(p) for p in allowed_paths(chart.all("NetworkPolicy"), endpoints)}
+    assert f"{a}-1 -> {a}-0:29400/TCP" not in alone
