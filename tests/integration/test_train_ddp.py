@@ -260,3 +260,20 @@ def test_the_ranks_stop_together_when_the_worker_is_stopping(
     checkpoint = tmp_path / "out.partial" / "checkpoints" / f"checkpoint-{step}"
     assert (checkpoint / "rng_state_0.pth").is_file() and (checkpoint / "rng_state_1.pth").is_file()
     assert rank_pids(tmp_path) == {}
+
+
+def test_fsdp_without_gpus_is_refused_before_any_work(
+    tiny_chatml: Path, sample_data: Path, tmp_path: Path
+) -> None:
+    """accelerate shards only across GPUs and would quietly run DDP instead."""
+    from tuneship.common.errors import FailedPrecondition
+
+    spec = local_spec(tiny_chatml, sample_data / "pirate", 2, 4)
+    spec = spec.model_copy(
+        update={"train": spec.train.model_copy(update={"method": "full", "strategy": "fsdp"})}
+    )
+    with pytest.raises(FailedPrecondition) as caught:
+        train(spec, tiny_chatml, tmp_path / "out", ListSink())
+    assert caught.value.where == "train.strategy"
+    assert "use strategy: ddp on CPU" in (caught.value.hint or "")
+    assert list(tmp_path.iterdir()) == []

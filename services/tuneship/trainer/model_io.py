@@ -134,9 +134,18 @@ def training_dtype(train: TrainSpec) -> Any:
 
 
 def check_method(train: TrainSpec) -> None:
-    """Refuse QLoRA where it cannot run, before any work is done."""
+    """Refuse QLoRA, or FSDP, where it cannot run, before any work is done."""
     import torch
 
+    if train.strategy == "fsdp" and not torch.cuda.is_available():
+        # accelerate would quietly train with DDP instead: every rank would hold the
+        # whole model, which is what fsdp was asked for to avoid.
+        raise FailedPrecondition(
+            "strategy: fsdp needs CUDA GPUs (accelerate shards models only across GPUs); "
+            "this machine has none",
+            where="train.strategy",
+            hint="use strategy: ddp on CPU, or run on a GPU node",
+        )
     if train.method != "qlora":
         return
     if not torch.cuda.is_available():
@@ -184,16 +193,19 @@ def save_tokenizer(tokenizer: Any, base: Path, out: Path) -> None:
         shutil.copy2(base / "tokenizer.model", out / "tokenizer.model")
 
 
-def save_weights(model: Any, method: str, resized: bool, out: Path) -> Path:
+def save_weights(
+    model: Any, method: str, resized: bool, out: Path, state_dict: dict[str, Any] | None = None
+) -> Path:
     """The adapter (``adapter/``) or, for full fine-tuning, the model (``model/``).
 
     When the pad token was added, the adapter also carries the resized input and output
     embeddings, so that loading it onto the base resized to the same rows and merging
-    reproduces the trained model exactly.
+    reproduces the trained model exactly. ``state_dict``: the whole model's weights
+    when the model itself holds only this rank's shard (FSDP).
     """
     if method == "full":
         target = out / "model"
-        model.save_pretrained(target, safe_serialization=True)
+        model.save_pretrained(target, safe_serialization=True, state_dict=state_dict)
     else:
         target = out / "adapter"
         model.save_pretrained(target, safe_serialization=True, save_embedding_layers=resized)

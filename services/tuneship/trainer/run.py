@@ -34,7 +34,9 @@ from tuneship.trainer.sft import build_trainer, sft_config
 from tuneship.trainer.vocab import PadDecision, apply_pad, forbidden_pad_ids
 
 MANIFEST = "training-manifest.json"
-_CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+_CHECKPOINT_FILES = ("trainer_state.json", "scheduler.pt")
+_OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
+"""``optimizer.bin``: accelerate's name for the gathered optimizer state under FSDP."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,9 @@ def train(
     seconds = time.monotonic() - started
     eval_loss = trainer.evaluate()["eval_loss"] if prepared.eval else None
     real_tokens = distributed.total_over_ranks(count.real)
+    # FSDP: each rank holds a shard; they gather the whole model together (a collective)
+    # and rank 0 writes it.
+    whole = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if not distributed.is_main_rank():
         return TrainResult(out, {})  # rank 0 commits; the launcher returns its manifest
 
@@ -134,7 +139,7 @@ def train(
         * distributed.world_size(),
     }
     manifest = build_manifest(spec, base, prepared, pad, measured)
-    _finish(model, tokenizer, base, spec.train, pad, manifest, rows, partial, out)
+    _finish(model, tokenizer, base, spec.train, pad, manifest, rows, partial, out, whole)
     events.emit(Log(STAGE, f"trained {measured['steps']} steps; output in {out}"))
     return TrainResult(out, manifest)
 
@@ -189,6 +194,7 @@ def last_checkpoint(checkpoints: Path) -> str | None:
         for path in checkpoints.glob("checkpoint-*")
         if path.name.split("-")[-1].isdigit()
         and all((path / name).is_file() for name in _CHECKPOINT_FILES)
+        and any((path / name).is_file() for name in _OPTIMIZER_FILES)
     ]
     if not complete:
         return None
@@ -205,12 +211,13 @@ def _finish(
     rows: list[dict[str, float]],
     partial: Path,
     out: Path,
+    whole: dict[str, Any] | None = None,
 ) -> None:
     """Assemble the output beside ``out`` and rename it into place."""
     staging = partial / "result"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    model_io.save_weights(model, train.method, pad.resized, staging)
+    model_io.save_weights(model, train.method, pad.resized, staging, whole)
     model_io.save_tokenizer(tokenizer, base, staging / "tokenizer")
     shutil.copy2(partial / "metrics.jsonl", staging / "metrics.jsonl")
     plot_loss(rows, staging / "loss.png", f"{manifest['method']} on {base.name}")
