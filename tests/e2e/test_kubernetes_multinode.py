@@ -10,6 +10,7 @@ over gloo at node 0's JobSet hostname (the fake resolves it to node 0's address)
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -18,21 +19,43 @@ from pathlib import Path
 import pytest
 from tuneship.client import PipelineClient, WatchEvent
 from tuneship.common.errors import Unavailable
-from tuneship.controller.providers.kube import TASK_ANNOTATION
+from tuneship.controller.providers.kube import TASK_ANNOTATION, task_digest
 from tuneship.testing.kube.crds import schema_causes
-from tuneship.testing.kubecluster import ChartCluster, deploy_chart, free_port, write_spec
+from tuneship.testing.kube.trainjobs import torch_distributed_runtime
+from tuneship.testing.kubecluster import (
+    TUNESHIP,
+    ChartCluster,
+    deploy_chart,
+    free_port,
+    write_spec,
+)
 
 pytestmark = pytest.mark.e2e
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
+def start(root: Path, kind: str) -> ChartCluster:
+    """The chart with training on CPU (no GPUs to count) and ``kind`` for multi-node."""
+    multi = {"kind": kind, "rendezvousPort": free_port()}
+    values = {"trainer": {"gpu": {"count": 0}, "multiNode": multi}}
+    # A TrainJob's runtime container runs `tuneship` as its command: find it on PATH.
+    path = f"{Path(TUNESHIP).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    running = deploy_chart(root, values, controller_env={"TUNESHIP_RETRY_BACKOFF_S": "0.5"},
+                           pod_env={"PATH": path})  # fmt: skip
+    if kind == "trainjob":
+        running.kube.apply([torch_distributed_runtime()])
+    return running
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ChartCluster]:
-    values = {"trainer": {"gpu": {"count": 0}, "multiNode": {"rendezvousPort": free_port()}}}
-    running = deploy_chart(tmp_path / "cluster", values,
-                           controller_env={"TUNESHIP_RETRY_BACKOFF_S": "0.5"})  # fmt: skip
+    running = start(tmp_path / "cluster", "jobset")
     yield running
+    stop(running)
+
+
+def stop(running: ChartCluster) -> None:
     denied = [r for r in running.kube.requests if r.token == "controller" and not r.allowed]
     errors = list(running.kube.controller_errors)
     running.stop()
@@ -75,10 +98,8 @@ def jobsets(cluster: ChartCluster) -> list[dict]:
 
 
 def node_pods(cluster: ChartCluster, task_id: str) -> dict[str, dict]:
-    """The pods of the JobSet of ``task_id``, by node rank."""
-    [jobset] = [j for j in jobsets(cluster)
-                if j["metadata"]["annotations"][TASK_ANNOTATION] == task_id]  # fmt: skip
-    label = f"tuneship.dev/task={jobset['metadata']['labels']['tuneship.dev/task']}"
+    """The pods of the training of ``task_id``, by node rank."""
+    label = f"tuneship.dev/task={task_digest(task_id)}"
     return {p["metadata"]["annotations"][COMPLETION_INDEX]: p for p in cluster.kube.pods(label)}
 
 
@@ -129,3 +150,30 @@ def test_a_node_killed_mid_training_fails_the_attempt_and_the_retry_resumes(
     cluster.kube.wait_for(lambda: len(jobsets(cluster)) == 1, 30, "the first JobSet deleted")
     [jobset] = jobsets(cluster)
     assert jobset["metadata"]["annotations"][TASK_ANNOTATION] == f"{pid}.train.2"
+
+
+@pytest.mark.slow
+def test_a_two_node_training_runs_as_a_kubeflow_trainjob(
+    tmp_path: Path, tiny_chatml: Path, sample_data: Path
+) -> None:
+    cluster = start(tmp_path / "cluster", "trainjob")
+    try:
+        client = cluster.start_controller()
+        pid = client.submit(two_node_spec(tmp_path, tiny_chatml, sample_data, 8)).id
+        followed = Followed(client, pid)
+        followed.wait_for(lambda e: e.stage == "train" and "succeeded" in e.text, 300, "train")
+        client.cancel(pid)
+        [trainjob] = cluster.kube.objects("trainjobs")
+        assert trainjob["metadata"]["annotations"][TASK_ANNOTATION] == f"{pid}.train.1"
+        assert schema_causes(trainjob) == []
+        # The runtime (here the fake Trainer) made the JobSet and set the rendezvous.
+        [jobset] = jobsets(cluster)
+        assert jobset["metadata"]["ownerReferences"][0]["kind"] == "TrainJob"
+        pods = node_pods(cluster, f"{pid}.train.1")
+        assert sorted(pods) == ["0", "1"]
+        assert pods["1"]["spec"]["containers"][0]["name"] == "node"
+        follower = cluster.kube.pod_log(pods["1"]["metadata"]["name"], "node")
+        assert "following node 0" in follower, follower[-2000:]
+        assert client.get(pid).stage("train").attempts == 1
+    finally:
+        stop(cluster)

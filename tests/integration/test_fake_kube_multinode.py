@@ -15,6 +15,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tuneship.testing.kube import FakeKube, Kubelet
 from tuneship.testing.kube.errors import ApiError
+from tuneship.testing.kube.trainjobs import torch_distributed_runtime
 
 pytestmark = pytest.mark.integration
 
@@ -74,24 +75,6 @@ def jobset(name: str, nodes: int, port: int) -> dict[str, Any]:
                 "template": {"metadata": {"labels": {"app": "multi"}},
                              "spec": {"restartPolicy": "Never", "containers": [container]}},
             }}}],
-        },
-    }  # fmt: skip
-
-
-def torch_runtime() -> dict[str, Any]:
-    """The shape of Kubeflow Trainer's ``torch-distributed`` ClusterTrainingRuntime."""
-    return {
-        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "ClusterTrainingRuntime",
-        "metadata": {"name": "torch-distributed"},
-        "spec": {
-            "mlPolicy": {"numNodes": 1, "torch": {}},
-            "template": {"spec": {"replicatedJobs": [{"name": "node", "template": {
-                "metadata": {"labels": {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}},
-                "spec": {"template": {"spec": {"containers": [{
-                    "name": "node", "image": "pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime",
-                    "command": ["/bin/bash", "-c", "env | grep PET_"],
-                }]}}},
-            }}]}},
         },
     }  # fmt: skip
 
@@ -188,7 +171,7 @@ def test_objects_that_do_not_match_the_published_schemas_are_refused(kube: FakeK
 
 
 def test_a_trainjob_becomes_a_jobset_with_the_torch_runtime_environment(kube: FakeKube) -> None:
-    kube.apply([torch_runtime()])
+    kube.apply([torch_distributed_runtime()])
     container = node_container("node")
     trainjob = {
         "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",

@@ -39,6 +39,27 @@ _POD_PATCH_FIELDS = ("affinity", "nodeSelector", "securityContext", "serviceAcco
 _POD_PATCH_LISTS = ("imagePullSecrets", "schedulingGates", "tolerations", "volumes")
 
 
+def torch_distributed_runtime() -> dict[str, Any]:
+    """The shape of Kubeflow Trainer's ``torch-distributed`` ClusterTrainingRuntime (its
+    manifests: one replicated Job ``node`` of the trainer, container ``node``), for tests
+    to install."""
+    return {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "ClusterTrainingRuntime",
+        "metadata": {"name": "torch-distributed"},
+        "spec": {
+            "mlPolicy": {"numNodes": 1, "torch": {}},
+            "template": {"spec": {"replicatedJobs": [{"name": "node", "template": {
+                "metadata": {"labels": {ANCESTOR_LABEL: "trainer"}},
+                "spec": {"template": {"spec": {"containers": [{
+                    "name": TRAINER_CONTAINER,
+                    "image": "pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime",
+                    "command": ["/bin/bash", "-c", "env | grep PET_"],
+                }]}}},
+            }}]}},
+        },
+    }  # fmt: skip
+
+
 class TrainJobController:
     """Reconciles every TrainJob (see the module docstring)."""
 
