@@ -35,14 +35,17 @@ pytestmark = pytest.mark.e2e
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
-def start(root: Path, kind: str) -> ChartCluster:
-    """The chart with training on CPU (no GPUs to count) and ``kind`` for multi-node."""
+def start(root: Path, kind: str, queue: str | None = None) -> ChartCluster:
+    """The chart with training on CPU (no GPUs to count) and ``kind`` for multi-node;
+    ``queue``: queued in Kueue, which holds everything until the test admits it."""
     multi = {"kind": kind, "rendezvousPort": free_port()}
-    values = {"trainer": {"gpu": {"count": 0}, "multiNode": multi}}
+    values: dict = {"trainer": {"gpu": {"count": 0}, "multiNode": multi}}
+    if queue:
+        values["kueue"] = {"queueName": queue}
     # A TrainJob's runtime container runs `tuneship` as its command: find it on PATH.
     path = f"{Path(TUNESHIP).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     running = deploy_chart(root, values, controller_env={"TUNESHIP_RETRY_BACKOFF_S": "0.5"},
-                           pod_env={"PATH": path})  # fmt: skip
+                           pod_env={"PATH": path}, kueue_hold=bool(queue))  # fmt: skip
     if kind == "trainjob":
         running.kube.apply([torch_distributed_runtime()])
     return running
@@ -103,12 +106,28 @@ def node_pods(cluster: ChartCluster, task_id: str) -> dict[str, dict]:
     return {p["metadata"]["annotations"][COMPLETION_INDEX]: p for p in cluster.kube.pods(label)}
 
 
+@pytest.fixture
+def queued_cluster(tmp_path: Path) -> Iterator[ChartCluster]:
+    running = start(tmp_path / "cluster", "jobset", queue="gpu")
+    yield running
+    stop(running)
+
+
 def test_a_two_node_training_runs_as_a_jobset_and_node_1_follows_node_0(
-    cluster: ChartCluster, tmp_path: Path, tiny_chatml: Path, sample_data: Path
+    queued_cluster: ChartCluster, tmp_path: Path, tiny_chatml: Path, sample_data: Path
 ) -> None:
+    cluster = queued_cluster
     client = cluster.start_controller()
     pid = client.submit(two_node_spec(tmp_path, tiny_chatml, sample_data, 8)).id
     followed = Followed(client, pid)
+    # Kueue queues the whole JobSet: created suspended, it has no running pod yet.
+    waiting = followed.wait_for(lambda e: "Kueue has not admitted JobSet ts-train-" in e.text,
+                                60, "queued")  # fmt: skip
+    assert "insufficient quota" in waiting.text  # Kueue's own reason, from its event
+    [jobset] = jobsets(cluster)
+    assert jobset["spec"]["suspend"] is True
+    assert all(j["spec"]["suspend"] for j in cluster.kube.jobs())
+    cluster.kube.admit(jobset["metadata"]["name"], kind="JobSet")
     followed.wait_for(lambda e: e.stage == "train" and "succeeded" in e.text, 300, "train done")
     client.cancel(pid)  # the rest of the pipeline is the one-node tests' business
 
