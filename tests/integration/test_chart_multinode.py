@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 from tuneship.common.jobs import Artifact, StageJob
@@ -211,3 +212,22 @@ def test_two_trainings_pods_reach_their_own_peers_on_any_port_and_nothing_else(
     # Without the controller's policy, the nodes of a training could not meet at all.
     alone = {str(p) for p in allowed_paths(chart.all("NetworkPolicy"), endpoints)}
     assert f"{a}-1 -> {a}-0:29400/TCP" not in alone
+
+
+@pytest.mark.parametrize("version", ["1.31.0", "1.37.0"])  # the chart's oldest and newest
+def test_the_embedded_job_and_the_policy_validate_strictly_against_kubernetes(
+    chart: Rendered, version: str
+) -> None:
+    """Beside the CRD schemas: the JobSet's Job, as a batch/v1 Job, and the controller's
+    NetworkPolicy against Kubernetes' own strict schemas (unknown fields refused)."""
+    template = chart.job_templates()["train"]
+    jobset = jobset_manifest(template, "train", JOB, NAMESPACE, 2, MultiNodeSettings(), 1)
+    job = jobset["spec"]["replicatedJobs"][0]["template"]
+    meta = {**job["metadata"], "name": "ts-train-x-node-0"}
+    as_job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job["spec"]}
+    kubernetes_validate.validate(as_job, version, strict=True)
+    policy_template = yaml.safe_load(chart.get("ConfigMap", "jobs")["data"]["train-network.yaml"])
+    owner = {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+             "metadata": {"name": "ts-train-x", "namespace": NAMESPACE, "uid": "u-1"}}  # fmt: skip
+    kubernetes_validate.validate(network_policy(policy_template, owner, "0" * 16), version,
+                                 strict=True)  # fmt: skip
