@@ -121,9 +121,9 @@ def test_a_two_node_training_runs_as_a_jobset_and_node_1_follows_node_0(
     pid = client.submit(two_node_spec(tmp_path, tiny_chatml, sample_data, 8)).id
     followed = Followed(client, pid)
     # Kueue queues the whole JobSet: created suspended, it has no running pod yet.
-    waiting = followed.wait_for(lambda e: "Kueue has not admitted JobSet ts-train-" in e.text,
-                                60, "queued")  # fmt: skip
-    assert "insufficient quota" in waiting.text  # Kueue's own reason, from its event
+    # Kueue's own reason, from its event (asked for every 15 s while queued).
+    followed.wait_for(lambda e: "Kueue has not admitted JobSet ts-train-" in e.text
+                      and "insufficient quota" in e.text, 60, "queued")  # fmt: skip
     [jobset] = jobsets(cluster)
     assert jobset["spec"]["suspend"] is True
     assert all(j["spec"]["suspend"] for j in cluster.kube.jobs())
