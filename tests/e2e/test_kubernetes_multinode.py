@@ -20,13 +20,16 @@ import pytest
 from tuneship.client import PipelineClient, WatchEvent
 from tuneship.common.errors import Unavailable
 from tuneship.controller.providers.kube import TASK_ANNOTATION, task_digest
+from tuneship.testing.helm import render
 from tuneship.testing.kube.crds import schema_causes
 from tuneship.testing.kube.trainjobs import torch_distributed_runtime
 from tuneship.testing.kubecluster import (
+    TEST_VALUES,
     TUNESHIP,
     ChartCluster,
     deploy_chart,
     free_port,
+    merged,
     write_spec,
 )
 
@@ -58,7 +61,12 @@ def cluster(tmp_path: Path) -> Iterator[ChartCluster]:
     stop(running)
 
 
+REQUESTED: set[tuple[str, str, str]] = set()
+"""Every (apiGroup, resource, verb) the controller asked for, over this module's tests."""
+
+
 def stop(running: ChartCluster) -> None:
+    REQUESTED.update(running.kube.requested_rules("controller"))
     denied = [r for r in running.kube.requests if r.token == "controller" and not r.allowed]
     errors = list(running.kube.controller_errors)
     running.stop()
@@ -196,3 +204,43 @@ def test_a_two_node_training_runs_as_a_kubeflow_trainjob(
         assert client.get(pid).stage("train").attempts == 1
     finally:
         stop(cluster)
+
+
+@pytest.mark.slow
+def test_a_controller_killed_mid_training_reattaches_to_the_same_jobset(
+    cluster: ChartCluster, tmp_path: Path, tiny_chatml: Path, sample_data: Path
+) -> None:
+    client = cluster.start_controller()
+    pid = client.submit(two_node_spec(tmp_path, tiny_chatml, sample_data, 40)).id
+    Followed(client, pid).wait_for(
+        lambda e: e.kind == "progress" and e.data.get("step", 0) >= 4, 300, "training"
+    )
+    cluster.kill_controller()  # SIGKILL: the JobSet and its pods carry on
+    client = cluster.start_controller()
+    followed = Followed(client, pid)
+    followed.wait_for(lambda e: e.stage == "train" and "succeeded" in e.text, 600, "train done")
+    client.cancel(pid)
+    assert client.get(pid).stage("train").attempts == 1
+    [jobset] = jobsets(cluster)  # re-attached (AlreadyExists), not a second JobSet
+    assert jobset["metadata"]["annotations"][TASK_ANNOTATION] == f"{pid}.train.1"
+    creates = [r for r in cluster.kube.requests if r.verb == "create" and r.resource == "jobsets"]
+    assert [r.allowed for r in creates] == [True, True]  # the second one answered 409
+
+
+def test_the_roles_multi_node_verbs_are_those_the_controller_uses() -> None:
+    """Run with the module: the tests above drive the multi-node paths of the provider."""
+    assert REQUESTED, "run this module's tests together: they record the requests"
+    multi_node = {("jobset.x-k8s.io", "jobsets"), ("networking.k8s.io", "networkpolicies")}
+    role = render(merged(TEST_VALUES, {"trainer": {"multiNode": {"kind": "jobset"}}}))
+    granted = {
+        (group, resource, verb)
+        for rule in role.get("Role", "controller")["rules"]
+        for group in rule["apiGroups"] for resource in rule["resources"]
+        for verb in rule["verbs"] if (group, resource) in multi_node
+    }  # fmt: skip
+    requested = {r for r in REQUESTED if r[:2] in multi_node}
+    print(f"\nrequested: {sorted(requested)}\ngranted:   {sorted(granted)}")
+    assert requested <= granted
+    # Re-attaching (get) and deleting a failed attempt's JobSet are the slow tests' paths.
+    assert granted - requested <= {("jobset.x-k8s.io", "jobsets", "get"),
+                                   ("jobset.x-k8s.io", "jobsets", "delete")}  # fmt: skip
