@@ -9,7 +9,8 @@ for ``unschedulable_timeout_s`` fails the attempt with ``UNAVAILABLE`` (retried)
 the pod dies mid-stage its status says why: preempted or evicted → ``UNAVAILABLE``
 (the retry resumes from the store checkpoint); OOMKilled → failed, naming the memory
 limit and the spec fields that use less memory; the invalid-input exit code → failed
-at once. A failed or cancelled attempt's Job is deleted so it holds no GPU.
+at once. A failed or cancelled attempt's Job is deleted so it holds no GPU. A training
+with ``train.nodes`` > 1 runs as a JobSet or TrainJob instead (``k8s_multinode.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import TYPE_CHECKING, Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tuneship.common.errors import EXIT_INVALID_INPUT
 from tuneship.common.events import Event, Log
 from tuneship.common.jobs import StageJob, StageOutcome
 from tuneship.controller.providers.informer import Informer
@@ -40,7 +40,8 @@ from tuneship.controller.providers.kube import (
     job_manifest,
     job_name,
 )
-from tuneship.controller.providers.multinode import TRAINJOB_CONTAINER, Training, topology
+from tuneship.controller.providers.multinode import Training, topology
+from tuneship.controller.providers.podfailure import IMAGE_ERRORS, api_failure, pod_failure
 from tuneship.controller.scheduler import Numbered, StageFailure, Waiting
 from tuneship.controller.wire_clients import Channels, GrpcStageCall, start_stage
 
@@ -48,18 +49,6 @@ if TYPE_CHECKING:
     from tuneship.controller.providers.k8s_multinode import MultiNodeStageCall
 
 log = logging.getLogger("tuneship.controller.k8s")
-
-IMAGE_ERRORS = {
-    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
-    "CreateContainerError",
-}  # fmt: skip
-"""Container waiting reasons that no retry fixes: the chart's values are wrong."""
-MEMORY_HINT = (
-    "lower train.per_device_train_batch_size (raise train.gradient_accumulation_steps to "
-    "keep the effective batch), lower dataset.max_length, set train.gradient_checkpointing: "
-    "true or train.method: qlora; or raise the trainer's memory limit in the chart values "
-    "(trainer.resources.limits.memory)"
-)
 
 
 class JobWorkloads:
@@ -401,76 +390,3 @@ class JobStageCall:
         message = f"job {self.name} failed: {reason}: {failed.get('message', '')}"
         return StageFailure("DEADLINE_EXCEEDED" if reason == "DeadlineExceeded" else "UNAVAILABLE",
                             message, True)  # fmt: skip
-
-
-def pod_failure(workloads: JobWorkloads, pod: dict[str, Any]) -> StageFailure:
-    """Why a Job pod ended, from its status: disrupted (retried from the checkpoint),
-    out of memory or invalid input (no retry), any other exit (retried)."""
-    name = pod["metadata"]["name"]
-    disruption = condition(pod, "DisruptionTarget")
-    if disruption and disruption.get("status") == "True":
-        return StageFailure(
-            "UNAVAILABLE",
-            f"pod {name} was {_disruption(disruption)}; the retry resumes from the last "
-            "checkpoint in the store", True,
-        )  # fmt: skip
-    terminated = _terminated(pod)
-    if terminated.get("reason") == "OOMKilled":
-        return StageFailure(
-            "RESOURCE_EXHAUSTED",
-            f"pod {name} ran out of memory (OOMKilled at its limit of "
-            f"{_memory_limit(pod)}): {MEMORY_HINT}", False,
-        )  # fmt: skip
-    code = terminated.get("exitCode")
-    tail = workloads.log_tail(name, main_container(pod))
-    detail = f"\n{tail}" if tail else ""
-    if code == EXIT_INVALID_INPUT:
-        return StageFailure(
-            "INVALID_ARGUMENT", f"pod {name} rejected its input (exit {code}){detail}", False
-        )
-    return StageFailure("UNAVAILABLE", f"pod {name} failed (exit {code}){detail}", True)
-
-
-def api_failure(what: str, error: ApiException) -> StageFailure:
-    """An API error as a stage failure: server-side and throttling errors are retried;
-    anything else (403: the Role; 422: the chart's template) will not fix itself."""
-    status = int(error.status or 0)
-    retryable = status >= 500 or status in (0, 429)
-    return StageFailure("UNAVAILABLE" if retryable else "FAILED_PRECONDITION",
-                        f"{what}: {status} {error.reason}", retryable)  # fmt: skip
-
-
-def main_container(pod: dict[str, Any]) -> str:
-    """The tuneship container of a Job pod: ``worker`` (the chart's Job template) or
-    ``node`` (a TrainJob's runtime)."""
-    names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
-    return next((n for n in names if n in (WORKER_CONTAINER, TRAINJOB_CONTAINER)), WORKER_CONTAINER)
-
-
-def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
-    for container in (pod.get("status") or {}).get("containerStatuses") or []:
-        if container.get("name") == main_container(pod):
-            state = container.get("state") or {}
-            last = container.get("lastState") or {}
-            return dict(state.get("terminated") or last.get("terminated") or {})
-    return {}
-
-
-def _memory_limit(pod: dict[str, Any]) -> str:
-    for container in pod["spec"]["containers"]:
-        if container.get("name") == main_container(pod):
-            limits = (container.get("resources") or {}).get("limits") or {}
-            return str(limits.get("memory", "no limit set"))
-    return "unknown"
-
-
-def _disruption(cond: dict[str, Any]) -> str:
-    reason = cond.get("reason", "")
-    words = {
-        "PreemptionByScheduler": "preempted by a higher-priority pod",
-        "PreemptionByKubeScheduler": "preempted by a higher-priority pod",
-        "EvictionByEvictionAPI": "evicted (node drain)",
-        "DeletionByTaintManager": "evicted (node taint)",
-        "TerminationByKubelet": "terminated by the kubelet (node pressure or shutdown)",
-    }
-    return words.get(reason, f"disrupted ({reason})")

@@ -24,7 +24,6 @@ from kubernetes.client.exceptions import ApiException
 
 from tuneship.common.events import Event, Log
 from tuneship.common.jobs import StageJob, StageOutcome
-from tuneship.controller.providers.k8s_job import IMAGE_ERRORS, api_failure, pod_failure
 from tuneship.controller.providers.kube import (
     TASK_ANNOTATION,
     TASK_LABEL,
@@ -42,6 +41,7 @@ from tuneship.controller.providers.multinode import (
     topology,
     trainjob_manifest,
 )
+from tuneship.controller.providers.podfailure import IMAGE_ERRORS, api_failure, pod_failure
 from tuneship.controller.scheduler import Numbered, StageFailure, Waiting
 from tuneship.controller.wire_clients import GrpcStageCall, start_stage
 
