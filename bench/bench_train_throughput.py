@@ -10,6 +10,12 @@ the second.
 Throughput is real (non-pad) tokens per second of the training loop. Writes
 ``bench/results/train_throughput.json``.
 
+Also in the same rounds: tuneship with two data-parallel ranks (torchrun, gloo on CPU,
+4 examples each: the same global batch), ``tuneship_2_ranks`` and ``ratio_2_ranks``. On
+a CPU the two ranks share the cores one process used, so this measures what the launch,
+the gradient all-reduce and the rank-0 relay cost, not a speed-up; on GPUs it is the
+per-device scaling.
+
 ``BENCH_BEFORE=<commit>`` also runs that commit's trainer (its ``services/`` from
 ``git archive``, in a subprocess) in the same rounds, for a before/after in the same
 conditions: ``tuneship_before`` and ``after_over_before`` in the results.
@@ -55,7 +61,7 @@ class CountingCollator:
         return batch
 
 
-def run_tuneship(base: Path, data: Path, work: Path) -> dict[str, Any]:
+def run_tuneship(base: Path, data: Path, work: Path, devices: int = 1) -> dict[str, Any]:
     spec = PipelineSpec.model_validate(
         {
             "apiVersion": "tuneship/v1",
@@ -64,10 +70,11 @@ def run_tuneship(base: Path, data: Path, work: Path) -> dict[str, Any]:
             "dataset": {"train": str(data), "eval_fraction": 0.0, "max_length": 4096},
             "train": {
                 "max_steps": STEPS,
-                "per_device_train_batch_size": BATCH,
+                "per_device_train_batch_size": BATCH // devices,
                 "save_steps": STEPS,
                 "seed": SEED,
                 "lora": LORA,
+                **({"devices": devices} if devices > 1 else {}),
             },
         }
     )
@@ -157,10 +164,11 @@ def main() -> None:
                     run_tuneship(base, data, work),
                     run_trl(base, conversations, work, checkpointing=True),
                     run_trl(base, conversations, work, checkpointing=False),
+                    run_tuneship(base, data, work, devices=2),
                     *([run_tuneship_from(before, base, data, work)] if before else []),
                 )
             )
-        ours, theirs, plain, *earlier = (
+        ours, theirs, plain, ranks, *earlier = (
             max((r[i] for r in runs), key=lambda r: r["tokens_per_s"]) for i in range(len(runs[0]))
         )
     result = {
@@ -176,6 +184,8 @@ def main() -> None:
         "trl_sft_no_checkpointing": plain,
         "ratio": ours["tokens_per_s"] / theirs["tokens_per_s"],
         "ratio_batching_only": ours["tokens_per_s"] / plain["tokens_per_s"],
+        "tuneship_2_ranks": ranks,
+        "ratio_2_ranks": ranks["tokens_per_s"] / ours["tokens_per_s"],
     }
     if earlier:
         result["tuneship_before"] = {"commit": BEFORE, **earlier[0]}
