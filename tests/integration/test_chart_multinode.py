@@ -11,11 +11,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from tuneship.common.codec import job_from_text
 from tuneship.common.jobs import Artifact, StageJob
 from tuneship.controller.providers.kube import MultiNodeSettings, task_digest
 from tuneship.controller.providers.multinode import (
     STAGE_JOB_ENV,
-    decode_job,
     jobset_manifest,
     network_policy,
     procs_per_node,
@@ -85,7 +85,7 @@ def test_the_jobset_conforms_and_runs_the_job_pod_on_every_node(chart: Rendered)
     assert env["PET_MASTER_ADDR"] == f"{name}-node-0-0.{name}"
     assert env["PET_MASTER_PORT"] == "29400"
     assert env["TUNESHIP_TASK_ID"] == JOB.task_id
-    assert decode_job(env[STAGE_JOB_ENV]) == JOB
+    assert job_from_text(env[STAGE_JOB_ENV], STAGE_JOB_ENV) == JOB
     assert {"name": "rendezvous", "containerPort": 29400, "protocol": "TCP"} in worker["ports"]
 
 
@@ -114,7 +114,10 @@ def test_the_trainjob_conforms_and_leaves_the_rendezvous_to_the_runtime(chart: R
     assert trainer["args"] == worker["args"]
     env = env_of(trainer)
     assert not [name for name in env if name.startswith("PET_")]  # reserved: the runtime's
-    assert decode_job(env[STAGE_JOB_ENV]) == JOB and env["TUNESHIP_TASK_ID"] == JOB.task_id
+    assert (
+        job_from_text(env[STAGE_JOB_ENV], STAGE_JOB_ENV) == JOB
+        and env["TUNESHIP_TASK_ID"] == JOB.task_id
+    )
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
     [patch] = spec["runtimePatches"]
     [node] = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]

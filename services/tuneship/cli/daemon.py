@@ -170,7 +170,7 @@ def _follow(
     """A training pod of a node other than node 0 (``PET_NODE_RANK`` > 0): its share of
     the training in ``TUNESHIP_STAGE_JOB`` (docs/kubernetes.md, "More than one node").
     It serves gRPC health only, for the pod's probes; the controller dials node 0."""
-    from tuneship.controller.providers.multinode import decode_job
+    from tuneship.common.codec import job_from_text
     from tuneship.trainer.follower import run_follower
 
     if not values.stage_job:
@@ -179,7 +179,7 @@ def _follow(
             where="TUNESHIP_STAGE_JOB",
             hint="the controller sets it in every pod of the JobSet or TrainJob it creates",
         )  # fmt: skip
-    job = decode_job(values.stage_job)
+    job = job_from_text(values.stage_job, where="TUNESHIP_STAGE_JOB")
     if job.task_id != values.task_id:
         raise InvalidInput(
             f"TUNESHIP_STAGE_JOB is task {job.task_id}, this pod's is {values.task_id}",

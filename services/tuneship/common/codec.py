@@ -9,6 +9,7 @@ Domain code never imports protobuf; servicers and clients convert here.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import time
@@ -156,3 +157,18 @@ def outcome_from_proto(result: stage_pb2.StageResult) -> StageOutcome:
     outputs = {k: artifact_from_proto(v) for k, v in result.outputs.items()}
     summary = json.loads(result.summary_json) if result.summary_json else {}
     return StageOutcome(outputs, summary, result.cached)
+
+
+def job_to_text(job: StageJob) -> str:
+    """The job as one line of text (a serialized ``StageRequest``, base64): how the nodes
+    of a multi-node training other than node 0 receive it, in their environment."""
+    return base64.b64encode(job_to_proto(job).SerializeToString()).decode()
+
+
+def job_from_text(text: str, where: str) -> StageJob:
+    """The inverse of ``job_to_text``; ``InvalidInput`` at ``where`` when garbled."""
+    try:
+        request = stage_pb2.StageRequest.FromString(base64.b64decode(text, validate=True))
+    except Exception as exc:  # binascii.Error, DecodeError
+        raise InvalidInput(f"cannot decode the stage job: {exc}", where=where) from exc
+    return job_from_proto(request)

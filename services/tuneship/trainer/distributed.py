@@ -208,13 +208,17 @@ def _run(
     nproc: int,
 ) -> int:
     """torchrun until it ends, relaying rank 0's events; stops it when ``events`` raises
-    (a cancelled task)."""
+    (a cancelled task). torchrun starts its ranks in sessions of their own: it stops
+    them on SIGTERM, and a rank dies with torchrun (``rank.main``)."""
     env = {**os.environ, LAUNCH_ENV: str(where)}
     env.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // nproc, 1)))
     with (where / "torchrun.log").open("wb") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            # A worker killed outright (SIGKILL, outside a container, where nothing ends
+            # its children for it) takes torchrun with it, which stops its ranks.
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM),
+        )  # fmt: skip
     relay = _Relay(where / "events.jsonl", events)
     try:
         while process.poll() is None:
@@ -227,6 +231,17 @@ def _run(
     finally:
         if process.poll() is None:
             _end(process)
+
+
+def die_with_parent(sig: signal.Signals) -> None:
+    """This process gets ``sig`` when the thread that started it ends (Linux's
+    ``PR_SET_PDEATHSIG``; elsewhere nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig))
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
@@ -330,13 +345,16 @@ def follow(
     events: EventSink,
     *,
     data: Mapping[str, Path] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run this node's ranks of a multi-node training (a node other than node 0: its
     ranks train, node 0's rank 0 commits). Returns when the training ends; raises what a
-    rank raised, or ``Unavailable`` when one died."""
+    rank raised, or ``Unavailable`` when one died. ``stop`` returning True (this pod is
+    going away): every rank of every node saves a checkpoint at the end of the step and
+    ends, as on node 0."""
     if node_rank() == 0:
         raise FailedPrecondition(
             "follow() runs the ranks of a node other than node 0; node 0 runs train()",
             where="PET_NODE_RANK",
         )
-    launch(spec, base, out, events, data=data, stop=None)
+    launch(spec, base, out, events, data=data, stop=stop)

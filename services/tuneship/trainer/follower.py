@@ -35,9 +35,10 @@ class LogSink:
             log.log(logging.getLevelName(event.level.upper()), "%s", event.message)
 
 
-def follow_job(ctx: StageContext, job: StageJob) -> None:
+def follow_job(ctx: StageContext, job: StageJob, stop: Callable[[], bool]) -> None:
     """Run this node's share of the training ``job``; returns when it ends, raises
-    tuneship errors (``Unavailable`` when a rank or a peer node died)."""
+    tuneship errors (``Unavailable`` when a rank or a peer node died, or when ``stop``
+    asked every rank to save a checkpoint and end)."""
     spec = parse_job_spec(job)
     sink = LogSink()
     workdir = ctx.workdir(job, STAGE)
@@ -46,7 +47,7 @@ def follow_job(ctx: StageContext, job: StageJob) -> None:
         files = ctx.fetch_dataset(job, workdir, sink)
         restore_checkpoint(ctx.store, job.pipeline, workdir / "out.partial", sink)
         sink.emit(Log(STAGE, f"following node 0 of task {job.task_id}"))
-        distributed.follow(spec, base, workdir / "out", sink, data=files)
+        distributed.follow(spec, base, workdir / "out", sink, data=files, stop=stop)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -55,29 +56,20 @@ def run_follower(
     ctx: StageContext,
     job: StageJob,
     stop: threading.Event,
-    follow: Callable[..., None] = follow_job,
+    follow: Callable[[StageContext, StageJob, Callable[[], bool]], None] = follow_job,
 ) -> int:
-    """``follow_job`` in a thread until it ends or ``stop`` is set (SIGTERM: the JobSet
-    was deleted, or the pod preempted); the process exit code, as ``serve --once``'s."""
-    outcome: list[TuneshipError | None] = []
+    """``follow_job`` until it ends; the process exit code, as ``serve --once``'s.
 
-    def work() -> None:
-        try:
-            follow(ctx, job)
-            outcome.append(None)
-        except TuneshipError as error:
-            log.error("%s", error)
-            outcome.append(error)
-        except Exception as error:  # a bug: say so, and let the attempt be retried
-            log.exception("the follower failed")
-            outcome.append(TuneshipError(f"{type(error).__name__}: {error}"))
-
-    thread = threading.Thread(target=work, name="follower", daemon=True)
-    thread.start()
-    while thread.is_alive() and not stop.wait(0.5):
-        pass
-    if not outcome:
-        # Stopped: this process ends, and with it (the container's processes share its
-        # fate) the node's ranks.
+    On SIGTERM (``stop``: the JobSet deleted, the pod preempted or evicted) the ranks
+    of every node save a checkpoint at the end of their step and end together, as on
+    node 0; as there, the wait has no limit of its own: the kubelet's SIGKILL at the end
+    of the pod's termination grace period is the limit."""
+    try:
+        follow(ctx, job, stop.is_set)
+    except TuneshipError as error:
+        log.error("%s", error)
+        return EXIT_FAILED if stop.is_set() else exit_code_of(error)
+    except Exception:  # a bug: say so, and let the attempt be retried
+        log.exception("the follower failed")
         return EXIT_FAILED
-    return EXIT_OK if outcome[0] is None else exit_code_of(outcome[0])
+    return EXIT_FAILED if stop.is_set() else EXIT_OK

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from tuneship.trainer.run import train
 
 
 def main() -> int:
+    # torchrun starts each rank in a session of its own: a torchrun killed outright
+    # would leave it training, unseen. (Checked after: torchrun may already be gone.)
+    distributed.die_with_parent(signal.SIGKILL)
+    if os.getppid() == 1:
+        return 1
     where = Path(os.environ[distributed.LAUNCH_ENV])
     try:
         request = json.loads((where / "request.json").read_text(encoding="utf-8"))

@@ -18,14 +18,12 @@ others need the job itself, which reaches them in ``TUNESHIP_STAGE_JOB``.
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from tuneship.common.codec import job_from_proto, job_to_proto
-from tuneship.common.errors import InvalidInput
+from tuneship.common.codec import job_to_text
 from tuneship.common.jobs import StageJob
 from tuneship.controller.providers.kube import (
     KUEUE_QUEUE_LABEL,
@@ -102,22 +100,6 @@ def procs_per_node(template: dict[str, Any], devices: int | str) -> int:
     return max(gpus, default=0) or 1
 
 
-def encode_job(job: StageJob) -> str:
-    """The job as the followers receive it: a serialized ``StageRequest``, base64."""
-    return base64.b64encode(job_to_proto(job).SerializeToString()).decode()
-
-
-def decode_job(text: str) -> StageJob:
-    """The inverse of ``encode_job``; ``InvalidInput`` naming the variable when garbled."""
-    from tuneship.v1 import stage_pb2
-
-    try:
-        request = stage_pb2.StageRequest.FromString(base64.b64decode(text, validate=True))
-    except Exception as exc:  # binascii.Error, DecodeError
-        raise InvalidInput(f"cannot decode the stage job: {exc}", where=STAGE_JOB_ENV) from exc
-    return job_from_proto(request)
-
-
 def master_address(name: str) -> str:
     """The DNS name of node rank 0's pod (JobSet's hostname + subdomain)."""
     return f"{name}-{REPLICATED_JOB}-0-0.{name}"
@@ -147,7 +129,7 @@ def jobset_manifest(
         {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": NODE_RANK_FIELD}}},
         {"name": "PET_MASTER_ADDR", "value": master_address(name)},
         {"name": "PET_MASTER_PORT", "value": str(port)},
-        {"name": STAGE_JOB_ENV, "value": encode_job(job)},
+        {"name": STAGE_JOB_ENV, "value": job_to_text(job)},
     ]
     ports = [p for p in container.get("ports") or [] if p.get("name") != "rendezvous"]
     container["ports"] = [*ports, {"name": "rendezvous", "containerPort": port, "protocol": "TCP"}]
@@ -192,7 +174,7 @@ def trainjob_manifest(
         # The runtime's container has its own command: run the image's entrypoint.
         "command": list(container.get("command") or ["tuneship"]),
         "args": [str(a) for a in container.get("args") or []],
-        "env": [*env, {"name": STAGE_JOB_ENV, "value": encode_job(job)}],
+        "env": [*env, {"name": STAGE_JOB_ENV, "value": job_to_text(job)}],
         "numNodes": nodes,
         "numProcPerNode": procs,
     }
