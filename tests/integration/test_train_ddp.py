@@ -277,3 +277,46 @@ def test_fsdp_without_gpus_is_refused_before_any_work(
     assert caught.value.where == "train.strategy"
     assert "use strategy: ddp on CPU" in (caught.value.hint or "")
     assert list(tmp_path.iterdir()) == []
+
+
+LAUNCHER = """
+import sys
+from pathlib import Path
+from tuneship.common.events import NullSink
+from tuneship.common.spec import PipelineSpec
+from tuneship.trainer import train
+spec = PipelineSpec.model_validate_json(Path(sys.argv[1]).read_text())
+train(spec, Path(sys.argv[2]), Path(sys.argv[3]), NullSink())
+"""
+
+
+def test_a_worker_killed_outright_takes_torchrun_and_its_ranks_with_it(
+    tiny_chatml: Path, sample_data: Path, tmp_path: Path
+) -> None:
+    """Outside a container nothing ends a killed worker's children for it, and torchrun
+    starts its ranks in sessions of their own: they must not go on training unseen."""
+    import subprocess
+    import sys
+
+    spec = local_spec(tiny_chatml, sample_data / "pirate", 2, 4)
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update={"max_steps": 10_000})})
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    worker = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(tmp_path / "spec.json"), str(tiny_chatml),
+         str(tmp_path / "out")]
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(rank_pids(tmp_path)) < 3:  # torchrun and both ranks
+            assert time.monotonic() < deadline and worker.poll() is None
+            time.sleep(0.2)
+        worker.kill()
+        worker.wait()
+        deadline = time.monotonic() + 30
+        while rank_pids(tmp_path):
+            assert time.monotonic() < deadline, f"left running: {rank_pids(tmp_path)}"
+            time.sleep(0.2)
+    finally:
+        worker.kill()
+        for pid in rank_pids(tmp_path).values():
+            os.kill(pid, signal.SIGKILL)
