@@ -49,6 +49,8 @@ from tuneship.common.spec import PipelineSpec, TrainSpec
 STAGE = "train"
 LAUNCH_ENV = "TUNESHIP_TRAIN_LAUNCH"
 """Set for the ranks: the launch directory (its presence marks a rank process)."""
+LAUNCHER_PID_ENV = "TUNESHIP_TRAIN_LAUNCHER_PID"
+"""Set for torchrun: the worker it must not outlive (``tuneship.trainer.torchrun``)."""
 RENDEZVOUS_ENV = ("PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
 """torchrun's own variables for a multi-node run (Kubeflow Trainer's torch runtime sets
 them; the ``k8s-job`` provider sets them on a JobSet's pods)."""
@@ -172,7 +174,7 @@ def launch(
     or ``Unavailable`` when a rank died."""
     nproc = processes_per_node(spec.train)
     command = [
-        sys.executable, "-m", "torch.distributed.run", *rendezvous(spec.train),
+        sys.executable, "-m", "tuneship.trainer.torchrun", *rendezvous(spec.train),
         f"--nproc-per-node={nproc}", "--max-restarts=0",
         "-m", "tuneship.trainer.rank",
     ]  # fmt: skip
@@ -208,17 +210,15 @@ def _run(
     nproc: int,
 ) -> int:
     """torchrun until it ends, relaying rank 0's events; stops it when ``events`` raises
-    (a cancelled task). torchrun starts its ranks in sessions of their own: it stops
-    them on SIGTERM, and a rank dies with torchrun (``rank.main``)."""
-    env = {**os.environ, LAUNCH_ENV: str(where)}
+    (a cancelled task). torchrun dies with this thread (``tuneship.trainer.torchrun``)
+    and starts its ranks in sessions of their own: it stops them on SIGTERM, and a rank
+    dies with torchrun (``rank.main``)."""
+    env = {**os.environ, LAUNCH_ENV: str(where), LAUNCHER_PID_ENV: str(os.getpid())}
     env.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // nproc, 1)))
     with (where / "torchrun.log").open("wb") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            # A worker killed outright (SIGKILL, outside a container, where nothing ends
-            # its children for it) takes torchrun with it, which stops its ranks.
-            preexec_fn=lambda: die_with_parent(signal.SIGTERM),
-        )  # fmt: skip
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     relay = _Relay(where / "events.jsonl", events)
     try:
         while process.poll() is None:
