@@ -31,6 +31,7 @@ from tuneship.trainer.manifest import build_manifest
 from tuneship.trainer.prepare import PreparedData, encode_all, prepare_tokenizer
 from tuneship.trainer.progress import STAGE, EventBridge, plot_loss, read_metrics
 from tuneship.trainer.sft import build_trainer, sft_config
+from tuneship.trainer.targets import check_target_modules
 from tuneship.trainer.vocab import PadDecision, apply_pad, forbidden_pad_ids
 
 MANIFEST = "training-manifest.json"
@@ -93,6 +94,8 @@ def train(
         # in each rank, and rank 0 commits the output (see distributed.py).
         return TrainResult(out, distributed.launch(spec, base, out, events, data=data, stop=stop))
     prepared, model, pad = _load(spec, base, events, data)
+    if spec.train.method != "full":
+        check_target_modules(model, spec.train.lora)
     # Only now: a spec, dataset or model refused while loading leaves nothing behind.
     partial.mkdir(parents=True, exist_ok=True)
     tokenizer = prepared.tokenizer
@@ -180,6 +183,7 @@ def _with_method(model: Any, train: TrainSpec) -> Any:
         lora_alpha=train.lora.lora_alpha,
         lora_dropout=train.lora.lora_dropout,
         target_modules=train.lora.target_modules,
+        use_dora=train.lora.use_dora,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)

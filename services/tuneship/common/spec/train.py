@@ -15,7 +15,17 @@ class LoraSpec(Section):
     r: int = Field(16, gt=0)
     lora_alpha: int = Field(32, gt=0)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: str | list[str] = "all-linear"
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Module names (PEFT's rule: a name matches a module whose dotted name "
+        "is it or ends in .name; a single string other than all-linear is a regular "
+        "expression over the whole dotted name); each must match a module of the model.",
+    )
+    use_dora: bool = Field(
+        False,
+        description="Weight-decomposed LoRA (DoRA): a learned magnitude per output row "
+        "besides the low-rank update; often closer to full fine-tuning, somewhat slower.",
+    )
 
     @field_validator("target_modules")
     @classmethod
