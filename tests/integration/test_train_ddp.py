@@ -116,6 +116,13 @@ def test_rank_zero_alone_relays_events_and_writes_the_metrics(runs) -> None:
     )
     metrics = (out / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == STEPS
+    # One TensorBoard event file (rank 0's), each step once.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len(list((out / "tensorboard").iterdir())) == 1
+    board = EventAccumulator(str(out / "tensorboard"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("train/loss")] == list(range(1, STEPS + 1))
     # Nothing but the output beside it: no launch directory, no partial.
     assert sorted(p.name for p in out.parent.iterdir()) == ["ddp", "single"]
 

@@ -20,7 +20,7 @@ from tuneship.common.conversations import load_conversations
 from tuneship.common.errors import FailedPrecondition, Unavailable
 from tuneship.common.events import EventSink, Log
 from tuneship.common.spec import PipelineSpec, TrainSpec
-from tuneship.trainer import distributed, model_io
+from tuneship.trainer import distributed, model_io, tracking
 from tuneship.trainer.batching import (
     PaddedCollator,
     PaddingFreeCollator,
@@ -65,6 +65,7 @@ def train(
     resume: bool = True,
     data: Mapping[str, Path] | None = None,
     stop: Callable[[], bool] | None = None,
+    run_name: str | None = None,
 ) -> TrainResult:
     """Fine-tune ``base`` on ``spec.dataset`` and write the adapter, tokenizer and manifest.
 
@@ -72,7 +73,9 @@ def train(
     already complete ``out`` as it is); ``False`` starts over. ``data`` maps ``train`` /
     ``eval`` to local copies of the dataset files (errors still name the spec's
     locations). ``stop`` returning True (the worker is going away) saves a checkpoint
-    at the end of the current step and raises ``Unavailable``. Raises ``InvalidInput``
+    at the end of the current step and raises ``Unavailable``. ``run_name`` names the run
+    in ``out/tensorboard`` and in the trackers of ``train.report_to`` (the worker passes
+    the pipeline id; default: ``metadata.name``). Raises ``InvalidInput``
     for bad data or spec, ``FailedPrecondition`` for a model or machine that cannot do
     what the spec asks (pickle weights, QLoRA without CUDA, an unusable template).
     """
@@ -86,6 +89,8 @@ def train(
             hint="remove it or choose another output directory",
         )
     model_io.check_method(spec.train)
+    tracking.check_report_to(spec.train)
+    run_name = run_name or spec.metadata.name
     partial = out.with_name(out.name + ".partial")
     if not resume:
         shutil.rmtree(partial, ignore_errors=True)
@@ -109,7 +114,7 @@ def train(
     )
     events.emit(Log(STAGE, f"batches: {batching}"))
     bridge = EventBridge(events, partial / "metrics.jsonl", count, stop)
-    config = sft_config(spec.train, partial, packed)
+    config = sft_config(spec.train, partial, packed, run_name)
     trainer = build_trainer(model, prepared, config, collator, bridge)
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=last_checkpoint(partial / "checkpoints"))
@@ -142,6 +147,7 @@ def train(
         * distributed.world_size(),
     }
     manifest = build_manifest(spec, base, prepared, pad, measured)
+    tracking.write_tensorboard(rows, eval_loss, partial / tracking.TENSORBOARD_DIR, run_name)
     _finish(model, tokenizer, base, spec.train, pad, manifest, rows, partial, out, whole)
     events.emit(Log(STAGE, f"trained {measured['steps']} steps; output in {out}"))
     return TrainResult(out, manifest)
@@ -224,6 +230,7 @@ def _finish(
     model_io.save_weights(model, train.method, pad.resized, staging, whole)
     model_io.save_tokenizer(tokenizer, base, staging / "tokenizer")
     shutil.copy2(partial / "metrics.jsonl", staging / "metrics.jsonl")
+    (partial / tracking.TENSORBOARD_DIR).rename(staging / tracking.TENSORBOARD_DIR)
     plot_loss(rows, staging / "loss.png", f"{manifest['method']} on {base.name}")
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     staging.rename(out)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneship.common.spec import TrainSpec
-from tuneship.trainer import distributed, model_io
+from tuneship.trainer import distributed, model_io, tracking
 from tuneship.trainer.batching import EpochLengthGroupedSampler
 from tuneship.trainer.masking import Example
 from tuneship.trainer.prepare import PreparedData
@@ -38,8 +38,9 @@ threads, and TRL's lazy module, first touched by two of them together, gave one
 "cannot import name 'SFTConfig' from 'trl'"."""
 
 
-def sft_config(train: TrainSpec, partial: Path, packed: bool) -> Any:
-    """``SFTConfig`` from the spec's ``train`` section (same names where TRL has them)."""
+def sft_config(train: TrainSpec, partial: Path, packed: bool, run_name: str | None = None) -> Any:
+    """``SFTConfig`` from the spec's ``train`` section (same names where TRL has them);
+    ``run_name`` names the run in the trackers of ``train.report_to``."""
     import torch
 
     with _TRL_IMPORT:
@@ -67,7 +68,8 @@ def sft_config(train: TrainSpec, partial: Path, packed: bool) -> Any:
         fp16=cuda and dtype == torch.float16,
         use_cpu=not cuda,
         activation_checkpointing=train.gradient_checkpointing,
-        report_to="none",
+        report_to=tracking.report_to(train),
+        run_name=run_name,
         disable_tqdm=True,
         remove_unused_columns=False,
         train_sampling_strategy="random" if packed else "group_by_length",

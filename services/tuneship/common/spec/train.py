@@ -96,6 +96,12 @@ class TrainSpec(Section):
         1, ge=1, le=256,
         description="Machines in one training (k8s-job provider: a JobSet or TrainJob).",
     )  # fmt: skip
+    report_to: list[Literal["mlflow", "wandb"]] = Field(
+        default_factory=list,
+        description="Trackers to log to besides the TensorBoard files every training "
+        "writes (out/tensorboard/); the package must be installed on the trainer and set "
+        "up by its own environment variables. The run name is the pipeline's id.",
+    )
     ddp_timeout: int = Field(
         600, ge=10, le=86_400,
         description="Seconds a collective waits for the other ranks before the run fails "
