@@ -19,7 +19,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from kubernetes import client
@@ -42,6 +42,7 @@ from tuneship.controller.providers.kube import (
 )
 from tuneship.controller.providers.multinode import Training, topology
 from tuneship.controller.providers.podfailure import IMAGE_ERRORS, api_failure, pod_failure
+from tuneship.controller.providers.readiness import until_ready
 from tuneship.controller.scheduler import Numbered, StageFailure, Waiting
 from tuneship.controller.wire_clients import Channels, GrpcStageCall, start_stage
 
@@ -224,7 +225,10 @@ class JobStageCall:
     def __iter__(self) -> Iterator[Event | Numbered | StageOutcome | Waiting | None]:
         try:
             self._create()
-            pod = yield from self._wait_until_ready()
+            pod = yield from until_ready(
+                self._state, self._closing, self.workloads.pods,
+                self.settings.unschedulable_timeout_s, f"job {self.name}",
+            )  # fmt: skip
             yield Waiting("")
             yield Log(self.stage, f"running in pod {pod['metadata']['name']} of job {self.name}")
             address = f"{pod['status']['podIP']}:{self.provider.port}"
@@ -274,34 +278,6 @@ class JobStageCall:
                     f"job {self.name} exists for another task ({owner})", False,
                 ) from error  # fmt: skip
             log.info("re-attached to job %s (task %s)", self.name, self.job.task_id)
-
-    def _wait_until_ready(self) -> Generator[Waiting | None, None, dict[str, Any]]:
-        """Keepalives and reasons until the Job's pod is Ready; returns the pod."""
-        said = ""
-        unschedulable_since: float | None = None
-        started = time.monotonic()
-        while True:
-            if self._closing.is_set():
-                raise StageFailure("CANCELLED", "stopped following the job", False)
-            waiting, pod = self._state(started)
-            if pod is not None:
-                return pod
-            if waiting.startswith("waiting for a node"):
-                unschedulable_since = unschedulable_since or time.monotonic()
-                if time.monotonic() - unschedulable_since > self.settings.unschedulable_timeout_s:
-                    raise StageFailure(
-                        "UNAVAILABLE",
-                        f"no node could run job {self.name} for "
-                        f"{self.settings.unschedulable_timeout_s:.0f}s: {waiting}", True,
-                    )  # fmt: skip
-            else:
-                unschedulable_since = None
-            if waiting != said:
-                said = waiting
-                yield Waiting(waiting)
-            else:
-                yield None  # keepalive: the scheduler's heartbeat does not run out while queued
-            self.workloads.pods.wait(1.0)
 
     def _state(self, started: float) -> tuple[str, dict[str, Any] | None]:
         """(why it waits, the Ready pod or None); raises when the attempt cannot go on."""

@@ -42,6 +42,7 @@ from tuneship.controller.providers.multinode import (
     trainjob_manifest,
 )
 from tuneship.controller.providers.podfailure import IMAGE_ERRORS, api_failure, pod_failure
+from tuneship.controller.providers.readiness import until_ready
 from tuneship.controller.scheduler import Numbered, StageFailure, Waiting
 from tuneship.controller.wire_clients import GrpcStageCall, start_stage
 
@@ -80,7 +81,10 @@ class MultiNodeStageCall:
         try:
             self._check_size()
             self._create()
-            pod = yield from self._wait_until_ready()
+            pod = yield from until_ready(
+                self._state, self._closing, self.workloads.pods,
+                self.settings.unschedulable_timeout_s, f"a pod of {self.kind.kind} {self.name}",
+            )  # fmt: skip
             address = f"{pod['status']['podIP']}:{self.provider.port}"
             yield from self._wait_for_server(address)
             yield Waiting("")
@@ -211,34 +215,6 @@ class MultiNodeStageCall:
         except ApiException as error:
             if error.status != 409:
                 raise api_failure(f"cannot create NetworkPolicy {self.name}", error) from error
-
-    def _wait_until_ready(self) -> Generator[Waiting | None, None, dict[str, Any]]:
-        """Keepalives and reasons until node 0's pod is Ready; returns that pod."""
-        said = ""
-        unschedulable_since: float | None = None
-        started = time.monotonic()
-        while True:
-            if self._closing.is_set():
-                raise StageFailure("CANCELLED", f"stopped following {self.name}", False)
-            waiting, pod = self._state(started)
-            if pod is not None:
-                return pod
-            if waiting.startswith("waiting for a node"):
-                unschedulable_since = unschedulable_since or time.monotonic()
-                limit = self.settings.unschedulable_timeout_s
-                if time.monotonic() - unschedulable_since > limit:
-                    raise StageFailure(
-                        "UNAVAILABLE", f"no node could run a pod of {self.kind.kind} "
-                        f"{self.name} for {limit:.0f}s: {waiting}", True,
-                    )  # fmt: skip
-            else:
-                unschedulable_since = None
-            if waiting != said:
-                said = waiting
-                yield Waiting(waiting)
-            else:
-                yield None  # keepalive: the scheduler's heartbeat does not run out while queued
-            self.workloads.pods.wait(1.0)
 
     def _state(self, started: float) -> tuple[str, dict[str, Any] | None]:
         """(why it waits, node 0's Ready pod or None); raises when it cannot go on."""
