@@ -80,7 +80,7 @@ def runs(tiny_chatml: Path, sample_data: Path, tmp_path_factory) -> dict[str, An
     for name, devices, batch in (("single", 1, 8), ("ddp", 2, 4)):
         sink = ListSink()
         result = train(local_spec(tiny_chatml, data, devices, batch), tiny_chatml,
-                       root / name, sink)  # fmt: skip
+                       root / name, sink, run_name=f"pipeline-{name}")  # fmt: skip
         found[name] = {"sink": sink, "result": result, "out": root / name}
     return found
 
@@ -123,6 +123,9 @@ def test_rank_zero_alone_relays_events_and_writes_the_metrics(runs) -> None:
     board = EventAccumulator(str(out / "tensorboard"))
     board.Reload()
     assert [e.step for e in board.Scalars("train/loss")] == list(range(1, STEPS + 1))
+    # The worker's run name reached rank 0, which names the run.
+    [named] = board.Tensors("run_name/text_summary")
+    assert named.tensor_proto.string_val[0].decode() == "pipeline-ddp"
     # Nothing but the output beside it: no launch directory, no partial.
     assert sorted(p.name for p in out.parent.iterdir()) == ["ddp", "single"]
 

@@ -1,8 +1,9 @@
 """The training stage: multi-turn chat SFT that trains the replies and learns to stop.
 
 ``train(spec, base, out, events)`` writes ``out/adapter`` (or ``out/model``),
-``out/tokenizer``, ``out/training-manifest.json``, ``out/metrics.jsonl`` and
-``out/loss.png``; ``inspect_data(spec, base, n)`` shows what would be trained.
+``out/tokenizer``, ``out/training-manifest.json``, ``out/metrics.jsonl``,
+``out/loss.png`` and ``out/tensorboard/``; ``inspect_data(spec, base, n)`` shows what
+would be trained.
 """
 
 from __future__ import annotations

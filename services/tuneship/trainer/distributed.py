@@ -168,6 +168,7 @@ def launch(
     *,
     data: Mapping[str, Path] | None,
     stop: Callable[[], bool] | None,
+    run_name: str | None = None,
 ) -> dict[str, Any]:
     """Run the training as torchrun ranks; returns rank 0's manifest (an empty dict on
     a node other than node 0, whose ranks commit nothing). Raises what a rank raised,
@@ -186,6 +187,7 @@ def launch(
             "base": str(base),
             "out": str(out),
             "data": {name: str(path) for name, path in (data or {}).items()},
+            "run_name": run_name,
         }
         (where / "request.json").write_text(json.dumps(request), encoding="utf-8")
         (where / "events.jsonl").touch()

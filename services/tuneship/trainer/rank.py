@@ -41,6 +41,7 @@ def main() -> int:
             resume=True,
             data={name: Path(path) for name, path in request["data"].items()},
             stop=lambda: (where / "stop").exists(),
+            run_name=request.get("run_name"),
         )
         if main_rank:
             staging = where / ".result.json"

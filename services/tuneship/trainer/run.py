@@ -97,7 +97,10 @@ def train(
     if distributed.needs_launch(spec.train):
         # Several processes (devices > 1 or nodes > 1): torchrun runs this same function
         # in each rank, and rank 0 commits the output (see distributed.py).
-        return TrainResult(out, distributed.launch(spec, base, out, events, data=data, stop=stop))
+        manifest = distributed.launch(
+            spec, base, out, events, data=data, stop=stop, run_name=run_name
+        )
+        return TrainResult(out, manifest)
     prepared, model, pad = _load(spec, base, events, data)
     if spec.train.method != "full":
         check_target_modules(model, spec.train.lora)

@@ -100,7 +100,9 @@ def run_train(ctx: StageContext, job: StageJob, sink: EventSink) -> StageOutcome
     spec = parse_job_spec(job)
     dataset = spec.dataset.model_dump(mode="json", exclude={"train", "eval"})
     section = {
-        "train": spec.train.model_dump(mode="json"),
+        # Where progress is reported is not what is trained: a changed report_to reuses
+        # a committed result.
+        "train": spec.train.model_dump(mode="json", exclude={"report_to"}),
         "template": spec.template.model_dump(mode="json"),
         "dataset": dataset,
         "model": spec.model.model_dump(mode="json", exclude={"base"}),
@@ -116,7 +118,7 @@ def run_train(ctx: StageContext, job: StageJob, sink: EventSink) -> StageOutcome
         stop = getattr(sink, "stop_requested", None)
         try:
             result = train(spec, base, workdir / "out", mirror, resume=True, data=files,
-                           stop=stop)  # fmt: skip
+                           stop=stop, run_name=job.pipeline)  # fmt: skip
         except Unavailable:
             mirror.sync()  # the checkpoint saved on the way out, for the next attempt
             raise
