@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tuneship.client import PipelineClient, PipelineInfo, WatchEvent
-from tuneship.common.errors import Unavailable
+from tuneship.client import PipelineClient, PipelineInfo
 from tuneship.common.manifest import Manifest
 from tuneship.common.store.local import LocalStore
 from tuneship.controller.providers.kube import TASK_ANNOTATION
@@ -26,6 +24,7 @@ from tuneship.testing.kubecluster import (
     TEST_VALUES,
     TUNESHIP,
     ChartCluster,
+    Followed,
     deploy_chart,
     write_spec,
 )
@@ -113,29 +112,6 @@ def test_a_pipeline_runs_through_job_pods_and_pools_and_waits_in_the_kueue_queue
     # The published model answers through the controller (serving pool pod).
     pieces = client.chat_pieces(pid, [{"role": "user", "content": "Where is the treasure?"}])
     assert "".join(text for text, _ in pieces).strip()
-
-
-class Followed:
-    """A pipeline's Watch stream, read in the background."""
-
-    def __init__(self, client: PipelineClient, pid: str) -> None:
-        self.items: list[WatchEvent] = []
-        threading.Thread(target=self._read, args=(client, pid), daemon=True).start()
-
-    def _read(self, client: PipelineClient, pid: str) -> None:
-        try:
-            self.items.extend(client.watch(pid))
-        except Unavailable:
-            return  # the controller was killed under the stream (the restart test)
-
-    def wait_for(self, predicate, timeout_s: float = 180, what: str = "") -> WatchEvent:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            found = [e for e in list(self.items) if predicate(e)]
-            if found:
-                return found[0]
-            time.sleep(0.1)
-        raise AssertionError(f"no {what or predicate} event; got {[e.text for e in self.items]}")
 
 
 def train_pod(cluster: ChartCluster) -> dict:

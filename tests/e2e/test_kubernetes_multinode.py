@@ -11,14 +11,10 @@ over gloo at node 0's JobSet hostname (the fake resolves it to node 0's address)
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tuneship.client import PipelineClient, WatchEvent
-from tuneship.common.errors import Unavailable
 from tuneship.controller.providers.kube import TASK_ANNOTATION, task_digest
 from tuneship.testing.helm import render
 from tuneship.testing.kube.crds import schema_causes
@@ -27,6 +23,7 @@ from tuneship.testing.kubecluster import (
     TEST_VALUES,
     TUNESHIP,
     ChartCluster,
+    Followed,
     deploy_chart,
     free_port,
     merged,
@@ -72,29 +69,6 @@ def stop(running: ChartCluster) -> None:
     running.stop()
     assert denied == [], f"the chart's Role refused the controller: {denied}"
     assert errors == []
-
-
-class Followed:
-    """A pipeline's Watch stream, read in the background."""
-
-    def __init__(self, client: PipelineClient, pid: str) -> None:
-        self.items: list[WatchEvent] = []
-        threading.Thread(target=self._read, args=(client, pid), daemon=True).start()
-
-    def _read(self, client: PipelineClient, pid: str) -> None:
-        try:
-            self.items.extend(client.watch(pid))
-        except Unavailable:
-            return
-
-    def wait_for(self, predicate, timeout_s: float = 300, what: str = "") -> WatchEvent:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            found = [e for e in list(self.items) if predicate(e)]
-            if found:
-                return found[0]
-            time.sleep(0.1)
-        raise AssertionError(f"no {what or predicate} event; got {[e.text for e in self.items]}")
 
 
 def two_node_spec(tmp_path: Path, tiny_chatml: Path, sample_data: Path, steps: int) -> Path:

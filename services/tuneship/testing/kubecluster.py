@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from tuneship.client import PipelineClient
+from tuneship.client import PipelineClient, WatchEvent
+from tuneship.common.errors import Unavailable
 from tuneship.common.settings import Settings
 from tuneship.testing.helm import NAMESPACE, Rendered, render
 from tuneship.testing.kube import FakeKube, Kubelet
@@ -275,3 +277,26 @@ def write_spec(path: Path, base: Path, data: Path, **sections: Any) -> Path:
     spec = merged(spec, sections)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+class Followed:
+    """A pipeline's Watch stream, read in the background; ``wait_for`` an event."""
+
+    def __init__(self, client: PipelineClient, pid: str) -> None:
+        self.items: list[WatchEvent] = []
+        threading.Thread(target=self._read, args=(client, pid), daemon=True).start()
+
+    def _read(self, client: PipelineClient, pid: str) -> None:
+        try:
+            self.items.extend(client.watch(pid))
+        except Unavailable:
+            return  # the controller was killed under the stream (a restart test)
+
+    def wait_for(self, predicate, timeout_s: float = 180, what: str = "") -> WatchEvent:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [e for e in list(self.items) if predicate(e)]
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        raise AssertionError(f"no {what or predicate} event; got {[e.text for e in self.items]}")
