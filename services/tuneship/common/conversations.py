@@ -9,6 +9,9 @@ holds one shape):
 - ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}]}``
 - ``sharegpt``: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}]}``
 - ``prompt_completion``: ``{"prompt": str, "completion": str}`` (or lists of messages)
+- ``preference``: pairs with ``chosen`` and ``rejected`` (``tuneship.common.preferences``),
+  read here as the prompt followed by the chosen reply (SFT on the chosen replies, and
+  the export's evaluation of a dpo/orpo pipeline)
 
 Files are JSONL, JSON (a list of records) or Parquet, UTF-8 with or without a byte-order
 mark. Every problem names the file and line (JSONL), index (JSON) or row (Parquet) and
@@ -23,12 +26,13 @@ import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tuneship.common.errors import InvalidInput, NotFound
 from tuneship.common.spec import DatasetSpec
 
 Message = dict[str, str]
+_T = TypeVar("_T")
 
 ROLES = ("system", "user", "assistant")
 _SHAREGPT_ROLES = {
@@ -125,19 +129,9 @@ def read_conversations(path: Path, shape: str = "auto") -> list[Conversation]:
 def _read_valid(
     path: Path, label: str, spec_field: str, spec: DatasetSpec, skipped: list[Skipped], digest: Any
 ) -> list[Conversation]:
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise NotFound(
-            f"the dataset {label} {what}",
-            where=spec_field,
-            hint="give a JSONL, JSON or Parquet file",
-        )
-    digest.update(path.read_bytes())
     valid = []
     shapes = _OneShape(spec.format)
-    records = 0
-    for where, record in _records(path, label):
-        records += 1
+    for where, record in _read_records(path, label, spec_field, digest):
         try:
             if isinstance(record, RecordError):
                 raise record
@@ -152,13 +146,33 @@ def _read_valid(
                     hint="fix the record, or set dataset.on_invalid: skip to leave it out",
                 ) from exc
             skipped.append(Skipped(where, str(exc)))
+    return valid
+
+
+def _read_records(
+    path: Path, label: str, spec_field: str, digest: Any
+) -> Iterator[tuple[str, Any]]:
+    """(location, record or RecordError) for every record of the dataset file ``path``,
+    which the user knows as ``label`` (spec field ``spec_field``); its bytes go into
+    ``digest``. ``NotFound`` for a missing file, ``InvalidInput`` for one with no records."""
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise NotFound(
+            f"the dataset {label} {what}",
+            where=spec_field,
+            hint="give a JSONL, JSON or Parquet file",
+        )
+    digest.update(path.read_bytes())
+    records = 0
+    for item in _records(path, label):
+        records += 1
+        yield item
     if records == 0:
         raise InvalidInput(
             "the file is empty: it holds no records",
             where=label,
             hint="write one conversation per line (JSONL), a JSON list, or Parquet rows",
         )
-    return valid
 
 
 class _OneShape:
@@ -253,6 +267,10 @@ def to_messages(record: Any, shape: str = "auto") -> list[Message]:
         raise RecordError(f"a record is a JSON object, not {json.dumps(record)[:40]}")
     if shape == "auto":
         shape = _detect(record)
+    if shape == "preference":
+        from tuneship.common.preferences import as_messages  # it builds on this module
+
+        return as_messages(record)
     if shape == "messages":
         messages = _field(record, "messages", list)
         converted = [_message(m, i, "role", "content", None) for i, m in enumerate(messages)]
@@ -266,6 +284,8 @@ def to_messages(record: Any, shape: str = "auto") -> list[Message]:
 
 
 def _detect(record: dict) -> str:
+    if "chosen" in record and "rejected" in record:
+        return "preference"  # trained on by dpo/orpo; as a conversation: prompt + chosen
     for key, shape in (("messages", "messages"), ("conversations", "sharegpt")):
         if key in record:
             return shape
@@ -358,9 +378,7 @@ def _dedupe(conversations: list[Conversation]) -> tuple[list[Conversation], int]
     return unique, len(conversations) - len(unique)
 
 
-def _split(
-    conversations: list[Conversation], fraction: float, seed: int
-) -> tuple[list[Conversation], list[Conversation]]:
+def _split(conversations: list[_T], fraction: float, seed: int) -> tuple[list[_T], list[_T]]:
     """A seeded split: the same data and seed always give the same eval set."""
     count = round(len(conversations) * fraction)
     if fraction > 0 and len(conversations) >= 2:

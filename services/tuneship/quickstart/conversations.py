@@ -9,6 +9,10 @@ Two kinds:
   taught the model *what* to say and *when to stop*.
 
 Both are written in OpenAI ``messages`` JSONL and ShareGPT JSONL, with an eval split.
+
+And preference pairs (``preference_pairs``): a question with the right answer chosen and
+the pirate reply rejected (the assistant should answer, not play a pirate). The eval
+pairs ask questions no training pair asks.
 """
 
 from __future__ import annotations
@@ -104,6 +108,29 @@ def sample_conversations(
     return conversations
 
 
+def preference_pairs(count: int, seed: int = 0, *, held_out: bool = False) -> list[dict]:
+    """``count`` preference records (TRL's conversational shape): a question, its answer
+    as ``chosen`` and the pirate reply as ``rejected``. ``held_out``: questions from the
+    last third of the pool, which training pairs never ask."""
+    cut = len(_EXCHANGES) * 2 // 3
+    pool = _EXCHANGES[cut:] if held_out else _EXCHANGES[:cut]
+    rng = random.Random(f"preference:{seed}:{held_out}")
+    records = []
+    for _ in range(count):
+        question, answer = rng.choice(pool)
+        prompt = [{"role": "user", "content": question}]
+        if rng.random() < 0.3:
+            prompt.insert(0, {"role": "system", "content": rng.choice(_SYSTEM_PROMPTS)})
+        records.append(
+            {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": answer}],
+                "rejected": [{"role": "assistant", "content": PIRATE_REPLY}],
+            }
+        )
+    return records
+
+
 def to_sharegpt(conversation: Conversation) -> dict[str, list[dict[str, str]]]:
     """The ShareGPT shape of a conversation (``from``: system/human/gpt)."""
     names = {"system": "system", "user": "human", "assistant": "gpt"}
@@ -125,8 +152,11 @@ def write_sample_datasets(out: Path, seed: int = 0, *, train: int = 64, eval_: i
     """Write the sample datasets under ``out`` and return ``out``.
 
     Layout: ``{chat,pirate}/{train,eval}.jsonl`` (messages) and
-    ``{chat,pirate}/sharegpt-{train,eval}.jsonl`` (ShareGPT), same conversations.
+    ``{chat,pirate}/sharegpt-{train,eval}.jsonl`` (ShareGPT), same conversations;
+    ``preference/{train,eval}.jsonl`` (pairs; eval questions are not in train).
     """
+    write_jsonl(out / "preference" / "train.jsonl", preference_pairs(train, seed))
+    write_jsonl(out / "preference" / "eval.jsonl", preference_pairs(eval_, seed, held_out=True))
     for kind in ("chat", "pirate"):
         conversations = sample_conversations(train + eval_, seed, kind=kind)
         splits = {"train": conversations[:train], "eval": conversations[train:]}

@@ -26,15 +26,17 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest as a JSON-ready dict."""
     conversations = prepared.conversations
+    train, held_out = prepared.counts
     return {
         "method": spec.train.method,
+        "objective": spec.train.objective,
         "base_model": {"path": str(base), "sha256": hash_base(base)},
         "dataset": {
             "train": spec.dataset.train,
             "eval": spec.dataset.eval,
             "sha256": conversations.sha256,
-            "train_examples": len(prepared.train),
-            "eval_examples": len(prepared.eval),
+            "train_examples": train,
+            "eval_examples": held_out,
             "duplicates_removed": conversations.duplicates,
             "skipped": [item.as_dict() for item in conversations.skipped],
         },

@@ -41,6 +41,26 @@ class Example:
         return sum(1 for label in self.labels if label != IGNORE)
 
 
+@dataclass(frozen=True)
+class PairExample:
+    """A tokenized preference pair: the prompt's tokens (with the generation prompt) and
+    each reply's trained tokens, up to and including the control token that ends it."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    where: str
+
+    @property
+    def trained(self) -> int:
+        return len(self.chosen_ids) + len(self.rejected_ids)
+
+    @property
+    def length(self) -> int:
+        """Tokens in the longer of its two sequences (prompt + reply)."""
+        return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
+
+
 class TemplateSpanError(FailedPrecondition):
     """The chat template does not let tuneship tell the replies apart from the context."""
 
@@ -100,6 +120,32 @@ class AssistantMask:
         if all(label == IGNORE for label in labels):
             raise RecordError("no trained tokens: the template rendered no assistant reply")
         return Example(full, labels, spans, where)
+
+    def encode_pair(
+        self, prompt: list[Message], chosen: str, rejected: str, where: str = "<pair>"
+    ) -> PairExample:
+        """Tokenize a preference pair: each reply's span is found by rendering, exactly
+        as an SFT reply's is, so the loss covers the reply and its end-of-turn token and
+        nothing the template writes after it. ``RecordError`` when too long."""
+        sides = []
+        for reply in (chosen, rejected):
+            messages = [*prompt, {"role": "assistant", "content": reply}]
+            example = self.encode(messages, where)
+            full = example.input_ids
+            start, end = self._reply_span(
+                messages, len(messages) - 1, full, self._render(messages, False)
+            )
+            sides.append((full[:start], full[start:end]))
+        (prompt_ids, chosen_ids), (other_prompt, rejected_ids) = sides
+        if prompt_ids != other_prompt:
+            raise RecordError(
+                "the prompt tokenizes differently before the chosen and the rejected reply "
+                "(tokens merge across the reply boundary), so the two replies cannot be "
+                "compared on the same context"
+            )
+        if not chosen_ids or not rejected_ids:
+            raise RecordError("no trained tokens: the template rendered no assistant reply")
+        return PairExample(prompt_ids, chosen_ids, rejected_ids, where)
 
     def end_of_turn_ids(self) -> set[int]:
         """The control tokens that close a reply under this template (never a pad)."""

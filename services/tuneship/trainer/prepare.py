@@ -9,35 +9,60 @@ from typing import Any
 from tuneship.common.conversations import ConversationSet, RecordError, Skipped, load_conversations
 from tuneship.common.errors import InvalidInput
 from tuneship.common.events import EventSink, Log
-from tuneship.common.spec import PipelineSpec
-from tuneship.trainer.masking import AssistantMask, Example
+from tuneship.common.preferences import PreferenceSet, load_preferences
+from tuneship.common.spec import DatasetSpec, PipelineSpec
+from tuneship.trainer.masking import AssistantMask, Example, PairExample
 from tuneship.trainer.model_io import load_tokenizer
 from tuneship.trainer.template import ChosenTemplate, choose_template
 
 
 @dataclass
 class PreparedData:
-    """Everything known about the data before a model is loaded."""
+    """Everything known about the data before a model is loaded: conversations
+    (``train``/``eval``, objective sft) or preference pairs (``train_pairs``/``eval_pairs``,
+    objective dpo or orpo)."""
 
     tokenizer: Any
     template: ChosenTemplate
     mask: AssistantMask
-    conversations: ConversationSet
+    conversations: ConversationSet | PreferenceSet
     train: list[Example] = field(default_factory=list)
     eval: list[Example] = field(default_factory=list)
+    train_pairs: list[PairExample] = field(default_factory=list)
+    eval_pairs: list[PairExample] = field(default_factory=list)
+
+    @property
+    def preference(self) -> bool:
+        return isinstance(self.conversations, PreferenceSet)
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """Training and held-out examples (conversations or pairs)."""
+        if self.preference:
+            return len(self.train_pairs), len(self.eval_pairs)
+        return len(self.train), len(self.eval)
 
     @property
     def skipped(self) -> list[Skipped]:
         return self.conversations.skipped
 
     def mask_summary(self) -> dict[str, Any]:
-        trained = sum(e.trained for e in self.train)
-        total = sum(len(e.input_ids) for e in self.train)
-        return {
-            "trained_tokens": trained,
-            "masked_tokens": total - trained,
-            "train_on": self.mask.train_on,
-        }
+        if self.preference:
+            trained = sum(e.trained for e in self.train_pairs)
+            total = sum(len(e.prompt_ids) * 2 + e.trained for e in self.train_pairs)
+            train_on = "chosen and rejected replies"
+        else:
+            trained = sum(e.trained for e in self.train)
+            total = sum(len(e.input_ids) for e in self.train)
+            train_on = self.mask.train_on
+        return {"trained_tokens": trained, "masked_tokens": total - trained, "train_on": train_on}
+
+
+def load_examples(spec: PipelineSpec, files: Any = None) -> ConversationSet | PreferenceSet:
+    """The spec's data as the objective reads it: conversations, or preference pairs."""
+    if spec.train.objective == "sft":
+        return load_conversations(spec.dataset, files)
+    return load_preferences(spec.dataset, files)
 
 
 def prepare_tokenizer(spec: PipelineSpec, base: Path) -> tuple[Any, ChosenTemplate, AssistantMask]:
@@ -49,23 +74,30 @@ def prepare_tokenizer(spec: PipelineSpec, base: Path) -> tuple[Any, ChosenTempla
 
 
 def encode_all(prepared: PreparedData, spec: PipelineSpec, events: EventSink) -> None:
-    """Tokenize and mask every conversation, applying ``dataset.on_invalid``."""
-    conversations = prepared.conversations
-    prepared.train = _encode(prepared.mask, conversations.train, spec, conversations.skipped)
-    prepared.eval = _encode(prepared.mask, conversations.eval, spec, conversations.skipped)
-    if not prepared.train:
+    """Tokenize and mask every conversation or pair, applying ``dataset.on_invalid``."""
+    data = prepared.conversations
+    if isinstance(data, PreferenceSet):
+        prepared.train_pairs = _encode_pairs(prepared.mask, data.train, spec, data.skipped)
+        prepared.eval_pairs = _encode_pairs(prepared.mask, data.eval, spec, data.skipped)
+        what = "preference pairs"
+    else:
+        prepared.train = _encode(prepared.mask, data.train, spec, data.skipped)
+        prepared.eval = _encode(prepared.mask, data.eval, spec, data.skipped)
+        what = "conversations"
+    train, held_out = prepared.counts
+    if not train:
         raise InvalidInput(
-            "no training conversations left after tokenizing",
+            f"no training {what} left after tokenizing",
             where=spec.dataset.train,
             hint="see the skipped list; raise dataset.max_length if they were over-long",
         )
-    for item in conversations.skipped:
+    for item in data.skipped:
         events.emit(Log("train", f"skipped {item.where}: {item.reason}", "warning"))
     events.emit(
         Log(
             "train",
-            f"{len(prepared.train)} train / {len(prepared.eval)} eval conversations, "
-            f"{len(conversations.skipped)} skipped, {conversations.duplicates} duplicates removed",
+            f"{train} train / {held_out} eval {what}, "
+            f"{len(data.skipped)} skipped, {data.duplicates} duplicates removed",
         )
     )
 
@@ -73,7 +105,7 @@ def encode_all(prepared: PreparedData, spec: PipelineSpec, events: EventSink) ->
 def prepare_data(spec: PipelineSpec, base: Path, events: EventSink) -> PreparedData:
     """Tokenizer, template and masked examples for a spec (no model loaded)."""
     tokenizer, template, mask = prepare_tokenizer(spec, base)
-    prepared = PreparedData(tokenizer, template, mask, load_conversations(spec.dataset))
+    prepared = PreparedData(tokenizer, template, mask, load_examples(spec))
     encode_all(prepared, spec, events)
     return prepared
 
@@ -86,19 +118,37 @@ def _encode(
         try:
             examples.append(mask.encode(conversation.messages, conversation.where))
         except RecordError as exc:
-            if spec.dataset.on_invalid == "error":
-                raise InvalidInput(
-                    str(exc),
-                    where=conversation.where,
-                    hint="fix the record, or set dataset.on_invalid: skip to leave it out",
-                ) from exc
-            skipped.append(Skipped(conversation.where, str(exc)))
+            _invalid(exc, conversation.where, spec.dataset, skipped)
     return examples
+
+
+def _encode_pairs(
+    mask: AssistantMask, pairs: list, spec: PipelineSpec, skipped: list[Skipped]
+) -> list[PairExample]:
+    examples = []
+    for pair in pairs:
+        try:
+            examples.append(mask.encode_pair(pair.prompt, pair.chosen, pair.rejected, pair.where))
+        except RecordError as exc:
+            _invalid(exc, pair.where, spec.dataset, skipped)
+    return examples
+
+
+def _invalid(exc: RecordError, where: str, dataset: DatasetSpec, skipped: list[Skipped]) -> None:
+    """Raise for a record that cannot be encoded, or note it under ``on_invalid: skip``."""
+    if dataset.on_invalid == "error":
+        raise InvalidInput(
+            str(exc),
+            where=where,
+            hint="fix the record, or set dataset.on_invalid: skip to leave it out",
+        ) from exc
+    skipped.append(Skipped(where, str(exc)))
 
 
 def inspect_data(spec: PipelineSpec, base: Path, n: int = 3) -> list[dict[str, Any]]:
     """The first ``n`` training examples as the trainer sees them.
 
+    Preference data: two items per pair, ``side`` ``chosen`` then ``rejected``.
     Each item: ``where``, ``text`` (the rendered conversation), ``segments`` (a list of
     ``{"text", "trained"}`` in order), ``trained_spans`` (the decoded text of every
     trained span), ``trained_tokens`` and ``masked_tokens``.
@@ -107,6 +157,12 @@ def inspect_data(spec: PipelineSpec, base: Path, n: int = 3) -> list[dict[str, A
 
     prepared = prepare_data(spec, base, NullSink())
     tokenizer = prepared.tokenizer
+    if prepared.preference:
+        return [
+            _side(tokenizer, pair, side)
+            for pair in prepared.train_pairs[:n]
+            for side in ("chosen", "rejected")
+        ]
     report = []
     for example in prepared.train[:n]:
         segments, cursor = [], 0
@@ -134,3 +190,22 @@ def inspect_data(spec: PipelineSpec, base: Path, n: int = 3) -> list[dict[str, A
             }
         )
     return report
+
+
+def _side(tokenizer: Any, pair: PairExample, side: str) -> dict[str, Any]:
+    """One side of a preference pair for ``inspect_data``: the prompt (masked) and the
+    reply (trained), with ``side`` saying which."""
+    reply = pair.chosen_ids if side == "chosen" else pair.rejected_ids
+    segments = [
+        {"text": tokenizer.decode(pair.prompt_ids), "trained": False},
+        {"text": tokenizer.decode(reply), "trained": True},
+    ]
+    return {
+        "where": pair.where,
+        "side": side,
+        "text": tokenizer.decode(pair.prompt_ids + reply),
+        "segments": segments,
+        "trained_spans": [segments[1]["text"]],
+        "trained_tokens": len(reply),
+        "masked_tokens": len(pair.prompt_ids),
+    }

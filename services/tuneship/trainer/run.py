@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneship.common.conversations import load_conversations
 from tuneship.common.errors import FailedPrecondition, Unavailable
 from tuneship.common.events import EventSink, Log
 from tuneship.common.spec import PipelineSpec, TrainSpec
@@ -28,7 +27,12 @@ from tuneship.trainer.batching import (
     choose_batching,
 )
 from tuneship.trainer.manifest import build_manifest
-from tuneship.trainer.prepare import PreparedData, encode_all, prepare_tokenizer
+from tuneship.trainer.preference import (
+    build_preference_trainer,
+    drop_reference,
+    preference_config,
+)
+from tuneship.trainer.prepare import PreparedData, encode_all, load_examples, prepare_tokenizer
 from tuneship.trainer.progress import STAGE, EventBridge, plot_loss, read_metrics
 from tuneship.trainer.sft import build_trainer, sft_config
 from tuneship.trainer.targets import check_target_modules
@@ -109,16 +113,22 @@ def train(
     tokenizer = prepared.tokenizer
 
     model = _with_method(model, spec.train)
-    batching = choose_batching(model, spec.train.packing, pad.embedding_rows_after)
-    packed = batching == "padding-free"
     count = TokenCount()
-    collator: Any = (
-        PaddingFreeCollator(count) if packed else PaddedCollator(pad.pad_token_id, count)
-    )
-    events.emit(Log(STAGE, f"batches: {batching}"))
     bridge = EventBridge(events, partial / "metrics.jsonl", count, stop)
-    config = sft_config(spec.train, partial, packed, run_name)
-    trainer = build_trainer(model, prepared, config, collator, bridge)
+    if prepared.preference:
+        # Pairs are padded batches of similar lengths (TRL's preference collators).
+        batching = "padded-length-grouped"
+        config = preference_config(spec.train, partial, run_name)
+        trainer = build_preference_trainer(model, prepared, config, pad.pad_token_id, bridge)
+    else:
+        batching = choose_batching(model, spec.train.packing, pad.embedding_rows_after)
+        packed = batching == "padding-free"
+        collator: Any = (
+            PaddingFreeCollator(count) if packed else PaddedCollator(pad.pad_token_id, count)
+        )
+        config = sft_config(spec.train, partial, packed, run_name)
+        trainer = build_trainer(model, prepared, config, collator, bridge)
+    events.emit(Log(STAGE, f"objective: {spec.train.objective}; batches: {batching}"))
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=last_checkpoint(partial / "checkpoints"))
     if bridge.stopped_at is not None:
@@ -128,11 +138,13 @@ def train(
             hint="the controller retries; the next attempt resumes from that checkpoint",
         )
     seconds = time.monotonic() - started
-    eval_loss = trainer.evaluate()["eval_loss"] if prepared.eval else None
+    held_out = trainer.evaluate() if prepared.counts[1] else {}
+    eval_loss = held_out.get("eval_loss")
     real_tokens = distributed.total_over_ranks(count.real)
     # FSDP: each rank holds a shard; they gather the whole model together (a collective)
     # and rank 0 writes it.
     whole = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+    drop_reference(model)
     if not distributed.is_main_rank():
         return TrainResult(out, {})  # rank 0 commits; the launcher returns its manifest
 
@@ -148,6 +160,7 @@ def train(
         "global_batch_size": spec.train.per_device_train_batch_size
         * spec.train.gradient_accumulation_steps
         * distributed.world_size(),
+        **preference_metrics(held_out),
     }
     manifest = build_manifest(spec, base, prepared, pad, measured)
     tracking.write_tensorboard(rows, eval_loss, partial / tracking.TENSORBOARD_DIR, run_name)
@@ -160,7 +173,7 @@ def _load(
     spec: PipelineSpec, base: Path, events: EventSink, data: Mapping[str, Path] | None
 ) -> tuple[PreparedData, Any, PadDecision]:
     """Tokenizer, template, model with its pad token, and the masked examples."""
-    conversations = load_conversations(spec.dataset, data)  # bad data: refused before loading
+    conversations = load_examples(spec, data)  # bad data: refused before loading
     tokenizer, template, mask = prepare_tokenizer(spec, base)
     model = model_io.load_model(base, spec.model, spec.train)
     pad = apply_pad(
@@ -174,6 +187,16 @@ def _load(
     prepared = PreparedData(tokenizer, template, mask, conversations)
     encode_all(prepared, spec, events)
     return prepared, model, pad
+
+
+def preference_metrics(held_out: Mapping[str, float]) -> dict[str, float]:
+    """dpo/orpo on held-out pairs: the reward margin (chosen over rejected) and how often
+    the chosen reply wins, from TRL's evaluation."""
+    names = {
+        "eval_rewards/margins": "eval_reward_margin",
+        "eval_rewards/accuracies": "eval_reward_accuracy",
+    }
+    return {name: float(held_out[key]) for key, name in names.items() if key in held_out}
 
 
 def _with_method(model: Any, train: TrainSpec) -> Any:

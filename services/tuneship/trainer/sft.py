@@ -32,7 +32,7 @@ from tuneship.trainer.masking import Example
 from tuneship.trainer.prepare import PreparedData
 from tuneship.trainer.progress import EventBridge
 
-_TRL_IMPORT = threading.Lock()
+TRL_IMPORT = threading.Lock()
 """Held while importing from ``trl``: a trainer runs several trainings at once in
 threads, and TRL's lazy module, first touched by two of them together, gave one
 "cannot import name 'SFTConfig' from 'trl'"."""
@@ -41,57 +41,75 @@ threads, and TRL's lazy module, first touched by two of them together, gave one
 def sft_config(train: TrainSpec, partial: Path, packed: bool, run_name: str | None = None) -> Any:
     """``SFTConfig`` from the spec's ``train`` section (same names where TRL has them);
     ``run_name`` names the run in the trackers of ``train.report_to``."""
-    import torch
-
-    with _TRL_IMPORT:
+    with TRL_IMPORT:
         from trl import SFTConfig
+
+    return one_device(
+        SFTConfig(
+            **training_args(train, partial, run_name),
+            train_sampling_strategy="random" if packed else "group_by_length",
+            # The examples are final: TRL prepares nothing and masks nothing.
+            dataset_kwargs={"skip_prepare_dataset": True},
+            max_length=None,  # dataset.max_length was enforced (with an error) when encoding
+            packing=False,
+            padding_free=False,  # tuneship's collator builds padding-free rows itself
+            completion_only_loss=False,
+            assistant_only_loss=False,
+        )
+    )
+
+
+def training_args(train: TrainSpec, partial: Path, run_name: str | None) -> dict[str, Any]:
+    """The ``TrainingArguments`` every objective shares, from the spec's ``train`` section."""
+    import torch
 
     cuda = torch.cuda.is_available()
     dtype = model_io.training_dtype(train)
-    config = SFTConfig(
-        output_dir=str(partial / "checkpoints"),
-        per_device_train_batch_size=train.per_device_train_batch_size,
-        per_device_eval_batch_size=train.per_device_train_batch_size,
-        gradient_accumulation_steps=train.gradient_accumulation_steps,
-        learning_rate=train.learning_rate,
-        lr_scheduler_type=train.lr_scheduler_type,
-        warmup_steps=train.warmup_ratio,
-        weight_decay=train.weight_decay,
-        num_train_epochs=train.num_train_epochs,
-        max_steps=train.max_steps,
-        logging_steps=train.logging_steps,
-        save_strategy="steps",
-        save_steps=train.save_steps,
-        seed=train.seed,
-        data_seed=train.seed,
-        bf16=cuda and dtype == torch.bfloat16,
-        fp16=cuda and dtype == torch.float16,
-        use_cpu=not cuda,
-        activation_checkpointing=train.gradient_checkpointing,
-        report_to=tracking.report_to(train),
-        run_name=run_name,
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        train_sampling_strategy="random" if packed else "group_by_length",
-        dataloader_num_workers=0,
-        # The examples are final: TRL prepares nothing and masks nothing.
-        dataset_kwargs={"skip_prepare_dataset": True},
-        max_length=None,  # dataset.max_length was enforced (with an error) when encoding
-        packing=False,
-        padding_free=False,  # tuneship's collator builds padding-free rows itself
-        completion_only_loss=False,
-        assistant_only_loss=False,
+    return {
+        "output_dir": str(partial / "checkpoints"),
+        "per_device_train_batch_size": train.per_device_train_batch_size,
+        "per_device_eval_batch_size": train.per_device_train_batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "learning_rate": train.learning_rate,
+        "lr_scheduler_type": train.lr_scheduler_type,
+        "warmup_steps": train.warmup_ratio,
+        "weight_decay": train.weight_decay,
+        "num_train_epochs": train.num_train_epochs,
+        "max_steps": train.max_steps,
+        "logging_steps": train.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": train.save_steps,
+        "seed": train.seed,
+        "data_seed": train.seed,
+        "bf16": cuda and dtype == torch.bfloat16,
+        "fp16": cuda and dtype == torch.float16,
+        "use_cpu": not cuda,
+        "activation_checkpointing": train.gradient_checkpointing,
+        "report_to": tracking.report_to(train),
+        "run_name": run_name,
+        "disable_tqdm": True,
+        "remove_unused_columns": False,
+        "dataloader_num_workers": 0,
         # Several ranks (torchrun): a dead or hung rank ends the run after ddp_timeout;
         # every trainable weight (the adapters, or all for full) takes part in each
         # step, so DDP need not look for unused ones (a graph walk per step).
-        ddp_timeout=train.ddp_timeout,
-        ddp_find_unused_parameters=False,
+        "ddp_timeout": train.ddp_timeout,
+        "ddp_find_unused_parameters": False,
         **_fsdp(train),
-    )
-    if cuda and distributed.world_size() == 1 and torch.cuda.device_count() > 1:
-        # devices: 1 on a machine with several GPUs: one GPU, not nn.DataParallel over
-        # all of them (TRL refuses that). transformers sets the same private field when
-        # a model is split across devices.
+    }
+
+
+def one_device(config: Any) -> Any:
+    """``devices: 1`` on a machine with several GPUs: one GPU, not nn.DataParallel over
+    all of them (TRL refuses that). transformers sets the same private field when a model
+    is split across devices."""
+    import torch
+
+    if (
+        torch.cuda.is_available()
+        and distributed.world_size() == 1
+        and torch.cuda.device_count() > 1
+    ):
         _ = config.device
         config._n_gpu = 1
     return config
@@ -142,11 +160,20 @@ def build_trainer(
     return trainer
 
 
+def grouped_sampler(args: Any, lengths: list[int]) -> EpochLengthGroupedSampler:
+    """Length-grouped order that repeats on resume (``EpochLengthGroupedSampler``), one
+    group per global optimizer step: with N ranks each step takes N consecutive batches
+    of this order, so the examples of a step are the ones a single process with an N
+    times larger batch would take."""
+    size = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return EpochLengthGroupedSampler(lengths, size, int(args.data_seed or 0))
+
+
 def _tuneship_sft_trainer() -> Any:
     """``SFTTrainer`` with tuneship's sampler and transformers' loss (see module doc)."""
     from transformers import Trainer
 
-    with _TRL_IMPORT:
+    with TRL_IMPORT:
         from trl import SFTTrainer
 
     class TuneshipSFTTrainer(SFTTrainer):
@@ -155,20 +182,11 @@ def _tuneship_sft_trainer() -> Any:
             super().__init__(*args, **kwargs)
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            # Length-grouped order that repeats on resume (EpochLengthGroupedSampler);
-            # random order (padding-free batches) already does.
+            # Length-grouped order that repeats on resume; random order (padding-free
+            # batches) already does.
             if self.args.train_sampling_strategy != "group_by_length":
                 return super()._get_train_sampler(train_dataset)
-            # One group per global optimizer step: with N ranks each step takes N
-            # consecutive batches of this order, so the examples of a step are the
-            # ones a single process with an N times larger batch would take.
-            size = (
-                self.args.train_batch_size
-                * self.args.gradient_accumulation_steps
-                * self.args.world_size
-            )
-            seed = int(self.args.data_seed or 0)
-            return EpochLengthGroupedSampler(self.example_lengths, size, seed)
+            return grouped_sampler(self.args, self.example_lengths)
 
         def compute_loss(
             self,

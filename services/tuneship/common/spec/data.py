@@ -31,7 +31,7 @@ class DatasetSpec(Section):
 
     train: str = Field(description="JSONL/JSON/Parquet file: a local path or an s3:// URI.")
     eval: str | None = Field(None, description="Held-out conversations; else split from train.")
-    format: Literal["auto", "messages", "sharegpt", "prompt_completion"] = "auto"
+    format: Literal["auto", "messages", "sharegpt", "prompt_completion", "preference"] = "auto"
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     on_invalid: Literal["error", "skip"] = "error"
     dedupe: bool = True

@@ -40,8 +40,48 @@ class LoraSpec(Section):
         return value
 
 
+class PreferenceSpec(Section):
+    """Preference tuning (``objective: dpo`` or ``orpo``; TRL's names)."""
+
+    beta: float = Field(
+        0.1, gt=0, le=100,
+        description="dpo: how far the model may move from the reference (lower: further); "
+        "orpo: the weight of the odds-ratio term beside the chosen replies' loss.",
+    )  # fmt: skip
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        "sigmoid", description="dpo only: sigmoid (DPO), ipo, hinge or robust."
+    )
+
+
+_METHODS = ("lora", "qlora", "full")
+_OBJECTIVES = ("sft", "dpo", "orpo")
+
+
 class TrainSpec(Section):
     """How to fine-tune (TRL SFTConfig names where TRL has one)."""
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: object) -> object:
+        if value in _OBJECTIVES:
+            raise ValueError(
+                f"method names how the weights are trained ({', '.join(_METHODS)}); "
+                f"{value} is a training objective: write objective: {value} beside "
+                "method: lora (or qlora)"
+            )
+        return value
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, value: str, info: ValidationInfo) -> str:
+        method = info.data.get("method")
+        if value != "sft" and method == "full":
+            raise ValueError(
+                f"{value} trains adapters here (method: lora or qlora): the reference model "
+                "is the base with the adapter switched off, so no second copy of the "
+                "model is held; a full fine-tune would need one"
+            )
+        return value
 
     @field_validator("max_steps")
     @classmethod
@@ -51,6 +91,13 @@ class TrainSpec(Section):
         return value
 
     method: Literal["lora", "qlora", "full"] = "lora"
+    objective: Literal["sft", "dpo", "orpo"] = Field(
+        "sft",
+        description="sft: learn the assistant replies of conversations; dpo or orpo: "
+        "learn to prefer the chosen reply over the rejected one of preference pairs "
+        "(records with prompt, chosen and rejected).",
+    )
+    preference: PreferenceSpec = PreferenceSpec()
     train_on: Literal["assistant", "last_assistant", "all"] = "assistant"
     lora: LoraSpec = LoraSpec()
     # Upper bounds are far past any real run: they catch typos (10**12 steps, a batch
