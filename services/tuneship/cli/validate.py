@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneship.common.conversations import load_conversations
 from tuneship.common.errors import InvalidInput, NotFound, TuneshipError
+from tuneship.common.preferences import load_training_data
 from tuneship.common.spec import PipelineSpec
 
 REMOTE = ("hf://", "s3://", "store:")
@@ -45,7 +45,7 @@ def check_inputs(spec: PipelineSpec) -> tuple[list[TuneshipError], list[str]]:
     unchecked.extend(remote)
     if not remote:
         try:
-            load_conversations(spec.dataset)  # every record, as training reads them
+            load_training_data(spec)  # every record, as training reads them
         except TuneshipError as exc:
             problems.append(exc)
     return problems, unchecked

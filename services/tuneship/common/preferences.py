@@ -32,15 +32,17 @@ from typing import Any
 
 from tuneship.common.conversations import (
     _SHAREGPT_ROLES,
+    ConversationSet,
     RecordError,
     Skipped,
     _check_order,
     _message,
     _read_records,
     _split,
+    load_conversations,
 )
 from tuneship.common.errors import InvalidInput
-from tuneship.common.spec import DatasetSpec
+from tuneship.common.spec import DatasetSpec, PipelineSpec
 
 Message = dict[str, str]
 KEYS = ("chosen", "rejected")
@@ -82,6 +84,16 @@ def as_messages(record: dict) -> list[Message]:
     return pair.conversation(pair.chosen)
 
 
+def load_training_data(
+    spec: PipelineSpec, files: Mapping[str, Path] | None = None
+) -> ConversationSet | PreferenceSet:
+    """The spec's data as its ``train.objective`` reads it: conversations (sft) or
+    preference pairs (dpo, orpo)."""
+    if spec.train.objective == "sft":
+        return load_conversations(spec.dataset, files)
+    return load_preferences(spec.dataset, files)
+
+
 def load_preferences(spec: DatasetSpec, files: Mapping[str, Path] | None = None) -> PreferenceSet:
     """Read ``spec.train`` (and ``spec.eval``) as preference pairs: validate, dedupe, split.
 
@@ -119,7 +131,7 @@ def _read(
         try:
             if isinstance(record, RecordError):
                 raise record
-            if isinstance(record, dict) and not is_preference(record):
+            if isinstance(record, dict) and not any(key in record for key in KEYS):
                 raise InvalidInput(
                     "a conversation, not a preference pair: preference tuning (dpo, orpo) "
                     "learns from a chosen and a rejected reply to the same prompt",

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneship.common.conversations import ConversationSet, RecordError, Skipped, load_conversations
+from tuneship.common.conversations import ConversationSet, RecordError, Skipped
 from tuneship.common.errors import InvalidInput
 from tuneship.common.events import EventSink, Log
-from tuneship.common.preferences import PreferenceSet, load_preferences
+from tuneship.common.preferences import PreferenceSet, load_training_data
 from tuneship.common.spec import DatasetSpec, PipelineSpec
 from tuneship.trainer.masking import AssistantMask, Example, PairExample
 from tuneship.trainer.model_io import load_tokenizer
@@ -58,13 +58,6 @@ class PreparedData:
         return {"trained_tokens": trained, "masked_tokens": total - trained, "train_on": train_on}
 
 
-def load_examples(spec: PipelineSpec, files: Any = None) -> ConversationSet | PreferenceSet:
-    """The spec's data as the objective reads it: conversations, or preference pairs."""
-    if spec.train.objective == "sft":
-        return load_conversations(spec.dataset, files)
-    return load_preferences(spec.dataset, files)
-
-
 def prepare_tokenizer(spec: PipelineSpec, base: Path) -> tuple[Any, ChosenTemplate, AssistantMask]:
     """The base tokenizer with the chosen template, and the mask built on it."""
     tokenizer = load_tokenizer(base, spec.model)
@@ -105,7 +98,7 @@ def encode_all(prepared: PreparedData, spec: PipelineSpec, events: EventSink) ->
 def prepare_data(spec: PipelineSpec, base: Path, events: EventSink) -> PreparedData:
     """Tokenizer, template and masked examples for a spec (no model loaded)."""
     tokenizer, template, mask = prepare_tokenizer(spec, base)
-    prepared = PreparedData(tokenizer, template, mask, load_examples(spec))
+    prepared = PreparedData(tokenizer, template, mask, load_training_data(spec))
     encode_all(prepared, spec, events)
     return prepared
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from tuneship.common.errors import FailedPrecondition, Unavailable
 from tuneship.common.events import EventSink, Log
+from tuneship.common.preferences import load_training_data
 from tuneship.common.spec import PipelineSpec, TrainSpec
 from tuneship.trainer import distributed, model_io, tracking
 from tuneship.trainer.batching import (
@@ -32,7 +33,7 @@ from tuneship.trainer.preference import (
     drop_reference,
     preference_config,
 )
-from tuneship.trainer.prepare import PreparedData, encode_all, load_examples, prepare_tokenizer
+from tuneship.trainer.prepare import PreparedData, encode_all, prepare_tokenizer
 from tuneship.trainer.progress import STAGE, EventBridge, plot_loss, read_metrics
 from tuneship.trainer.sft import build_trainer, sft_config
 from tuneship.trainer.targets import check_target_modules
@@ -173,7 +174,7 @@ def _load(
     spec: PipelineSpec, base: Path, events: EventSink, data: Mapping[str, Path] | None
 ) -> tuple[PreparedData, Any, PadDecision]:
     """Tokenizer, template, model with its pad token, and the masked examples."""
-    conversations = load_examples(spec, data)  # bad data: refused before loading
+    conversations = load_training_data(spec, data)  # bad data: refused before loading
     tokenizer, template, mask = prepare_tokenizer(spec, base)
     model = model_io.load_model(base, spec.model, spec.train)
     pad = apply_pad(
