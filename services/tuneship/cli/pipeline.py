@@ -30,7 +30,13 @@ from tuneship.common.manifest import FileEntry
 from tuneship.common.spec import PipelineSpec, load_spec
 from tuneship.common.stages import COMPONENTS
 from tuneship.common.store import StoreSettings, open_store
-from tuneship.controller.inputs import STORE_SCHEME, human_size, resolve_input, spec_inputs
+from tuneship.controller.inputs import (
+    PIPELINE_SCHEME,
+    STORE_SCHEME,
+    human_size,
+    resolve_input,
+    spec_inputs,
+)
 
 out = Console()
 err = Console(stderr=True)
@@ -39,6 +45,10 @@ ControllerOpt = Annotated[
     typer.Option("--controller", envvar="TUNESHIP_CONTROLLER", help="Controller host:port."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+_REFERENCES = (STORE_SCHEME, PIPELINE_SCHEME)
+"""Locations the controller resolves itself: nothing to upload."""
 
 
 def upload_local_inputs(
@@ -54,7 +64,7 @@ def upload_local_inputs(
     updates: dict[str, dict[str, str]] = {"model": {}, "dataset": {}}
     store = None
     for _name, kind, field, location in spec_inputs(spec):
-        if location is None or "://" in location or location.startswith(STORE_SCHEME):
+        if location is None or "://" in location or location.startswith(_REFERENCES):
             continue
         if store_settings is not None:
             store = store or open_store(store_settings)

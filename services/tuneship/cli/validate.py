@@ -14,7 +14,7 @@ from tuneship.common.errors import InvalidInput, NotFound, TuneshipError
 from tuneship.common.preferences import load_training_data
 from tuneship.common.spec import PipelineSpec
 
-REMOTE = ("hf://", "s3://", "store:")
+REMOTE = ("hf://", "s3://", "store:", "pipeline:")
 
 
 def check_inputs(spec: PipelineSpec) -> tuple[list[TuneshipError], list[str]]:

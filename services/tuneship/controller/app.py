@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from tuneship.common.auth import AuthSettings
+from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneship.common.guard import user_api_security, worker_dialer
 from tuneship.common.jobs import Artifact
 from tuneship.common.stages import STAGES, stage_named
 from tuneship.common.wire import Server, start_server
 from tuneship.controller.database import Reconnect
+from tuneship.controller.inputs import StoreInputs
 from tuneship.controller.metrics import ControllerMetrics
 from tuneship.controller.providers import StageWorkers
 from tuneship.controller.providers.build import build_workers
@@ -24,6 +27,29 @@ from tuneship.controller.servicer import (
     add_to_server,
 )
 from tuneship.controller.state import PipelineView, StateStore
+from tuneship.controller.tables import Phase
+
+
+def merged_model(state: StateStore, pipeline_id: str, field: str) -> str:
+    """The manifest key of pipeline ``pipeline_id``'s merged model (``pipeline:<id>``)."""
+    try:
+        pipeline = state.get(pipeline_id)
+    except NotFound:
+        raise InvalidInput(
+            f"pipeline:{pipeline_id}: this controller has no pipeline {pipeline_id!r}",
+            where=field,
+            hint="name a pipeline id as `tuneship list` shows it",
+        ) from None
+    merge = pipeline.stage("merge")
+    if merge.phase != Phase.SUCCEEDED or "merge" not in merge.outputs:
+        raise FailedPrecondition(
+            f"pipeline:{pipeline_id}: its merge stage is {merge.phase.value}, so there is no "
+            "merged model to start from yet",
+            where=field,
+            hint="submit this spec once that pipeline's merge has succeeded "
+            f"(`tuneship watch {pipeline_id}`)",
+        )
+    return str(merge.outputs["merge"]["key"])
 
 
 def inputs_for(pipeline: PipelineView, stage: str) -> dict[str, Artifact]:
@@ -112,6 +138,8 @@ def start_controller(
     metrics = ControllerMetrics(state, scheduler.running)
     scheduler.observer = metrics
     forward = chat or workers.chat
+    if isinstance(upload_inputs, StoreInputs):
+        upload_inputs.merged_models = partial(merged_model, state)
     servicer = PipelineServicer(state, scheduler, upload_inputs, forward)
     server = start_server(
         [(add_to_server, servicer)],

@@ -6,6 +6,9 @@
   into MinIO), committed as an input.
 - ``hf://org/name``: downloaded from the Hugging Face hub (clusters with network),
   committed as an input.
+- ``pipeline:<id>`` (``model.base`` only): the merged model of another pipeline of this
+  controller, e.g. an SFT result to preference-tune. It is copied into the inputs as
+  any model would be, so deleting that pipeline later takes nothing from this one.
 - a local path: uploaded (content-addressed, so the same files are stored once). Only a
   controller that shares a filesystem with the user (embedded mode) sees local paths;
   clients of a cluster upload first: straight to the store, or through the controller
@@ -17,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from tuneship.common.manifest import FileEntry, Manifest, now
 from tuneship.common.spec import PipelineSpec
 from tuneship.common.store import ArtifactStore, CorruptArtifact
 from tuneship.common.store.commit import (
+    fetch_stage,
     input_digest,
     read_manifest,
     upload_input,
@@ -36,6 +40,7 @@ from tuneship.common.store.commit import (
 )
 
 STORE_SCHEME = "store:"
+PIPELINE_SCHEME = "pipeline:"
 GiB = 1 << 30
 
 
@@ -48,10 +53,33 @@ def spec_inputs(spec: PipelineSpec) -> list[tuple[str, str, str, str | None]]:
     ]
 
 
+MergedModels = Callable[[str, str], str]
+"""(pipeline id, spec field) -> the manifest key of that pipeline's merged model."""
+
+
 def resolve_input(
-    store: ArtifactStore, kind: str, field: str, location: str, revision: str | None = None
+    store: ArtifactStore,
+    kind: str,
+    field: str,
+    location: str,
+    revision: str | None = None,
+    merged_models: MergedModels | None = None,
 ) -> Artifact:
-    """Commit (or find) one input and return its manifest reference."""
+    """Commit (or find) one input and return its manifest reference. ``merged_models``
+    finds the model a ``pipeline:<id>`` location names (only a controller has one)."""
+    if location.startswith(PIPELINE_SCHEME):
+        if kind != "model" or merged_models is None:
+            raise InvalidInput(
+                f"{location}: only model.base may name another pipeline, and only a "
+                "controller resolves it",
+                where=field,
+                hint="submit the spec to the controller that ran that pipeline "
+                "(`tuneship submit`, or `tuneship run --data-dir` of that run)",
+            )
+        key = merged_models(location[len(PIPELINE_SCHEME) :], field)
+        with tempfile.TemporaryDirectory() as temp:
+            fetch_stage(store, key, Path(temp) / "model")
+            return resolve_input(store, kind, field, str(Path(temp) / "model"))
     if location.startswith(STORE_SCHEME):
         manifest = _stored_input(store, field, location)
         return Artifact(manifest.key, manifest.digest, manifest.total_size)
@@ -234,10 +262,14 @@ class StoreInputs:
     def __init__(self, store: ArtifactStore, settings: UploadSettings | None = None) -> None:
         self.store = store
         self.settings = settings or UploadSettings()
+        self.merged_models: MergedModels | None = None
+        """Set by the controller: resolves ``pipeline:<id>`` (see the module doc)."""
 
     def __call__(self, spec: PipelineSpec) -> dict[str, Artifact]:
         return {
-            name: resolve_input(self.store, kind, field, location, spec.model.revision)
+            name: resolve_input(
+                self.store, kind, field, location, spec.model.revision, self.merged_models
+            )
             for name, kind, field, location in spec_inputs(spec)
             if location is not None
         }

@@ -20,7 +20,11 @@ class Section(BaseModel):
 class ModelSpec(Section):
     """The base model to fine-tune."""
 
-    base: str = Field(description="Local directory, s3://bucket/prefix, or hf://org/name.")
+    base: str = Field(
+        description="Local directory, s3://bucket/prefix, hf://org/name, store:<input key>, "
+        "or pipeline:<id> (the merged model of another pipeline, e.g. an SFT result to "
+        "preference-tune)."
+    )
     revision: str | None = Field(None, description="hf:// revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model.")
     allow_pickle: bool = Field(False, description="Allow .bin/.pt (pickle) weights.")
