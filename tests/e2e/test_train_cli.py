@@ -85,6 +85,39 @@ def test_inspect_data_json_gives_the_assistant_turns(
         assert item["trained_tokens"] > 0 and item["masked_tokens"] > 0
 
 
+@pytest.mark.parametrize("name", ["tiny-llama2", "tiny-chatml"])
+def test_inspect_data_shows_both_sides_of_a_preference_pair(
+    name: str, tiny_llama2: Path, tiny_chatml: Path, tmp_path: Path
+) -> None:
+    base = tiny_llama2 if name == "tiny-llama2" else tiny_chatml
+    pairs = []
+    for chosen, rejected in zip(
+        arbitrary_conversations(8, seed=7), arbitrary_conversations(8, seed=8), strict=True
+    ):
+        reply = rejected[-1]["content"]
+        if reply == chosen[-1]["content"]:
+            reply += " !"
+        pairs.append({"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": reply})
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    spec = write_spec(tmp_path, base, data, objective="dpo")
+    result = tuneship("inspect-data", str(spec), "-n", "8", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [item["side"] for item in report] == ["chosen", "rejected"] * 8
+    close = " </s>" if name == "tiny-llama2" else "<|im_end|>"
+    sides = zip(report[::2], report[1::2], strict=True)
+    for (chosen, rejected), pair in zip(sides, pairs, strict=True):
+        assert chosen["segments"][0] == rejected["segments"][0]  # the same prompt
+        assert [s.strip() for s in chosen["trained_spans"]] == [
+            pair["chosen"][0]["content"].strip() + close
+        ]
+        assert [s.strip() for s in rejected["trained_spans"]] == [pair["rejected"].strip() + close]
+
+    human = tuneship("inspect-data", str(spec), "-n", "1")
+    assert human.returncode == 0, human.stderr
+    assert "─ chosen: " in human.stdout and "─ rejected: " in human.stdout
+
+
 def test_train_writes_the_output_and_reports_it(
     tiny_chatml: Path, sample_data: Path, tmp_path: Path
 ) -> None:

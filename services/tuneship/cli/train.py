@@ -118,8 +118,9 @@ def run_inspect(spec_path: Path, count: int, as_json: bool, console: Console) ->
         sys.stdout.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         return
     for item in report:
+        side = f"{item['side']}: " if "side" in item else ""  # a preference pair's side
         console.rule(
-            f"{item['where']}  trained {item['trained_tokens']} / masked "
+            f"{side}{item['where']}  trained {item['trained_tokens']} / masked "
             f"{item['masked_tokens']} tokens"
         )
         text = "".join(
