@@ -330,3 +330,27 @@ def test_a_worker_killed_outright_takes_torchrun_and_its_ranks_with_it(
         worker.kill()
         for pid in rank_pids(tmp_path).values():
             os.kill(pid, signal.SIGKILL)
+
+
+def test_two_ranks_preference_tune_what_one_process_does(
+    tiny_chatml: Path, sample_data: Path, tmp_path: Path
+) -> None:
+    """DPO through torchrun: the pairs' batches split across ranks as conversations do."""
+    data = sample_data / "preference"
+    found = {}
+    for name, devices, batch in (("single", 1, 4), ("ddp", 2, 2)):
+        spec = local_spec(tiny_chatml, data, devices, batch)
+        section = {**spec.train.model_dump(), "objective": "dpo", "learning_rate": 0.005}
+        spec = spec.model_copy(update={"train": type(spec.train).model_validate(section)})
+        sink = ListSink()
+        result = train(spec, tiny_chatml, tmp_path / name, sink)
+        found[name] = (losses(sink), result.manifest)
+    (single, one), (ddp, two) = found["single"], found["ddp"]
+    print("DPO DDP", {step: abs(single[step] - ddp[step]) for step in single})
+    assert sorted(ddp) == list(range(1, STEPS + 1))
+    for step in single:
+        assert ddp[step] == pytest.approx(single[step], rel=LOSS_REL_TOLERANCE), step
+    assert two["metrics"]["processes"] == 2 and two["objective"] == "dpo"
+    assert two["metrics"]["eval_reward_margin"] == pytest.approx(
+        one["metrics"]["eval_reward_margin"], rel=1e-3
+    )

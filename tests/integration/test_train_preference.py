@@ -147,3 +147,32 @@ def test_dpo_on_conversations_is_refused_before_anything_is_written(
     assert error.value.where.endswith("train.jsonl:1")
     assert "not a preference pair" in error.value.message
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(300)
+def test_dpo_stopped_midway_resumes_and_ends_like_an_uninterrupted_run(
+    tiny_chatml: Path, sample_data: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+    from tuneship.common.errors import Unavailable
+
+    spec = make_spec(tiny_chatml, sample_data / "preference", "dpo", save_steps=4)
+    straight = train(spec, tiny_chatml, tmp_path / "straight", ListSink())
+
+    steps = iter(range(1000))
+    with pytest.raises(Unavailable, match="stopped at step 5"):
+        train(spec, tiny_chatml, tmp_path / "resumed", ListSink(), stop=lambda: next(steps) >= 4)
+    resumed = train(spec, tiny_chatml, tmp_path / "resumed", ListSink())
+
+    def losses(out: Path) -> list[float]:
+        return [
+            json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+        ]
+
+    assert len(losses(resumed.out)) == 12
+    assert losses(resumed.out) == pytest.approx(losses(straight.out), rel=1e-5)
+    a = load_file(straight.out / "adapter" / "adapter_model.safetensors")
+    b = load_file(resumed.out / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] - b[name]).abs().max() < 1e-5, name
