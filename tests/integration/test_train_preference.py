@@ -176,3 +176,22 @@ def test_dpo_stopped_midway_resumes_and_ends_like_an_uninterrupted_run(
     assert a.keys() == b.keys()
     for name in a:
         assert (a[name] - b[name]).abs().max() < 1e-5, name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_dpo_on_a_real_gemma_model_raises_the_held_out_margin(
+    settings, sample_data: Path, tmp_path: Path
+) -> None:
+    """The same DPO on Gemma 3 270M (a real pretrained chat model, from PyPI)."""
+    from tuneship.testing.realmodels import real_model
+
+    base = real_model("gemma3-270m", settings.cache_dir / "real-models")
+    data = sample_data / "preference"
+    spec = make_spec(base, data, "dpo", max_steps=6, learning_rate=5e-4, save_steps=6)
+    spec = spec.model_copy(update={"template": type(spec.template)(family="gemma")})
+    result = train(spec, base, tmp_path / "gemma-dpo", ListSink())
+    before, after = margins_before_and_after(base, result.out, data)
+    print(f"Gemma 3 270M DPO held-out margin (nats): before {before:.3f}, after {after:.3f}")
+    assert after - before > 1.0
+    assert result.manifest["metrics"]["eval_reward_accuracy"] >= 0.75
