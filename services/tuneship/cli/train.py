@@ -99,6 +99,11 @@ def run_train(spec_path: Path, out: Path, resume: bool, console: Console) -> dic
     with RichTrainSink(console) as sink:
         result = train(spec, local_base(spec), out.resolve(), sink, resume=resume)
     metrics = result.manifest["metrics"]
+    if "eval_reward_margin" in metrics:
+        console.print(
+            f"held-out pairs: reward margin {metrics['eval_reward_margin']:.3f}, chosen "
+            f"preferred in {metrics.get('eval_reward_accuracy', 0):.0%}"
+        )
     console.print(
         f"[green]done:[/] {metrics['steps']} steps, final loss {metrics['final_loss']:.4f}, "
         f"{metrics['train_tokens_per_s']:,.0f} tokens/s, padding {metrics['padding_fraction']:.1%}"

@@ -34,6 +34,16 @@ def library_versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in ("torch", "transformers", "peft")}
 
 
+def summary_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The stage summary: steps, losses, and a preference objective's held-out margin."""
+    metrics = manifest["metrics"]
+    names = ("steps", "final_loss", "eval_loss", "eval_reward_margin", "eval_reward_accuracy")
+    return {
+        "objective": manifest.get("objective", "sft"),
+        **{name: metrics[name] for name in names if metrics.get(name) is not None},
+    }
+
+
 def _step(checkpoint: str) -> int:
     return int(Path(checkpoint).name.split("-")[-1])
 
@@ -122,7 +132,7 @@ def run_train(ctx: StageContext, job: StageJob, sink: EventSink) -> StageOutcome
         except Unavailable:
             mirror.sync()  # the checkpoint saved on the way out, for the next attempt
             raise
-        return workdir / "out", {"steps": result.steps, "final_loss": result.final_loss}
+        return workdir / "out", summary_of(result.manifest)
 
     return run_committed_stage(
         ctx, job, sink, stage=STAGE, section=section, versions=library_versions(), work=work,
