@@ -9,13 +9,22 @@ holds one shape):
 - ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}]}``
 - ``sharegpt``: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}]}``
 - ``prompt_completion``: ``{"prompt": str, "completion": str}`` (or lists of messages)
+- ``alpaca``: ``{"instruction": str, "input": str (optional), "output": str}``; the
+  input follows the instruction after a blank line, as Alpaca's own prompts put it
+- ``prompt_response``: one of the single-turn pairs in ``PROMPT_RESPONSE`` (such as
+  ``question``/``answer``); a record with two of them is ambiguous
+
 - ``preference``: pairs with ``chosen`` and ``rejected`` (``tuneship.common.preferences``),
   read here as the prompt followed by the chosen reply (SFT on the chosen replies, and
   the export's evaluation of a dpo/orpo pipeline)
 
+``alpaca`` and ``prompt_response`` records may have a ``system`` string. Other column
+names are mapped with ``dataset.columns`` (tuneship's name → the dataset's).
+
 Files are JSONL, JSON (a list of records) or Parquet, UTF-8 with or without a byte-order
-mark. Every problem names the file and line (JSONL), index (JSON) or row (Parquet) and
-what is wrong.
+mark; directories written by ``save_to_disk`` and ``hf://datasets/…`` are read through
+``common.datasources``. Every problem names the file and line (JSONL), index (JSON) or
+row (Parquet, Arrow) and what is wrong.
 """
 
 from __future__ import annotations
@@ -28,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tuneship.common.errors import InvalidInput, NotFound
+from tuneship.common import datasources
+from tuneship.common.datasources import DataSource
+from tuneship.common.errors import InvalidInput
 from tuneship.common.spec import DatasetSpec
 
 Message = dict[str, str]
@@ -72,6 +83,10 @@ class ConversationSet:
     skipped: list[Skipped] = field(default_factory=list)
     duplicates: int = 0
     sha256: str = ""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Where train and eval were read, resolved (``hf://datasets/org/name@<commit>:train``)."""
+    revision: str | None = None
+    """The hub commit the dataset resolved to, for ``hf://datasets/…``."""
 
 
 class RecordError(ValueError):
@@ -85,23 +100,28 @@ def load_conversations(
 
     ``files`` (``{"train": path, "eval": path}``) says where the bytes are when a
     worker fetched them into a work directory: errors and skipped records still name
-    the location the user gave in the spec (``train.jsonl:4``, ``store:…``, ``s3://…``).
-    The split is seeded, so every stage that loads the same spec gets the same held-out
+    the location the user gave in the spec (``train.jsonl:4``, ``store:…``, ``s3://…``),
+    or the commit a hub dataset resolved to. The held-out set is ``spec.eval``, else the
+    dataset's own held-out split (``datasources.held_out_split``), else a seeded split
+    of train, so every stage that loads the same spec gets the same held-out
     conversations. Raises ``InvalidInput`` naming the record when ``on_invalid`` is
     ``error`` or when nothing valid remains; ``NotFound`` when a file does not exist.
     """
     files = files or {}
-    digest = hashlib.sha256()
-    skipped: list[Skipped] = []
-    train = _read_valid(
-        files.get("train", Path(spec.train)), spec.train, "dataset.train", spec, skipped, digest
-    )
-    evaluation = []
+    reading = _Reading(spec)
+    source = _open(spec.train, files.get("train"), "dataset.train")
+    train = reading.split(source, spec.split, "dataset.split", "train")
+    evaluation: list[Conversation] = []
     if spec.eval:
-        source = files.get("eval", Path(spec.eval))
-        evaluation = _read_valid(source, spec.eval, "dataset.eval", spec, skipped, digest)
+        eval_source = _open(spec.eval, files.get("eval"), "dataset.eval")
+        held_out = datasources.held_out_split(eval_source, spec.eval_split, "dataset.eval")
+        evaluation = reading.split(eval_source, held_out or "train", "dataset.eval", "eval")
+    else:
+        held_out = datasources.held_out_split(source, spec.eval_split, "dataset.eval_split")
+        if held_out is not None:
+            evaluation = reading.split(source, held_out, "dataset.eval_split", "eval")
     train, duplicates = _dedupe(train) if spec.dedupe else (train, 0)
-    if not spec.eval:
+    if not spec.eval and held_out is None:
         train, evaluation = _split(train, spec.eval_fraction, spec.seed)
     if not train:
         raise InvalidInput(
@@ -109,14 +129,18 @@ def load_conversations(
             where=spec.train,
             hint="every record was invalid or skipped; see the skipped list",
         )
-    return ConversationSet(train, evaluation, skipped, duplicates, digest.hexdigest())
+    return ConversationSet(
+        train, evaluation, reading.skipped, duplicates, reading.digest.hexdigest(),
+        reading.sources, source.revision,
+    )  # fmt: skip
 
 
 def read_conversations(path: Path, shape: str = "auto") -> list[Conversation]:
     """Every conversation of one file (any accepted format); the first bad record raises
     ``InvalidInput`` with its location. For commands given a file rather than a spec."""
     spec = DatasetSpec(train=str(path), format=shape)
-    conversations = _read_valid(path, str(path), "--data", spec, [], hashlib.sha256())
+    source = datasources.open_source(path, str(path), "--data")
+    conversations = _Reading(spec).split(source, "train", "--data", "train")
     if not conversations:
         raise InvalidInput(
             "no conversations in the file",
@@ -126,51 +150,86 @@ def read_conversations(path: Path, shape: str = "auto") -> list[Conversation]:
     return conversations
 
 
-def _read_valid(
-    path: Path, label: str, spec_field: str, spec: DatasetSpec, skipped: list[Skipped], digest: Any
-) -> list[Conversation]:
-    valid = []
-    shapes = _OneShape(spec.format)
-    for where, record in _read_records(path, label, spec_field, digest):
-        try:
-            if isinstance(record, RecordError):
-                raise record
-            messages = to_messages(record, spec.format)
-            shapes.check(record, where)
-            valid.append(Conversation(messages, where))
-        except RecordError as exc:
-            if spec.on_invalid == "error":
-                raise InvalidInput(
-                    str(exc),
-                    where=where,
-                    hint="fix the record, or set dataset.on_invalid: skip to leave it out",
-                ) from exc
-            skipped.append(Skipped(where, str(exc)))
-    return valid
+def _open(location: str, fetched: Path | None, field: str) -> DataSource:
+    """The dataset at ``location`` (or its fetched copy): a hub location not fetched by
+    a worker is read from huggingface_hub's cache, downloading it if need be."""
+    if fetched is None and location.startswith(datasources.HUB_PREFIX):
+        path, commit = datasources.hub_snapshot(location, field)
+        repo, _ = datasources.parse_hub(location, field)
+        hub = f"{datasources.HUB_PREFIX}{repo}@{commit}"
+        return datasources.open_source(path, location, field, hub=hub)
+    if fetched is None and location.startswith("hf://"):
+        raise InvalidInput(
+            f"{location!r}: a dataset on the hub is hf://datasets/<org>/<name>",
+            where=field, hint="hf://org/name (no datasets/) names a model",
+        )  # fmt: skip
+    return datasources.open_source(fetched or Path(location), location, field)
+
+
+class _Reading:
+    """The reading of one spec's dataset: what was skipped, the sources and their hash."""
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        self.spec = spec
+        self.skipped: list[Skipped] = []
+        self.digest = hashlib.sha256()
+        self.sources: dict[str, str] = {}
+
+    def split(self, source: DataSource, split: str, field: str, role: str) -> list[Conversation]:
+        """The valid conversations of ``split`` of ``source`` (read as ``role``)."""
+        named = source.label if source.layout == "file" else f"{source.label}:{split}"
+        self.sources[role] = named
+        valid = []
+        shapes = _OneShape(self.spec.format)
+        for where, record in _split_records(source, split, field, self.digest):
+            try:
+                if isinstance(record, RecordError):
+                    raise record
+                shape, messages = _convert(record, self.spec.format, self.spec.columns)
+                shapes.check(shape, where)
+                valid.append(Conversation(messages, where))
+            except RecordError as exc:
+                if self.spec.on_invalid == "error":
+                    raise InvalidInput(
+                        str(exc),
+                        where=where,
+                        hint="fix the record, or set dataset.on_invalid: skip to leave it out",
+                    ) from exc
+                self.skipped.append(Skipped(where, str(exc)))
+        return valid
 
 
 def _read_records(
     path: Path, label: str, spec_field: str, digest: Any
 ) -> Iterator[tuple[str, Any]]:
-    """(location, record or RecordError) for every record of the dataset file ``path``,
-    which the user knows as ``label`` (spec field ``spec_field``); its bytes go into
-    ``digest``. ``NotFound`` for a missing file, ``InvalidInput`` for one with no records."""
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise NotFound(
-            f"the dataset {label} {what}",
-            where=spec_field,
-            hint="give a JSONL, JSON or Parquet file",
-        )
-    digest.update(path.read_bytes())
+    """(location, record or RecordError) for every record of the dataset at ``path`` (a
+    file, or the train split of a save_to_disk directory or stored hub copy), which the
+    user knows as ``label`` (spec field ``spec_field``); its bytes go into ``digest``.
+    ``NotFound`` for a missing file, ``InvalidInput`` for one with no records."""
+    source = datasources.open_source(path, label, spec_field)
+    yield from _split_records(source, "train", spec_field, digest)
+
+
+def _split_records(
+    source: DataSource, split: str, field: str, digest: Any
+) -> Iterator[tuple[str, Any]]:
+    """The records of ``split`` of ``source``: table rows are numbered across the
+    split's files (``…:train:row 12``), as ``datasets`` indexes them."""
     records = 0
-    for item in _records(path, label):
-        records += 1
-        yield item
+    for part in datasources.split_parts(source, split, field):
+        digest.update(part.path.read_bytes())
+        if not part.table:
+            for item in _records(part.path, part.where):
+                records += 1
+                yield item
+            continue
+        for record in datasources.read_table(part.path, part.where):
+            yield f"{part.where}:row {records}", record
+            records += 1
     if records == 0:
         raise InvalidInput(
             "the file is empty: it holds no records",
-            where=label,
+            where=source.label if source.layout == "file" else f"{source.label}:{split}",
             hint="write one conversation per line (JSONL), a JSON list, or Parquet rows",
         )
 
@@ -183,11 +242,10 @@ class _OneShape:
         self.shape = shape
         self.first: tuple[str, str] | None = None
 
-    def check(self, record: dict, where: str) -> None:
-        """Refuse ``record`` (valid in itself) when its shape is not the file's."""
+    def check(self, shape: str, where: str) -> None:
+        """Refuse a record (valid in itself) of ``shape`` when that is not the file's."""
         if self.shape != "auto":
             return
-        shape = _detect(record)
         if self.first is None:
             self.first = (shape, where)
         elif shape != self.first[0]:
@@ -256,8 +314,28 @@ def _jsonl_records(path: Path, label: str) -> Iterator[tuple[str, Any]]:
                 yield where, RecordError(f"not valid JSON: {exc.msg} (column {exc.colno})")
 
 
-def to_messages(record: Any, shape: str = "auto") -> list[Message]:
-    """Convert one record to validated OpenAI-style messages (``RecordError`` if invalid)."""
+def to_messages(
+    record: Any, shape: str = "auto", columns: Mapping[str, str] | None = None
+) -> list[Message]:
+    """Convert one record to validated OpenAI-style messages (``RecordError`` if invalid).
+    ``columns`` maps tuneship's field names to the record's (``dataset.columns``)."""
+    return _convert(record, shape, columns or {})[1]
+
+
+PROMPT_RESPONSE = (
+    ("prompt", "response"),
+    ("question", "answer"),
+    ("query", "response"),
+    ("instruction", "response"),
+    ("input", "output"),
+)
+"""The single-turn column pairs of ``prompt_response``: (user turn, assistant turn)."""
+
+_MESSAGE_KEYS = ("role", "content")
+
+
+def _convert(record: Any, shape: str, columns: Mapping[str, str]) -> tuple[str, list[Message]]:
+    """(the record's shape, its messages)."""
     if isinstance(record, list):
         raise RecordError(
             "a record is a JSON object, not a list: a .jsonl file has one object per line "
@@ -265,34 +343,75 @@ def to_messages(record: Any, shape: str = "auto") -> list[Message]:
         )
     if not isinstance(record, dict):
         raise RecordError(f"a record is a JSON object, not {json.dumps(record)[:40]}")
+    record = _renamed(record, columns)
     if shape == "auto":
         shape = _detect(record)
     if shape == "preference":
         from tuneship.common.preferences import as_messages  # it builds on this module
 
-        return as_messages(record)
-    if shape == "messages":
-        messages = _field(record, "messages", list)
-        converted = [_message(m, i, "role", "content", None) for i, m in enumerate(messages)]
-    elif shape == "sharegpt":
-        turns = _field(record, "conversations", list)
-        converted = [_message(t, i, "from", "value", _SHAREGPT_ROLES) for i, t in enumerate(turns)]
-    else:
-        converted = _prompt_completion(record)
+        return shape, as_messages(record)
+    role, text = columns.get("role"), columns.get("content")
+    try:
+        if shape == "messages":
+            messages = _field(record, "messages", list)
+            converted = [_message(m, i, role or "role", text or "content", None)
+                         for i, m in enumerate(messages)]  # fmt: skip
+        elif shape == "sharegpt":
+            turns = _field(record, "conversations", list)
+            converted = [_message(t, i, role or "from", text or "value", _SHAREGPT_ROLES)
+                         for i, t in enumerate(turns)]  # fmt: skip
+        elif shape == "alpaca":
+            converted = _alpaca(record)
+        elif shape == "prompt_response":
+            converted = _prompt_response(record)
+        else:
+            converted = _prompt_completion(record, role or "role", text or "content")
+    except RecordError as exc:
+        if role is None and text is None:
+            raise
+        mapped = ", ".join(f"{k} to '{columns[k]}'" for k in _MESSAGE_KEYS if k in columns)
+        raise RecordError(f"{exc} (dataset.columns maps {mapped})") from exc
     _check_order(converted)
-    return converted
+    return shape, converted
+
+
+def _renamed(record: dict, columns: Mapping[str, str]) -> dict:
+    """``record`` with the columns ``dataset.columns`` names under tuneship's names."""
+    fields = {ours: theirs for ours, theirs in columns.items() if ours not in _MESSAGE_KEYS}
+    if not fields:
+        return record
+    renamed = {k: v for k, v in record.items() if k not in fields and k not in fields.values()}
+    for ours, theirs in fields.items():
+        if theirs not in record:
+            raise RecordError(f"missing column '{theirs}' (dataset.columns maps {ours} to it)")
+        renamed[ours] = record[theirs]
+    return renamed
 
 
 def _detect(record: dict) -> str:
+    """The shape of a record; the older shapes first, so their records read as before."""
     if "chosen" in record and "rejected" in record:
         return "preference"  # trained on by dpo/orpo; as a conversation: prompt + chosen
     for key, shape in (("messages", "messages"), ("conversations", "sharegpt")):
         if key in record:
             return shape
-    if "prompt" in record or "completion" in record:
+    if "completion" in record:
         return "prompt_completion"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    if any(user in record and reply in record for user, reply in PROMPT_RESPONSE):
+        return "prompt_response"
+    if "prompt" in record:
+        return "prompt_completion"
+    halves = [f"'{a}' without '{b}'" for a, b in PROMPT_RESPONSE if a in record] + [
+        f"'{b}' without '{a}'" for a, b in PROMPT_RESPONSE if b in record
+    ]
+    found = f" (found {halves[0]})" if halves else ""
     raise RecordError(
-        "missing field: expected 'messages', 'conversations' (ShareGPT) or 'prompt'/'completion'"
+        "missing field: expected 'messages', 'conversations' (ShareGPT), "
+        "'prompt'/'completion', 'instruction'/'output' (Alpaca) or a prompt/response "
+        f"pair ({', '.join('/'.join(pair) for pair in PROMPT_RESPONSE)}){found}; "
+        "map other names with dataset.columns"
     )
 
 
@@ -334,20 +453,61 @@ def _message(item: Any, index: int, role_key: str, text_key: str, names: dict | 
     return {"role": mapped, "content": content}
 
 
-def _prompt_completion(record: dict) -> list[Message]:
+def _prompt_completion(record: dict, role: str, text: str) -> list[Message]:
     prompt, completion = record.get("prompt"), record.get("completion")
     for name, value in (("prompt", prompt), ("completion", completion)):
         if value is None:
             raise RecordError(f"missing field '{name}'")
     if isinstance(prompt, list) and isinstance(completion, list):
         turns = [*prompt, *completion]
-        return [_message(m, i, "role", "content", None) for i, m in enumerate(turns)]
+        return [_message(m, i, role, text, None) for i, m in enumerate(turns)]
     if not isinstance(prompt, str) or not isinstance(completion, str):
         raise RecordError("'prompt' and 'completion' must both be strings or both message lists")
-    return [
-        _message({"role": "user", "content": prompt}, 0, "role", "content", None),
-        _message({"role": "assistant", "content": completion}, 1, "role", "content", None),
-    ]
+    return _single_turn(record, prompt, completion)
+
+
+def _alpaca(record: dict) -> list[Message]:
+    instruction, output = _text(record, "instruction"), _text(record, "output")
+    extra = record.get("input")
+    if extra is not None and not isinstance(extra, str):
+        raise RecordError("field 'input' must be a string")
+    # Alpaca's prompt: the instruction, then its input (when there is one) as context.
+    prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
+    return _single_turn(record, prompt, output)
+
+
+def _prompt_response(record: dict) -> list[Message]:
+    pairs = [(user, reply) for user, reply in PROMPT_RESPONSE if user in record and reply in record]
+    if len(pairs) > 1:
+        named = " and ".join(f"{user}/{reply}" for user, reply in pairs)
+        raise RecordError(
+            f"ambiguous prompt/response record: it has both {named}; name the pair to "
+            "train on with dataset.columns (prompt: …, response: …)"
+        )
+    if not pairs:
+        _detect(record)  # names the half pair, or what is missing
+        raise RecordError("no prompt/response pair in the record")
+    user, reply = pairs[0]
+    return _single_turn(record, _text(record, user), _text(record, reply))
+
+
+def _text(record: dict, name: str) -> str:
+    value = record.get(name)
+    if value is None:
+        raise RecordError(f"missing field '{name}'")
+    if not isinstance(value, str):
+        raise RecordError(f"field '{name}' must be a string")
+    return value
+
+
+def _single_turn(record: dict, prompt: str, reply: str) -> list[Message]:
+    """A user turn and the assistant's reply, after the record's ``system`` if any."""
+    system = record.get("system")
+    if system is not None and not isinstance(system, str):
+        raise RecordError("field 'system' must be a string")
+    turns = [{"role": "system", "content": system}] if system and system.strip() else []
+    turns += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+    return [_message(m, i, "role", "content", None) for i, m in enumerate(turns)]
 
 
 def _check_order(messages: list[Message]) -> None:

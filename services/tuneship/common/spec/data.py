@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -33,14 +34,57 @@ class ModelSpec(Section):
 class DatasetSpec(Section):
     """The conversations to train on."""
 
-    train: str = Field(description="JSONL/JSON/Parquet file: a local path or an s3:// URI.")
+    train: str = Field(
+        description="JSONL/JSON/Parquet file or a save_to_disk directory (local, s3://, "
+        "store:), or hf://datasets/org/name[@revision]."
+    )
     eval: str | None = Field(None, description="Held-out conversations; else split from train.")
-    format: Literal["auto", "messages", "sharegpt", "prompt_completion", "preference"] = "auto"
+    format: Literal[
+        "auto", "messages", "sharegpt", "prompt_completion", "preference",
+        "alpaca", "prompt_response",
+    ] = "auto"  # fmt: skip
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="tuneship field name → the dataset's column (or message key) name.",
+    )
+    split: str = Field("train", description="The split to train on (Hugging Face datasets).")
+    eval_split: str | None = Field(
+        None,
+        description="The split held out (Hugging Face datasets); default: 'validation', "
+        "else 'test', else eval_fraction of train.",
+    )
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     on_invalid: Literal["error", "skip"] = "error"
     dedupe: bool = True
     seed: int = 0
     max_length: int = Field(2048, gt=0, description="Tokens; longer conversations are invalid.")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        # Checked with the spec, so a typo is refused before any data is fetched.
+        for name, column in value.items():
+            if name not in COLUMN_FIELDS:
+                close = difflib.get_close_matches(name, COLUMN_FIELDS, n=1)
+                also = f"; did you mean {close[0]!r}?" if close else ""
+                raise PydanticCustomError(
+                    "unknown_column_field",
+                    "{name} is not a field tuneship reads{also} (known: {known})",
+                    {"name": repr(name), "also": also, "known": ", ".join(COLUMN_FIELDS)},
+                )
+            if not column.strip():
+                raise PydanticCustomError(
+                    "empty_column", "the column for {name} is empty", {"name": repr(name)}
+                )
+        return value
+
+
+COLUMN_FIELDS = (
+    "messages", "conversations", "role", "content", "prompt", "completion",
+    "instruction", "input", "output", "response", "system",
+)  # fmt: skip
+"""The names ``dataset.columns`` maps from: a record's fields in each shape, plus the
+``role`` and ``content`` keys of each message (``from``/``value`` in ShareGPT)."""
 
 
 class TemplateSpec(Section):
