@@ -4,8 +4,9 @@
   uploading local files, or ``tuneship store put`` printed).
 - ``s3://bucket/prefix``: objects already in the store's bucket (e.g. a model copied
   into MinIO), committed as an input.
-- ``hf://org/name``: downloaded from the Hugging Face hub (clusters with network),
-  committed as an input.
+- ``hf://org/name`` (a model) and ``hf://datasets/org/name[@revision]`` (a dataset):
+  downloaded from the Hugging Face hub (clusters with network), committed as an input;
+  a dataset with a file naming the commit its revision resolved to.
 - ``pipeline:<id>`` (``model.base`` only): the merged model of another pipeline of this
   controller, e.g. an SFT result to preference-tune. It is copied into the inputs as
   any model would be, so deleting that pipeline later takes nothing from this one.
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneship.common import layout
+from tuneship.common.datasources import HUB_PREFIX, copy_hub_dataset
 from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound, Unavailable
 from tuneship.common.jobs import Artifact
 from tuneship.common.manifest import FileEntry, Manifest, now
@@ -88,6 +90,17 @@ def resolve_input(
             return resolve_input(
                 store, kind, field, str(_from_bucket(store, location, field, Path(temp)))
             )
+    if location.startswith(HUB_PREFIX) or (kind == "dataset" and location.startswith("hf://")):
+        if kind != "dataset" or not location.startswith(HUB_PREFIX):
+            raise InvalidInput(
+                f"{location!r} names the wrong kind of hub repository for {field}",
+                where=field, hint="a model is hf://org/name; a dataset hf://datasets/org/name",
+            )  # fmt: skip
+        with tempfile.TemporaryDirectory() as temp:
+            # Stored with the commit it resolved to, which workers name records by.
+            return resolve_input(
+                store, kind, field, str(copy_hub_dataset(location, field, Path(temp)))
+            )
     if location.startswith("hf://"):
         with tempfile.TemporaryDirectory() as temp:
             return resolve_input(
@@ -96,7 +109,8 @@ def resolve_input(
     if "://" in location:
         raise InvalidInput(
             f"unsupported location {location!r}", where=field,
-            hint="a local path, store:<manifest key>, s3://bucket/prefix or hf://org/name",
+            hint="a local path, store:<manifest key>, s3://bucket/prefix, hf://org/name "
+            "or hf://datasets/org/name",
         )  # fmt: skip
     path = Path(location)
     if not path.exists():

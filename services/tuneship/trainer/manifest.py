@@ -37,6 +37,10 @@ def build_manifest(
             "sha256": conversations.sha256,
             "train_examples": train,
             "eval_examples": held_out,
+            # What train and eval resolved to (a hub dataset: its commit, not a branch);
+            # preference pairs (common.preferences) do not record it yet.
+            "sources": getattr(conversations, "sources", {}),
+            "revision": getattr(conversations, "revision", None),
             "duplicates_removed": conversations.duplicates,
             "skipped": [item.as_dict() for item in conversations.skipped],
         },
