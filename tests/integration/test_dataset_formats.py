@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,9 @@ from typing import Any
 import pytest
 from tuneship.cli.embedded import start_embedded
 from tuneship.cli.serve import open_backend
-from tuneship.client import PipelineClient, PipelineInfo
+from tuneship.client import PipelineClient
 from tuneship.common.settings import Settings
+from tuneship.testing.pipelines import wait_all
 
 pytestmark = pytest.mark.integration
 
@@ -71,16 +71,6 @@ FORMATS = {  # name → dataset.format
     "messages-json": "auto",
     "messages-parquet": "auto",
 }
-
-
-def wait_all(client: PipelineClient, ids: list[str], timeout_s: float) -> list[PipelineInfo]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        infos = [client.get(i) for i in ids]
-        if all(i.phase in ("succeeded", "failed", "cancelled") for i in infos):
-            return infos
-        time.sleep(0.5)
-    raise AssertionError(f"not finished: {[i.as_dict() for i in infos]}")
 
 
 def test_every_dataset_format_trains_exports_and_publishes(
