@@ -403,6 +403,8 @@ def _detect(record: dict) -> str:
         return "prompt_response"
     if "prompt" in record:
         return "prompt_completion"
+    if "instruction" in record and "response" not in record:
+        return "alpaca"  # an Alpaca record missing its output says so
     halves = [f"'{a}' without '{b}'" for a, b in PROMPT_RESPONSE if a in record] + [
         f"'{b}' without '{a}'" for a, b in PROMPT_RESPONSE if b in record
     ]

@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from tuneship.common.conversations import load_conversations
 from tuneship.common.errors import InvalidInput, Unavailable
 from tuneship.common.spec import DatasetSpec
@@ -115,12 +116,12 @@ def test_hub_jsonl_files_are_named_by_their_path_in_the_repository(tmp_path: Pat
     assert caught.value.where == f"hf://datasets/org/pr@{commit}/train.jsonl:2"
 
 
-@pytest.mark.parametrize(
-    ("location", "says"),
-    [("hf://datasets/org", "not a hub dataset location"),
-     ("hf://datasets/org/name@", "not a hub dataset location"),
-     ("hf://org/name", "a dataset on the hub is hf://datasets/<org>/<name>")],
-)  # fmt: skip
-def test_malformed_hub_locations_are_refused(location: str, says: str) -> None:
-    with pytest.raises(InvalidInput, match=says):
-        load_conversations(DatasetSpec(train=location))
+@pytest.mark.parametrize("location", ["hf://datasets/org", "hf://datasets/org/name@"])
+def test_malformed_hub_locations_are_spec_errors(location: str) -> None:
+    with pytest.raises(ValidationError, match="not a hub dataset location"):
+        DatasetSpec(train=location)
+
+
+def test_a_model_location_is_not_a_dataset() -> None:
+    with pytest.raises(InvalidInput, match="a dataset on the hub is hf://datasets/<org>/<name>"):
+        load_conversations(DatasetSpec(train="hf://org/name"))

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from tuneship.common.chat_templates import FAMILIES, family_name
+from tuneship.common.datasources import HUB_PREFIX, parse_hub
 from tuneship.common.errors import InvalidInput
 
 
@@ -58,6 +59,19 @@ class DatasetSpec(Section):
     dedupe: bool = True
     seed: int = 0
     max_length: int = Field(2048, gt=0, description="Tokens; longer conversations are invalid.")
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _hub_location(cls, value: str | None) -> str | None:
+        # The shape of a hub location is known without the hub: refuse a typo at once.
+        if value is not None and value.startswith(HUB_PREFIX):
+            try:
+                parse_hub(value, "dataset")
+            except InvalidInput as exc:
+                raise PydanticCustomError(
+                    "hub_location", "{problem}; {hint}", {"problem": exc.message, "hint": exc.hint}
+                ) from exc
+        return value
 
     @field_validator("columns")
     @classmethod
