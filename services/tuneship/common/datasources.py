@@ -150,14 +150,9 @@ def held_out_split(source: DataSource, requested: str | None, field: str) -> str
 
 def split_parts(source: DataSource, split: str, field: str) -> list[Part]:
     """The files of ``split`` in reading order."""
-    if source.layout == "file":
-        if split != "train":
-            raise InvalidInput(
-                f"dataset {field} names split {split!r}, but {source.label} is one file",
-                where=field, hint="splits belong to Hugging Face datasets; remove the field",
-            )  # fmt: skip
-        return [Part(source.path, source.label, False)]
     _check_split(source, split, field)
+    if source.layout == "file":
+        return [Part(source.path, source.label, False)]
     where = f"{source.label}:{split}"
     if source.layout == "dataset":
         return _arrow_parts(source.path, source.label)
@@ -189,6 +184,13 @@ def read_table(path: Path, where: str) -> list[dict[str, Any]]:
 
 
 def _check_split(source: DataSource, split: str, field: str) -> None:
+    if source.layout == "file":
+        if split != "train":
+            raise InvalidInput(
+                f"{field} names split {split!r}, but {source.label} is one file",
+                where=field, hint="splits belong to Hugging Face datasets; remove the field",
+            )  # fmt: skip
+        return
     if source.layout == "dataset":
         if split != "train":
             raise InvalidInput(

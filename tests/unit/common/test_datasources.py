@@ -125,3 +125,13 @@ def test_malformed_hub_locations_are_spec_errors(location: str) -> None:
 def test_a_model_location_is_not_a_dataset() -> None:
     with pytest.raises(InvalidInput, match="a dataset on the hub is hf://datasets/<org>/<name>"):
         load_conversations(DatasetSpec(train="hf://org/name"))
+
+
+def test_a_split_named_for_a_single_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"question": "a?", "answer": "b"}\n')
+    for fields, where in (({"split": "test"}, "dataset.split"),
+                          ({"eval_split": "test"}, "dataset.eval_split")):  # fmt: skip
+        with pytest.raises(InvalidInput, match=r"names split 'test', but .* is one file") as caught:
+            load_conversations(DatasetSpec(train=str(path), **fields))
+        assert caught.value.where == where
