@@ -98,12 +98,19 @@ def copy_hub_dataset(location: str, field: str, dest: Path) -> Path:
     """Copy a hub dataset's data files into ``dest`` with ``SOURCE_FILE`` naming the
     commit, for the controller to store as an input; returns ``dest``."""
     snapshot, commit = hub_snapshot(location, field)
-    repo, revision = parse_hub(location, field)
+    repo, _ = parse_hub(location, field)
+    if not _data_files(snapshot):
+        raise InvalidInput(
+            f"{location} (commit {commit}) has no Parquet, JSONL, JSON or Arrow files",
+            where=field, hint="a dataset built by a loading script cannot be read; save it "
+            "with save_to_disk (or push_to_hub, which writes Parquet) and name that",
+        )  # fmt: skip
     for file in sorted(f for f in snapshot.rglob("*") if f.is_file()):
         target = dest / file.relative_to(snapshot)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, target)  # the cache's files are links to its blobs
-    source = {"location": f"{HUB_PREFIX}{repo}@{commit}", "requested": revision or "main"}
+    # Only the commit: the same commit reached by a branch or by its sha is one input.
+    source = {"location": f"{HUB_PREFIX}{repo}@{commit}"}
     (dest / SOURCE_FILE).write_text(json.dumps(source, indent=1) + "\n")
     return dest
 

@@ -71,11 +71,25 @@ def test_a_hub_dataset_is_stored_with_its_commit(tmp_path: Path) -> None:
     commit = cache_dataset(tmp_path / "hub", "org/qa", data)
     with offline_hub(tmp_path / "hub"):
         files, names = through_a_worker(tmp_path, "hf://datasets/org/qa@main")
+        store = LocalStore(tmp_path / "store")
+        keys = {resolve_input(store, "dataset", "dataset.train", f"hf://datasets/org/qa{at}").key
+                for at in ("", "@main", f"@{commit}")}  # fmt: skip
+    assert len(keys) == 1  # a branch and the commit it points at are one stored input
     assert names == ["data/train-00000-of-00001.parquet", "tuneship-source.json"]
     # Read without the hub: the stored copy names the commit the branch resolved to.
     loaded = load_conversations(DatasetSpec(train="hf://datasets/org/qa@main"), files)
     assert loaded.train[0].where.startswith(f"hf://datasets/org/qa@{commit}:train:row ")
     assert loaded.revision == commit
+
+
+def test_a_hub_dataset_without_data_files_is_refused(tmp_path: Path) -> None:
+    cache_dataset(tmp_path / "hub", "org/script", {"script.py": b"import datasets\n"})
+    with offline_hub(tmp_path / "hub"), pytest.raises(InvalidInput) as caught:
+        resolve_input(
+            LocalStore(tmp_path / "store"), "dataset", "dataset.train", "hf://datasets/org/script"
+        )
+    assert "has no Parquet, JSONL, JSON or Arrow files" in caught.value.message
+    assert caught.value.where == "dataset.train"
 
 
 def test_hub_locations_of_the_wrong_kind_are_refused(tmp_path: Path) -> None:
