@@ -2,10 +2,10 @@
 way a cluster runs it: the controller stores the inputs (a save_to_disk directory or a
 hub snapshot as one input of many files), the workers fetch them from the store.
 
-Shapes: Alpaca, prompt/response pairs, a file read through ``dataset.columns``, a
-``DatasetDict.save_to_disk`` directory (its validation split held out) and
-``hf://datasets/…`` resolved by the real huggingface_hub from a local hub cache, whose
-commit the training manifest records.
+Alpaca records in ``hf://datasets/…`` resolved by the real huggingface_hub from a local
+hub cache (the training manifest records the commit); prompt/response pairs in a
+``DatasetDict.save_to_disk`` directory (its validation split held out); messages under
+other names read through ``dataset.columns``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
 
 
 def write_sources(conversations: list, out: Path, hub: Path) -> dict[str, tuple[str, str]]:
-    """name → (dataset.train, the rest of the dataset section) for each new source."""
+    """name → (dataset.train, the rest of the dataset section): each new shape and each
+    new source once, two to a pipeline where they are independent (a pipeline costs
+    seconds of training, merging, converting and publishing; the reading is the point)."""
     import datasets
 
     pairs = exchanges(conversations)
@@ -76,22 +78,20 @@ def write_sources(conversations: list, out: Path, hub: Path) -> dict[str, tuple[
                for c in conversations]  # fmt: skip
     parquet(dialogs, out / "dialogs.parquet")
     datasets.DatasetDict(
-        {"train": datasets.Dataset.from_list([{"messages": c} for c in conversations[:-8]]),
-         "validation": datasets.Dataset.from_list([{"messages": c} for c in conversations[-8:]])}
+        {"train": datasets.Dataset.from_list(answers[:-8]),
+         "validation": datasets.Dataset.from_list(answers[-8:])}
     ).save_to_disk(str(out / "saved"))  # fmt: skip
-    cache_dataset(hub, "tuneship/pirate-qa", {
-        "data/train-00000-of-00001.parquet": parquet(answers),
+    cache_dataset(hub, "tuneship/pirate-alpaca", {
+        "data/train-00000-of-00001.parquet": parquet(alpaca),
         "README.md": b"---\nlicense: mit\n---\n",
     })  # fmt: skip
     return {
-        "alpaca": (str(jsonl(out / "alpaca.jsonl", alpaca)), "format: alpaca"),
-        "prompt-response": (str(jsonl(out / "qa.jsonl", answers)), "format: auto"),
+        "hub-alpaca": ("hf://datasets/tuneship/pirate-alpaca@main", "format: alpaca"),
+        "saved-prompt-response": (str(out / "saved"), "format: prompt_response"),
         "columns": (
             str(out / "dialogs.parquet"),
             "columns: {messages: dialog, role: speaker, content: text}",
         ),
-        "save-to-disk": (str(out / "saved"), "split: train"),
-        "hub": ("hf://datasets/tuneship/pirate-qa@main", "format: prompt_response"),
     }
 
 
@@ -122,20 +122,16 @@ def test_every_dataset_source_trains_exports_and_publishes(
         for final in finals:
             assert final.stage("export").summary["quant_types"] == "f16,q8_0"
             assert final.stage("publish").summary["model"]
-    hub = manifests["hub"]["dataset"]
-    commit = hub["revision"]
-    assert len(commit) == 40 and hub["train"] == "hf://datasets/tuneship/pirate-qa@main"
-    assert hub["sources"]["train"] == f"hf://datasets/tuneship/pirate-qa@{commit}:train"
-    saved = manifests["save-to-disk"]["dataset"]
+    hub = manifests["hub-alpaca"]["dataset"]
+    refs = tmp_path / "hub-cache" / "datasets--tuneship--pirate-alpaca" / "refs"
+    commit = (refs / "main").read_text()  # what the branch pointed at when it was resolved
+    assert hub["revision"] == commit and hub["train"] == "hf://datasets/tuneship/pirate-alpaca@main"
+    assert hub["sources"]["train"] == f"hf://datasets/tuneship/pirate-alpaca@{commit}:train"
+    pairs = len(exchanges(conversations))
+    assert hub["train_examples"] + hub["eval_examples"] + hub["duplicates_removed"] == pairs
+    saved = manifests["saved-prompt-response"]["dataset"]
     assert saved["sources"]["eval"].endswith("saved:validation")
     assert saved["eval_examples"] == 8
-    pairs = len(exchanges(conversations))
-    assert (
-        manifests["alpaca"]["dataset"]["train_examples"]
-        + manifests["alpaca"]["dataset"]["eval_examples"]
-        + manifests["alpaca"]["dataset"]["duplicates_removed"]
-        == pairs
-    )
 
 
 def training_manifest(store: LocalStore, outputs: dict[str, str]) -> dict[str, Any]:
