@@ -11,9 +11,8 @@ holds one shape):
 - ``prompt_completion``: ``{"prompt": str, "completion": str}`` (or lists of messages)
 - ``alpaca``: ``{"instruction": str, "input": str (optional), "output": str}``; the
   input follows the instruction after a blank line, as Alpaca's own prompts put it
-- ``prompt_response``: one of the single-turn pairs in ``PROMPT_RESPONSE`` (such as
+- ``prompt_response``: one of the single-turn pairs in ``shapes.PROMPT_RESPONSE`` (such as
   ``question``/``answer``); a record with two of them is ambiguous
-
 - ``preference``: pairs with ``chosen`` and ``rejected`` (``tuneship.common.preferences``),
   read here as the prompt followed by the chosen reply (SFT on the chosen replies, and
   the export's evaluation of a dpo/orpo pipeline)
