@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from tuneship.common import datasources
 from tuneship.common.datasources import DataSource
 from tuneship.common.errors import InvalidInput
+from tuneship.common.hashing import hash_into
 from tuneship.common.shapes import _SHAREGPT_ROLES as _SHAREGPT_ROLES
 from tuneship.common.shapes import ROLES as ROLES
 from tuneship.common.shapes import TOOL_KEYS as TOOL_KEYS
@@ -214,7 +215,7 @@ def _split_records(
     split's files (``…:train:row 12``), as ``datasets`` indexes them."""
     records = 0
     for part in datasources.split_parts(source, split, field):
-        digest.update(part.path.read_bytes())
+        hash_into(digest, part.path)
         if not part.table:
             for item in _records(part.path, part.where):
                 records += 1
