@@ -31,10 +31,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from tuneship.common import datasources
 from tuneship.common.datasources import DataSource
@@ -105,11 +105,45 @@ def load_conversations(
     conversations. Raises ``InvalidInput`` naming the record when ``on_invalid`` is
     ``error`` or when nothing valid remains; ``NotFound`` when a file does not exist.
     """
+    loaded = load_records(spec, files, _conversation, _conversation_key, "conversations")
+    return ConversationSet(
+        loaded.train, loaded.eval, loaded.skipped, loaded.duplicates, loaded.sha256,
+        loaded.sources, loaded.revision,
+    )  # fmt: skip
+
+
+@dataclass
+class Loaded(Generic[_T]):
+    """What ``load_records`` read: items of one kind (conversations, preference pairs)."""
+
+    train: list[_T]
+    eval: list[_T]
+    skipped: list[Skipped]
+    duplicates: int
+    sha256: str
+    sources: dict[str, str]
+    revision: str | None
+
+
+Convert = Callable[[Any, DatasetSpec, str], tuple[str, _T]]
+"""(record, spec, where) -> (the record's shape, the item); ``RecordError`` if invalid."""
+
+
+def load_records(
+    spec: DatasetSpec,
+    files: Mapping[str, Path] | None,
+    convert: Convert[_T],
+    key: Callable[[_T], str],
+    what: str,
+) -> Loaded[_T]:
+    """The dataset of ``spec`` read, validated, deduplicated (by ``key``) and split as
+    ``load_conversations`` describes, each record made an item by ``convert``; ``what``
+    names the items in errors (``conversations``, ``preference pairs``)."""
     files = files or {}
-    reading = _Reading(spec)
+    reading = _Reading(spec, convert)
     source = _open(spec.train, files.get("train"), "dataset.train")
     train = reading.split(source, spec.split, "dataset.split", "train")
-    evaluation: list[Conversation] = []
+    evaluation: list[_T] = []
     if spec.eval:
         eval_source = _open(spec.eval, files.get("eval"), "dataset.eval")
         held_out = datasources.held_out_split(eval_source, spec.eval_split, "dataset.eval")
@@ -118,19 +152,28 @@ def load_conversations(
         held_out = datasources.held_out_split(source, spec.eval_split, "dataset.eval_split")
         if held_out is not None:
             evaluation = reading.split(source, held_out, "dataset.eval_split", "eval")
-    train, duplicates = _dedupe(train) if spec.dedupe else (train, 0)
+    train, duplicates = _dedupe(train, key) if spec.dedupe else (train, 0)
     if not spec.eval and held_out is None:
         train, evaluation = _split(train, spec.eval_fraction, spec.seed)
     if not train:
         raise InvalidInput(
-            "no valid training conversations",
+            f"no valid training {what}",
             where=spec.train,
             hint="every record was invalid or skipped; see the skipped list",
         )
-    return ConversationSet(
+    return Loaded(
         train, evaluation, reading.skipped, duplicates, reading.digest.hexdigest(),
         reading.sources, source.revision,
     )  # fmt: skip
+
+
+def _conversation(record: Any, spec: DatasetSpec, where: str) -> tuple[str, Conversation]:
+    shape, messages = _convert(record, spec.format, spec.columns)
+    return shape, Conversation(messages, where)
+
+
+def _conversation_key(conversation: Conversation) -> str:
+    return json.dumps(conversation.messages, sort_keys=True, ensure_ascii=False)
 
 
 def read_conversations(path: Path, shape: str = "auto") -> list[Conversation]:
@@ -138,7 +181,7 @@ def read_conversations(path: Path, shape: str = "auto") -> list[Conversation]:
     ``InvalidInput`` with its location. For commands given a file rather than a spec."""
     spec = DatasetSpec(train=str(path), format=shape)
     source = datasources.open_source(path, str(path), "--data")
-    conversations = _Reading(spec).split(source, "train", "--data", "train")
+    conversations = _Reading(spec, _conversation).split(source, "train", "--data", "train")
     if not conversations:
         raise InvalidInput(
             "no conversations in the file",
@@ -164,17 +207,18 @@ def _open(location: str, fetched: Path | None, field: str) -> DataSource:
     return datasources.open_source(fetched or Path(location), location, field)
 
 
-class _Reading:
+class _Reading(Generic[_T]):
     """The reading of one spec's dataset: what was skipped, the sources and their hash."""
 
-    def __init__(self, spec: DatasetSpec) -> None:
+    def __init__(self, spec: DatasetSpec, convert: Convert[_T]) -> None:
         self.spec = spec
+        self.convert = convert
         self.skipped: list[Skipped] = []
         self.digest = hashlib.sha256()
         self.sources: dict[str, str] = {}
 
-    def split(self, source: DataSource, split: str, field: str, role: str) -> list[Conversation]:
-        """The valid conversations of ``split`` of ``source`` (read as ``role``)."""
+    def split(self, source: DataSource, split: str, field: str, role: str) -> list[_T]:
+        """The valid items of ``split`` of ``source`` (read as ``role``)."""
         named = source.label if source.layout == "file" else f"{source.label}:{split}"
         self.sources[role] = named
         valid = []
@@ -183,9 +227,9 @@ class _Reading:
             try:
                 if isinstance(record, RecordError):
                     raise record
-                shape, messages = _convert(record, self.spec.format, self.spec.columns)
+                shape, item = self.convert(record, self.spec, where)
                 shapes.check(shape, where)
-                valid.append(Conversation(messages, where))
+                valid.append(item)
             except RecordError as exc:
                 if self.spec.on_invalid == "error":
                     raise InvalidInput(
@@ -312,15 +356,14 @@ def _jsonl_records(path: Path, label: str) -> Iterator[tuple[str, Any]]:
                 yield where, RecordError(f"not valid JSON: {exc.msg} (column {exc.colno})")
 
 
-def _dedupe(conversations: list[Conversation]) -> tuple[list[Conversation], int]:
+def _dedupe(items: list[_T], key: Callable[[_T], str]) -> tuple[list[_T], int]:
     seen: set[str] = set()
     unique = []
-    for conversation in conversations:
-        key = json.dumps(conversation.messages, sort_keys=True, ensure_ascii=False)
-        if key not in seen:
-            seen.add(key)
-            unique.append(conversation)
-    return unique, len(conversations) - len(unique)
+    for item in items:
+        if key(item) not in seen:
+            seen.add(key(item))
+            unique.append(item)
+    return unique, len(items) - len(unique)
 
 
 def _split(conversations: list[_T], fraction: float, seed: int) -> tuple[list[_T], list[_T]]:

@@ -15,15 +15,16 @@ and the ``rejected`` one. Accepted record shapes (detected per record; a file ho
 - ShareGPT with a preference, as LLaMA-Factory writes it: ``{"conversations": [turns],
   "chosen": {"from": "gpt", "value": str}, "rejected": {...}}``.
 
-The files themselves (JSONL, JSON, Parquet), their errors (``file:line``) and the seeded
-split are those of ``tuneship.common.conversations``. Where a stage needs
+Everything else is read as conversations are (``conversations.load_records``): files,
+``save_to_disk`` directories and ``hf://datasets/…`` with their splits, ``dataset.columns``
+(which may also map ``chosen`` and ``rejected``), errors naming ``file:line`` or the row,
+``on_invalid``, dedupe and the seeded split. Where a stage needs
 conversations from preference data (the export's held-out evaluation, SFT on the chosen
 replies), a pair is its prompt followed by the chosen reply (``as_messages``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,11 +38,11 @@ from tuneship.common.conversations import (
     Skipped,
     _check_order,
     _message,
-    _read_records,
-    _split,
     load_conversations,
+    load_records,
 )
 from tuneship.common.errors import InvalidInput
+from tuneship.common.shapes import _renamed
 from tuneship.common.spec import DatasetSpec, PipelineSpec
 
 Message = dict[str, str]
@@ -71,6 +72,10 @@ class PreferenceSet:
     skipped: list[Skipped] = field(default_factory=list)
     duplicates: int = 0
     sha256: str = ""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Where train and eval were read, resolved (as ``ConversationSet.sources``)."""
+    revision: str | None = None
+    """The hub commit the dataset resolved to, for ``hf://datasets/…``."""
 
 
 def is_preference(record: Any) -> bool:
@@ -95,60 +100,34 @@ def load_training_data(
 
 
 def load_preferences(spec: DatasetSpec, files: Mapping[str, Path] | None = None) -> PreferenceSet:
-    """Read ``spec.train`` (and ``spec.eval``) as preference pairs: validate, dedupe, split.
+    """Read ``spec.train`` (and ``spec.eval``) as preference pairs: validate, dedupe, split,
+    from every source and with ``dataset.columns`` as ``load_conversations`` reads them.
 
     ``files`` as for ``load_conversations``. Raises ``InvalidInput`` naming the record
-    (``on_invalid: error``), or the file when it holds conversations, not pairs."""
-    files = files or {}
-    digest = hashlib.sha256()
-    skipped: list[Skipped] = []
-    train = _read(
-        files.get("train", Path(spec.train)), spec.train, "dataset.train", spec, skipped, digest
-    )
-    evaluation: list[PreferencePair] = []
-    if spec.eval:
-        source = files.get("eval", Path(spec.eval))
-        evaluation = _read(source, spec.eval, "dataset.eval", spec, skipped, digest)
-    duplicates = 0
-    if spec.dedupe:
-        train, duplicates = _dedupe(train)
-    if not spec.eval:
-        train, evaluation = _split(train, spec.eval_fraction, spec.seed)
-    if not train:
-        raise InvalidInput(
-            "no valid preference pairs",
-            where=spec.train,
-            hint="every record was invalid or skipped; see the skipped list",
-        )
-    return PreferenceSet(train, evaluation, skipped, duplicates, digest.hexdigest())
+    (``on_invalid: error``), or the first record when the file holds conversations."""
+    loaded = load_records(spec, files, _pair, _pair_key, "preference pairs")
+    return PreferenceSet(
+        loaded.train, loaded.eval, loaded.skipped, loaded.duplicates, loaded.sha256,
+        loaded.sources, loaded.revision,
+    )  # fmt: skip
 
 
-def _read(
-    path: Path, label: str, spec_field: str, spec: DatasetSpec, skipped: list[Skipped], digest: Any
-) -> list[PreferencePair]:
-    pairs = []
-    for where, record in _read_records(path, label, spec_field, digest):
-        try:
-            if isinstance(record, RecordError):
-                raise record
-            if isinstance(record, dict) and not any(key in record for key in KEYS):
-                raise InvalidInput(
-                    "a conversation, not a preference pair: preference tuning (dpo, orpo) "
-                    "learns from a chosen and a rejected reply to the same prompt",
-                    where=where,
-                    hint="give records with prompt, chosen and rejected (see docs/training.md, "
-                    "'Preference tuning'), or use objective: sft for conversations",
-                )
-            pairs.append(to_pair(record, where))
-        except RecordError as exc:
-            if spec.on_invalid == "error":
-                raise InvalidInput(
-                    str(exc),
-                    where=where,
-                    hint="fix the record, or set dataset.on_invalid: skip to leave it out",
-                ) from exc
-            skipped.append(Skipped(where, str(exc)))
-    return pairs
+def _pair(record: Any, spec: DatasetSpec, where: str) -> tuple[str, PreferencePair]:
+    if isinstance(record, dict):
+        record = _renamed(record, spec.columns)
+        if not any(key in record for key in KEYS):
+            raise InvalidInput(
+                "a conversation, not a preference pair: preference tuning (dpo, orpo) "
+                "learns from a chosen and a rejected reply to the same prompt",
+                where=where,
+                hint="give records with prompt, chosen and rejected (see docs/training.md, "
+                "'Preference tuning'), or use objective: sft for conversations",
+            )
+    return "preference", to_pair(record, where)
+
+
+def _pair_key(pair: PreferencePair) -> str:
+    return json.dumps([pair.prompt, pair.chosen, pair.rejected], ensure_ascii=False)
 
 
 def to_pair(record: Any, where: str) -> PreferencePair:
@@ -231,14 +210,3 @@ def _implicit(chosen: Any, rejected: Any) -> tuple[list[Message], str, str]:
         if not turns or turns[-1]["role"] != "assistant":
             raise RecordError(f"the last turn of '{name}' must be the assistant's reply")
     return a[:-1], a[-1]["content"], b[-1]["content"]
-
-
-def _dedupe(pairs: list[PreferencePair]) -> tuple[list[PreferencePair], int]:
-    seen: set[str] = set()
-    unique = []
-    for pair in pairs:
-        key = json.dumps([pair.prompt, pair.chosen, pair.rejected], ensure_ascii=False)
-        if key not in seen:
-            seen.add(key)
-            unique.append(pair)
-    return unique, len(pairs) - len(unique)

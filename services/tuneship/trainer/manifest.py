@@ -39,8 +39,8 @@ def build_manifest(
             "eval_examples": held_out,
             # What train and eval resolved to (a hub dataset: its commit, not a branch);
             # preference pairs (common.preferences) do not record it yet.
-            "sources": getattr(conversations, "sources", {}),
-            "revision": getattr(conversations, "revision", None),
+            "sources": conversations.sources,
+            "revision": conversations.revision,
             "duplicates_removed": conversations.duplicates,
             "skipped": [item.as_dict() for item in conversations.skipped],
         },

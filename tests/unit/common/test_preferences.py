@@ -138,3 +138,34 @@ def test_the_sample_pairs_hold_out_their_questions() -> None:
     train, held_out = preference_pairs(64), preference_pairs(16, held_out=True)
     assert questions(train).isdisjoint(questions(held_out))
     assert all(r["rejected"] != r["chosen"] for r in train + held_out)
+
+
+def test_pairs_come_from_a_saved_dataset_dict_with_mapped_columns(tmp_path: Path) -> None:
+    import datasets
+
+    def rows(start: int, count: int) -> list[dict[str, str]]:
+        return [
+            {"question": f"q{i}?", "good": f"a{i}.", "bad": "Ahoy!"}
+            for i in range(start, start + count)
+        ]
+
+    path = tmp_path / "dd"
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(rows(0, 5)),
+            "validation": datasets.Dataset.from_list(rows(100, 2)),
+        }
+    ).save_to_disk(str(path))
+    columns = {"prompt": "question", "chosen": "good", "rejected": "bad"}
+    loaded = load_preferences(DatasetSpec(train=str(path), columns=columns))
+    assert [p.where for p in loaded.train] == [f"{path}:train:row {i}" for i in range(5)]
+    assert [(p.prompt[0]["content"], p.chosen) for p in loaded.eval] == [
+        ("q100?", "a100."),
+        ("q101?", "a101."),
+    ]  # the dataset's own validation split is held out
+    assert loaded.sources == {"train": f"{path}:train", "eval": f"{path}:validation"}
+
+    with pytest.raises(InvalidInput) as error:
+        load_preferences(DatasetSpec(train=str(path), columns={**columns, "chosen": "best"}))
+    assert error.value.where == f"{path}:train:row 0"
+    assert "missing column 'best' (dataset.columns maps chosen to it)" in error.value.message

@@ -95,7 +95,7 @@ class DatasetSpec(Section):
 
 COLUMN_FIELDS = (
     "messages", "conversations", "role", "content", "prompt", "completion",
-    "instruction", "input", "output", "response", "system",
+    "instruction", "input", "output", "response", "system", "chosen", "rejected",
 )  # fmt: skip
 """The names ``dataset.columns`` maps from: a record's fields in each shape, plus the
 ``role`` and ``content`` keys of each message (``from``/``value`` in ShareGPT)."""
