@@ -10,7 +10,8 @@ chosen and rejected replies and their end-of-turn tokens, as SFT's masks do.
 The reference model of DPO is the base itself: the model is a PEFT model and TRL
 computes the reference log-probabilities through a frozen copy of the freshly
 initialised adapter (a no-op), so no second model is held. ORPO needs no reference.
-Only the trained adapter (``default``) is saved.
+Only the trained adapter (``default``) is saved. As for SFT, the adapters keep PEFT's
+dtype (TRL casts a QLoRA model's adapters to bf16, which fp16 GPUs cannot train).
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from tuneship.common.spec import TrainSpec
 from tuneship.trainer.masking import IGNORE, PairExample
 from tuneship.trainer.prepare import PreparedData
 from tuneship.trainer.progress import EventBridge
-from tuneship.trainer.sft import TRL_IMPORT, grouped_sampler, one_device, training_args
+from tuneship.trainer.sft import (
+    TRL_IMPORT,
+    grouped_sampler,
+    one_device,
+    restore_dtypes,
+    training_args,
+)
 
 REFERENCE_ADAPTER = "ref"
 """The adapter DPOTrainer adds as the frozen reference (a copy of the initial one)."""
@@ -77,7 +84,9 @@ def build_preference_trainer(
         "callbacks": [bridge],
         "lengths": [pair.length for pair in prepared.train_pairs],
     }
+    trainable = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
     trainer = cls(**kwargs)
+    restore_dtypes(model, trainable)
     if orpo:
         # The collator is ORPO's own, wrapped to count tokens: evaluation may use it.
         trainer.use_dpo_data_collator = True

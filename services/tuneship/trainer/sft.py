@@ -153,11 +153,17 @@ def build_trainer(
         callbacks=[bridge],
         lengths=[len(e.input_ids) for e in prepared.train],
     )
-    for name, parameter in model.named_parameters():
-        if name in trainable and parameter.dtype != trainable[name]:
-            parameter.data = parameter.data.to(trainable[name])
+    restore_dtypes(model, trainable)
     trainer.remove_callback(PrinterCallback)  # progress goes through the event sink only
     return trainer
+
+
+def restore_dtypes(model: Any, dtypes: dict[str, Any]) -> None:
+    """Give the trainable weights back the dtypes they had before TRL's trainer cast
+    them (see the module doc)."""
+    for name, parameter in model.named_parameters():
+        if name in dtypes and parameter.dtype != dtypes[name]:
+            parameter.data = parameter.data.to(dtypes[name])
 
 
 def grouped_sampler(args: Any, lengths: list[int]) -> EpochLengthGroupedSampler:
