@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from tuneship.common.errors import InvalidInput
 from tuneship.common.spec.data import DatasetSpec, ModelSpec, Section, TemplateSpec
@@ -73,6 +73,20 @@ class PipelineSpec(Section):
     merge: MergeSpec = MergeSpec()
     export: ExportSpec = ExportSpec()
     serve: ServeSpec = ServeSpec()
+
+    @field_validator("train")
+    @classmethod
+    def _eval_split(cls, train: TrainSpec, info: ValidationInfo) -> TrainSpec:
+        dataset = info.data.get("dataset")
+        if train.eval_steps is None or dataset is None:
+            return train
+        if dataset.eval is None and dataset.eval_fraction == 0:
+            raise ValueError(
+                "train.eval_steps evaluates on the eval split, and this dataset has none "
+                "(dataset.eval_fraction is 0 and dataset.eval is not set): set "
+                "dataset.eval_fraction (e.g. 0.1) or dataset.eval, or remove eval_steps"
+            )
+        return train
 
 
 class SpecError(InvalidInput):

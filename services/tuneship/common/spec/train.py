@@ -120,6 +120,22 @@ class TrainSpec(Section):
     )
     pad_to_multiple_of: int = Field(64, gt=0, description="Embedding rows when <pad> is added.")
     save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps.")
+    eval_steps: int | None = Field(
+        None, ge=1, le=100_000_000,
+        description="Eval loss on the eval split every N optimizer steps (and at the last "
+        "step); null: once, after training.",
+    )  # fmt: skip
+    early_stopping_patience: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="Stop after this many evaluations in a row without a lower eval loss "
+        "than the best so far (needs eval_steps); null: train all the steps.",
+    )  # fmt: skip
+    export: Literal["best", "last"] = Field(
+        "last",
+        description="The weights in the output: last (the final step) or best (the "
+        "evaluation with the lowest eval loss; needs eval_steps, a checkpoint is saved at "
+        "each new best).",
+    )
     logging_steps: int = Field(1, gt=0)
     seed: int = 42
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -154,6 +170,27 @@ class TrainSpec(Section):
         description="Seconds a collective waits for the other ranks before the run fails "
         "(a dead or hung rank ends the attempt instead of hanging it).",
     )  # fmt: skip
+
+    @field_validator("early_stopping_patience")
+    @classmethod
+    def _patience(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and "eval_steps" in info.data and info.data["eval_steps"] is None:
+            raise ValueError(
+                "early stopping compares evaluations made during training: set "
+                "train.eval_steps too (e.g. eval_steps: 50), or remove early_stopping_patience"
+            )
+        return value
+
+    @field_validator("export")
+    @classmethod
+    def _export(cls, value: str, info: ValidationInfo) -> str:
+        if value == "best" and "eval_steps" in info.data and info.data["eval_steps"] is None:
+            raise ValueError(
+                "export: best picks the evaluation with the lowest eval loss, and without "
+                "train.eval_steps there is only one (after the last step): set eval_steps "
+                "(e.g. eval_steps: 50), or use export: last"
+            )
+        return value
 
     @field_validator("devices")
     @classmethod
