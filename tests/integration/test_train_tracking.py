@@ -11,6 +11,7 @@ import pytest
 from tuneship.common.errors import FailedPrecondition, Unavailable
 from tuneship.common.events import ListSink
 from tuneship.common.spec import PipelineSpec
+from tuneship.testing.tensorboard import scalars
 from tuneship.trainer import train
 
 pytestmark = pytest.mark.integration
@@ -34,17 +35,6 @@ def make_spec(base: Path, data: Path, **train_fields) -> PipelineSpec:
             },
         }
     )
-
-
-def scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0, "tensors": 0})
-    accumulator.Reload()
-    return {
-        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-        for tag in accumulator.Tags()["scalars"]
-    }
 
 
 def assert_tensorboard_equals_metrics(out: Path) -> dict[str, list[tuple[int, float]]]:

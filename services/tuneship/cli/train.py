@@ -58,11 +58,12 @@ class RichTrainSink:
             if self.task is None:
                 self.task = self.bar.add_task("train", total=event.total, loss="-", rate="-")
             self.bar.update(self.task, completed=event.step, total=event.total)
-        elif isinstance(event, ev.Metrics) and self.task is not None:
+        elif isinstance(event, ev.Metrics) and self.task is not None and "loss" in event.values:
+            # (an evaluation's metrics, eval_loss alone, reach the screen as a log line)
             values = event.values
             self.bar.update(
                 self.task,
-                loss=f"{values.get('loss', 0.0):.4f}",
+                loss=f"{values['loss']:.4f}",
                 rate=f"{values.get('tokens_per_s', 0.0):,.0f}",
             )
 

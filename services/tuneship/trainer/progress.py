@@ -1,7 +1,9 @@
 """Training progress: stage events, ``metrics.jsonl`` and the loss curve.
 
 One ``metrics.jsonl`` line per logged optimizer step. After a resume, lines beyond the
-checkpoint's step are dropped first: those steps are trained again.
+checkpoint's step are dropped first: those steps are trained again. With
+``train.eval_steps`` the row of each evaluated step also has ``eval_loss`` (every row
+keeps its training ``loss``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from tuneship.common.atomic import atomic_write_text
 from tuneship.common.events import Eta, EventSink, Log, Metrics, Progress
 from tuneship.trainer import distributed
 from tuneship.trainer.batching import TokenCount
@@ -45,8 +48,10 @@ class EventBridge(TrainerCallback):
         self.last_time = time.monotonic()
         self.last_tokens = 0
         self.first_step = 0
+        self.training = False
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.training = True
         self.first_step = state.global_step
         self.eta = Eta(max(state.max_steps - state.global_step, 0))
         self.last_time = time.monotonic()
@@ -55,6 +60,8 @@ class EventBridge(TrainerCallback):
             truncate_metrics(self.metrics_path, state.global_step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if logs and "eval_loss" in logs and self.training and distributed.is_main_rank():
+            add_to_row(self.metrics_path, int(state.global_step), {"eval_loss": logs["eval_loss"]})
         if not logs or "loss" not in logs:
             return
         tokens = distributed.total_over_ranks(self.count.real)  # every rank's, not one's
@@ -75,6 +82,9 @@ class EventBridge(TrainerCallback):
         self.events.emit(Metrics(STAGE, values, step))
         eta = self.eta.seconds_left(step - self.first_step) if self.eta else None
         self.events.emit(Progress(STAGE, step, int(state.max_steps), "steps", eta))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.training = False  # an evaluation after training is not a row of the curve
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.stop is None:
@@ -102,6 +112,18 @@ def truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
 
 
+def add_to_row(path: Path, step: int, values: dict[str, float]) -> None:
+    """Add ``values`` to the row of ``step`` (the last one: an evaluation follows the
+    training loss of its step), or append a row of their own when there is none."""
+    rows = read_metrics(path) if path.exists() else []
+    if rows and rows[-1]["step"] == step:
+        rows[-1] = {**rows[-1], **{k: float(v) for k, v in values.items()}}
+    else:
+        rows.append({"step": step, **{k: float(v) for k, v in values.items()}})
+    # Replaced in one step: a kill while writing must not cost the rows before it.
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
 def read_metrics(path: Path) -> list[dict[str, float]]:
     """The rows of a ``metrics.jsonl`` (a torn last line from a kill is ignored)."""
     rows = []
@@ -121,9 +143,16 @@ def plot_loss(rows: list[dict[str, float]], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4))
-    axes.plot([r["step"] for r in rows], [r["loss"] for r in rows], linewidth=1.2)
+    trained = [r for r in rows if "loss" in r]
+    evaluated = [r for r in rows if "eval_loss" in r]
+    axes.plot([r["step"] for r in trained], [r["loss"] for r in trained], linewidth=1.2,
+              label="training loss")  # fmt: skip
+    if evaluated:
+        axes.plot([r["step"] for r in evaluated], [r["eval_loss"] for r in evaluated],
+                  marker="o", markersize=3, linewidth=1.2, label="eval loss")  # fmt: skip
+        axes.legend()
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("training loss (assistant tokens)")
+    axes.set_ylabel("loss (assistant tokens)")
     axes.set_title(title)
     axes.grid(alpha=0.3)
     figure.tight_layout()

@@ -20,7 +20,7 @@ from tuneship.common.errors import FailedPrecondition, Unavailable
 from tuneship.common.events import EventSink, Log
 from tuneship.common.preferences import load_training_data
 from tuneship.common.spec import PipelineSpec, TrainSpec
-from tuneship.trainer import distributed, model_io, tracking
+from tuneship.trainer import distributed, evaluation, model_io, tracking
 from tuneship.trainer.batching import (
     PaddedCollator,
     PaddingFreeCollator,
@@ -109,6 +109,7 @@ def train(
     prepared, model, pad = _load(spec, base, events, data)
     if spec.train.method != "full":
         check_target_modules(model, spec.train.lora)
+    evaluation.check_eval_split(spec.train, prepared.counts[1])
     # Only now: a spec, dataset or model refused while loading leaves nothing behind.
     partial.mkdir(parents=True, exist_ok=True)
     tokenizer = prepared.tokenizer
@@ -130,6 +131,8 @@ def train(
         config = sft_config(spec.train, partial, packed, run_name)
         trainer = build_trainer(model, prepared, config, collator, bridge)
     events.emit(Log(STAGE, f"objective: {spec.train.objective}; batches: {batching}"))
+    watch = evaluation.EvalWatch(spec.train, events)
+    trainer.add_callback(watch)
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=last_checkpoint(partial / "checkpoints"))
     if bridge.stopped_at is not None:
@@ -139,7 +142,13 @@ def train(
             hint="the controller retries; the next attempt resumes from that checkpoint",
         )
     seconds = time.monotonic() - started
-    held_out = trainer.evaluate() if prepared.counts[1] else {}
+    # With eval_steps the curve ends at the last step and holds the exported weights'
+    # evaluation: no second pass (whose ranks might not all hold the best weights).
+    curve = evaluation.export_weights(trainer, spec.train, partial / "checkpoints", watch)
+    if curve is not None:
+        held_out = curve.held_out
+    else:
+        held_out = trainer.evaluate() if prepared.counts[1] else {}
     eval_loss = held_out.get("eval_loss")
     real_tokens = distributed.total_over_ranks(count.real)
     # FSDP: each rank holds a shard; they gather the whole model together (a collective)
@@ -162,10 +171,14 @@ def train(
         * spec.train.gradient_accumulation_steps
         * distributed.world_size(),
         **preference_metrics(held_out),
+        "evaluation": curve.as_dict() if curve else None,
     }
     manifest = build_manifest(spec, base, prepared, pad, measured)
     tracking.write_tensorboard(rows, eval_loss, partial / tracking.TENSORBOARD_DIR, run_name)
     _finish(model, tokenizer, base, spec.train, pad, manifest, rows, partial, out, whole)
+    if curve is not None:
+        chosen = f"export: {curve.exported}; eval loss {curve.exported_eval_loss:.4f}"
+        events.emit(Log(STAGE, f"exported the weights of step {curve.exported_step} ({chosen})"))
     events.emit(Log(STAGE, f"trained {measured['steps']} steps; output in {out}"))
     return TrainResult(out, manifest)
 

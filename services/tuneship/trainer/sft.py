@@ -55,6 +55,7 @@ def sft_config(train: TrainSpec, partial: Path, packed: bool, run_name: str | No
             padding_free=False,  # tuneship's collator builds padding-free rows itself
             completion_only_loss=False,
             assistant_only_loss=False,
+            prediction_loss_only=True,  # evaluations keep no logits of the eval split
         )
     )
 
@@ -79,6 +80,9 @@ def training_args(train: TrainSpec, partial: Path, run_name: str | None) -> dict
         "logging_steps": train.logging_steps,
         "save_strategy": "steps",
         "save_steps": train.save_steps,
+        # Evaluation during training (evaluation.py decides saves and early stops).
+        "eval_strategy": "steps" if train.eval_steps else "no",
+        "eval_steps": train.eval_steps,
         "seed": train.seed,
         "data_seed": train.seed,
         "bf16": cuda and dtype == torch.bfloat16,

@@ -25,7 +25,7 @@ from tuneship.common.spec import TrainSpec
 TENSORBOARD_DIR = "tensorboard"
 """In the training output: ``tensorboard --logdir out/tensorboard``."""
 _SCALARS = {"loss": "train/loss", "learning_rate": "train/learning_rate",
-            "tokens_per_s": "train/tokens_per_s"}  # fmt: skip
+            "tokens_per_s": "train/tokens_per_s", "eval_loss": "eval/loss"}  # fmt: skip
 """metrics.jsonl field → TensorBoard tag (transformers' ``train/`` / ``eval/`` names)."""
 _PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}
 
@@ -53,7 +53,8 @@ def write_tensorboard(
     rows: list[dict[str, float]], eval_loss: float | None, out: Path, run_name: str
 ) -> Path:
     """One event file in ``out`` (emptied first: a retry leaves no second copy) with the
-    rows' scalars and the final eval loss."""
+    rows' scalars: the eval curve of ``train.eval_steps`` or, without one, the eval
+    loss after training at the last step."""
     from torch.utils.tensorboard import SummaryWriter
 
     shutil.rmtree(out, ignore_errors=True)
@@ -66,7 +67,7 @@ def write_tensorboard(
             for field, tag in _SCALARS.items():
                 if field in row:
                     writer.add_scalar(tag, float(row[field]), step)
-        if eval_loss is not None:
+        if eval_loss is not None and not any("eval_loss" in row for row in rows):
             writer.add_scalar("eval/loss", float(eval_loss), int(rows[-1]["step"]) if rows else 0)
     finally:
         writer.close()

@@ -1,0 +1,179 @@
+"""Evaluation during training (``train.eval_steps``) on a real tiny model.
+
+The dataset is built so that the eval loss rises: the eval conversations ask the
+training questions and answer the opposite ("green" where training teaches "blue"), so
+with a high learning rate the first evaluation is the best one and later ones only get
+worse. That makes early stopping stop and ``export: best`` pick other weights than the
+last ones.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tuneship.common.events import ListSink, Log, Metrics
+from tuneship.common.spec import PipelineSpec
+from tuneship.testing.tensorboard import scalars
+from tuneship.trainer import train
+
+pytestmark = pytest.mark.integration
+
+
+def conversation(question: str, answer: str) -> str:
+    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return json.dumps({"messages": messages})
+
+
+@pytest.fixture(scope="module")
+def contradicting(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train.jsonl teaches "blue"; eval.jsonl asks the same and answers "green"."""
+    data = tmp_path_factory.mktemp("contradicting")
+    questions = [f"Question {i}: what colour is the sky?" for i in range(16)]
+    lines = [conversation(q, "blue blue blue") for q in questions]
+    (data / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    lines = [conversation(q, "green green green") for q in questions[:4]]
+    (data / "eval.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return data
+
+
+def train_section(**fields: Any) -> dict[str, Any]:
+    return {
+        "learning_rate": 1e-2, "lr_scheduler_type": "constant", "warmup_ratio": 0.0,
+        "per_device_train_batch_size": 2, "save_steps": 100, "seed": 7, **fields,
+    }  # fmt: skip
+
+
+def make_spec(base: Path, data: Path, **fields: Any) -> PipelineSpec:
+    return PipelineSpec.model_validate({
+        "apiVersion": "tuneship/v1", "metadata": {"name": "evaluated"},
+        "model": {"base": str(base)},
+        "dataset": {"train": str(data / "train.jsonl"), "eval": str(data / "eval.jsonl")},
+        "train": train_section(**fields),
+    })  # fmt: skip
+
+
+def rows(out: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def curve(out: Path) -> list[tuple[int, float]]:
+    return [(int(row["step"]), row["eval_loss"]) for row in rows(out) if "eval_loss" in row]
+
+
+def weights(directory: Path) -> dict[str, Any]:
+    """The tensors of an adapter or a whole model saved in ``directory``."""
+    from safetensors.torch import load_file
+
+    adapter = directory / "adapter_model.safetensors"
+    return load_file(str(adapter if adapter.is_file() else directory / "model.safetensors"))
+
+
+def trained_weights_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The LoRA matrices of two adapters, or every tensor of two models, are equal."""
+    import torch
+
+    lora = [name for name in a if "lora_" in name and name in b]
+    shared = lora or [name for name in a if name in b]
+    assert shared and (lora or a.keys() == b.keys()), (sorted(a)[:4], sorted(b)[:4])
+    return all(torch.equal(a[name], b[name]) for name in shared)
+
+
+class KeepsCheckpoints(ListSink):
+    """Copies each checkpoint aside when it is reported saved (the finished training
+    removes its checkpoints)."""
+
+    def __init__(self, partial: Path, aside: Path) -> None:
+        super().__init__()
+        self.partial, self.aside = partial, aside
+
+    def emit(self, event) -> None:
+        super().emit(event)
+        if isinstance(event, Log) and event.message.startswith("checkpoint saved at step "):
+            step = event.message.rsplit(" ", 1)[-1]
+            source = self.partial / "checkpoints" / f"checkpoint-{step}"
+            shutil.copytree(source, self.aside / f"checkpoint-{step}", dirs_exist_ok=True)
+
+
+@pytest.mark.timeout(120)
+def test_the_eval_curve_is_in_the_metrics_tensorboard_events_and_manifest(
+    tiny_chatml: Path, contradicting: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(tiny_chatml, contradicting, max_steps=6, eval_steps=2, logging_steps=3)
+    sink = ListSink()
+    result = train(spec, tiny_chatml, tmp_path / "out", sink)
+    out = result.out
+
+    # logging_steps 3 logs 3 and 6; the evaluated steps 2 and 4 get a row of their own
+    assert [row["step"] for row in rows(out)] == [2, 3, 4, 6]
+    assert all("loss" in row for row in rows(out))
+    evaluated = curve(out)
+    assert [step for step, _ in evaluated] == [2, 4, 6]
+    found = scalars(out / "tensorboard")
+    assert [step for step, _ in found["eval/loss"]] == [2, 4, 6]
+    got = [value for _, value in found["eval/loss"]]
+    assert got == pytest.approx([loss for _, loss in evaluated], rel=1e-6)
+
+    events = [(e.step, e.values["eval_loss"]) for e in sink.of_type(Metrics)
+              if "eval_loss" in e.values]  # fmt: skip
+    assert events == evaluated
+    logs = [e.message for e in sink.of_type(Log)]
+    assert any(m.startswith("eval loss ") and m.endswith("at step 2 (new best)") for m in logs)
+
+    best_step, best_loss = min(evaluated, key=lambda point: point[1])
+    summary = result.manifest["metrics"]["evaluation"]
+    assert summary["best_step"] == best_step and summary["evaluations"] == 3
+    assert summary["best_eval_loss"] == pytest.approx(best_loss)
+    assert (summary["exported"], summary["exported_step"]) == ("last", 6)
+    assert result.manifest["metrics"]["eval_loss"] == pytest.approx(evaluated[-1][1])
+    assert (out / "loss.png").stat().st_size > 0
+
+
+@pytest.mark.timeout(120)
+def test_early_stopping_stops_when_the_eval_loss_stops_improving_and_says_why(
+    tiny_chatml: Path, contradicting: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(
+        tiny_chatml, contradicting, max_steps=40, eval_steps=1, early_stopping_patience=3
+    )
+    sink = ListSink()
+    result = train(spec, tiny_chatml, tmp_path / "out", sink)
+
+    evaluated = curve(result.out)
+    best_step = min(evaluated, key=lambda point: point[1])[0]
+    assert result.steps == best_step + 3 < 40
+    assert [step for step, _ in evaluated] == list(range(1, result.steps + 1))
+    assert result.manifest["metrics"]["evaluation"]["stopped_early_at"] == result.steps
+    [stopped] = [e.message for e in sink.of_type(Log) if e.message.startswith("early stopping")]
+    assert f"early stopping at step {result.steps} of 40" in stopped
+    assert "has not improved for 3 evaluations (early_stopping_patience: 3)" in stopped
+    assert f"at step {best_step}" in stopped
+
+
+@pytest.mark.timeout(120)
+def test_export_best_writes_the_weights_of_the_best_checkpoint(
+    tiny_chatml: Path, contradicting: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(tiny_chatml, contradicting, max_steps=6, eval_steps=2, export="best")
+    out, aside = tmp_path / "out", tmp_path / "aside"
+    sink = KeepsCheckpoints(tmp_path / "out.partial", aside)
+    result = train(spec, tiny_chatml, out, sink)
+
+    evaluated = curve(out)
+    best_step, best_loss = min(evaluated, key=lambda point: point[1])
+    assert best_step < 6, evaluated  # the data makes later evaluations worse
+    # a checkpoint at each new best and at the end, none at save_steps (100)
+    new_bests = [step for i, (step, loss) in enumerate(evaluated)
+                 if all(loss < earlier for _, earlier in evaluated[:i])]  # fmt: skip
+    assert sorted(int(p.name.split("-")[1]) for p in aside.iterdir()) == sorted({*new_bests, 6})
+    exported = weights(out / "adapter")
+    assert trained_weights_equal(exported, weights(aside / f"checkpoint-{best_step}"))
+    assert not trained_weights_equal(exported, weights(aside / "checkpoint-6"))
+    summary = result.manifest["metrics"]["evaluation"]
+    assert (summary["exported"], summary["exported_step"]) == ("best", best_step)
+    assert result.manifest["metrics"]["eval_loss"] == pytest.approx(best_loss)
+    assert any(f"exported the weights of step {best_step}" in e.message
+               for e in sink.of_type(Log))  # fmt: skip
