@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tuneship.common.events import ListSink, Log, Metrics
+from tuneship.common.errors import Aborted
+from tuneship.common.events import ListSink, Log, Metrics, Progress
+from tuneship.common.jobs import Artifact, StageJob
 from tuneship.common.spec import PipelineSpec
+from tuneship.common.stagework import StageContext
+from tuneship.common.store import LocalStore
+from tuneship.common.store.commit import fetch_stage, upload_input
 from tuneship.testing.tensorboard import scalars
 from tuneship.trainer import train
+from tuneship.trainer.servicer import run_train
 
 pytestmark = pytest.mark.integration
 
@@ -177,3 +183,84 @@ def test_export_best_writes_the_weights_of_the_best_checkpoint(
     assert result.manifest["metrics"]["eval_loss"] == pytest.approx(best_loss)
     assert any(f"exported the weights of step {best_step}" in e.message
                for e in sink.of_type(Log))  # fmt: skip
+
+
+class DiesAfterStep(ListSink):
+    """A worker that is lost after ``step`` (the stage sees an error at its next event)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def emit(self, event) -> None:
+        super().emit(event)
+        if isinstance(event, Progress) and event.unit == "steps" and event.step > self.step:
+            raise Aborted("worker lost")
+
+
+def job(store: LocalStore, base: Path, data: Path, attempt: int) -> StageJob:
+    # A full fine-tune (whole-model checkpoints) learns this data in a few steps, so
+    # the eval loss rises from the first evaluation on.
+    train_fields = train_section(max_steps=30, eval_steps=1, save_steps=2, method="full",
+                                 learning_rate=5e-3, early_stopping_patience=4,
+                                 export="best")  # fmt: skip
+    spec = PipelineSpec.model_validate({
+        "apiVersion": "tuneship/v1", "metadata": {"name": "best"},
+        "model": {"base": "store:x"}, "dataset": {"train": "store:y", "eval": "store:z"},
+        "train": train_fields,
+    })  # fmt: skip
+    inputs = {
+        "base": upload_input(store, base, kind="model"),
+        "train": upload_input(store, data / "train.jsonl", kind="dataset"),
+        "eval": upload_input(store, data / "eval.jsonl", kind="dataset"),
+    }
+    refs = {k: Artifact(m.key, m.digest, m.total_size) for k, m in inputs.items()}
+    return StageJob(f"best.train.{attempt}", "best", spec.model_dump_json(), refs, "", attempt)
+
+
+def committed(store: LocalStore, outcome: Any, where: Path) -> tuple[dict[str, Any], Path]:
+    fetch_stage(store, outcome.outputs["train"].key, where)
+    return json.loads((where / "training-manifest.json").read_text()), where
+
+
+@pytest.mark.timeout(240)
+def test_a_retry_on_another_worker_keeps_the_best_checkpoint_and_the_patience(
+    tiny_chatml: Path, contradicting: Path, tmp_path: Path
+) -> None:
+    reference_store = LocalStore(tmp_path / "reference-store")
+    outcome = run_train(
+        StageContext(reference_store, tmp_path / "reference"),
+        job(reference_store, tiny_chatml, contradicting, 1),
+        ListSink(),
+    )
+    expected, expected_out = committed(reference_store, outcome, tmp_path / "expected")
+    best = expected["metrics"]["evaluation"]["best_step"]
+    stopped = expected["metrics"]["evaluation"]["stopped_early_at"]
+    # The worker dies after the checkpoint at step 4, and two newer checkpoints than the
+    # best one's are in the store by then (the store keeps the 2 newest, and the best).
+    assert best == 1 and stopped == best + 4 == 5
+
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(Aborted):
+        run_train(
+            StageContext(store, tmp_path / "worker-a"),
+            job(store, tiny_chatml, contradicting, 1),
+            DiesAfterStep(4),
+        )
+    shutil.rmtree(tmp_path / "worker-a")  # the pod is gone
+
+    second = ListSink()
+    outcome = run_train(
+        StageContext(store, tmp_path / "worker-b"),
+        job(store, tiny_chatml, contradicting, 2),
+        second,
+    )
+    logs = [e.message for e in second.of_type(Log)]
+    assert any("resuming from the stored checkpoint at step 4" in m for m in logs)
+    assert any(f"restored the best evaluation's checkpoint at step {best}" in m for m in logs)
+    got, got_out = committed(store, outcome, tmp_path / "got")
+    assert got["metrics"]["evaluation"] == expected["metrics"]["evaluation"] | {
+        "best_eval_loss": pytest.approx(expected["metrics"]["evaluation"]["best_eval_loss"]),
+        "last_eval_loss": pytest.approx(expected["metrics"]["evaluation"]["last_eval_loss"]),
+    }
+    assert trained_weights_equal(weights(got_out / "model"), weights(expected_out / "model"))

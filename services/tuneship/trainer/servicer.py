@@ -12,6 +12,7 @@ from tuneship.common import layout
 from tuneship.common.errors import Unavailable
 from tuneship.common.events import Event, EventSink, Log
 from tuneship.common.jobs import StageJob, StageOutcome
+from tuneship.common.manifest import Manifest
 from tuneship.common.stagework import StageContext, parse_job_spec, run_committed_stage
 from tuneship.common.store import ArtifactStore
 from tuneship.common.store.commit import (
@@ -19,9 +20,11 @@ from tuneship.common.store.commit import (
     fetch_stage,
     latest_checkpoint,
     prune_checkpoints,
+    stored_checkpoint,
 )
 from tuneship.common.wire import StageService, StageServicer, stage_service
 from tuneship.trainer import train
+from tuneship.trainer.evaluation import best_step_of
 from tuneship.trainer.run import last_checkpoint
 
 STAGE = "train"
@@ -77,30 +80,53 @@ class CheckpointMirror:
             commit_checkpoint(
                 self.store, Path(staging), pipeline=self.pipeline, stage=STAGE, step=step
             )
-        prune_checkpoints(self.store, pipeline=self.pipeline, stage=STAGE, keep=2)
+        # The best evaluation's checkpoint (export: best) stays until the end as well.
+        best = best_step_of(Path(latest))
+        prune_checkpoints(self.store, pipeline=self.pipeline, stage=STAGE, keep=2,
+                          also_keep=() if best is None else (best,))  # fmt: skip
         self.mirrored = step
         self.sink.emit(Log(STAGE, f"checkpoint at step {step} saved to the store"))
 
 
 def restore_checkpoint(store: ArtifactStore, pipeline: str, partial: Path, sink: EventSink) -> int:
     """Put the store's newest checkpoint where the trainer resumes from, when this worker
-    has none of its own; returns its step (0 when there was nothing to restore)."""
+    has none of its own, with the best evaluation's checkpoint when it is another one
+    (``export: best`` loads it at the end); returns the newest one's step (0 when there
+    was nothing to restore)."""
     if last_checkpoint(partial / "checkpoints") is not None:
         return 0
     manifest = latest_checkpoint(store, pipeline=pipeline, stage=STAGE)
     if manifest is None:
         return 0
+    step = _restore(store, manifest, partial, sink, with_metrics=True)
+    best = best_step_of(partial / "checkpoints" / f"checkpoint-{step}")
+    stored_best = (
+        stored_checkpoint(store, pipeline=pipeline, stage=STAGE, step=best)
+        if best is not None and best != step
+        else None
+    )
+    if stored_best is not None:
+        _restore(store, stored_best, partial, sink, with_metrics=False)
+        sink.emit(Log(STAGE, f"restored the best evaluation's checkpoint at step {best}"))
+    sink.emit(Log(STAGE, f"resuming from the stored checkpoint at step {step}"))
+    return step
+
+
+def _restore(
+    store: ArtifactStore, manifest: Manifest, partial: Path, sink: EventSink, *, with_metrics: bool
+) -> int:
+    """Fetch one stored checkpoint into ``partial/checkpoints`` (and its metrics.jsonl)."""
     step = int(manifest.labels.get(layout.Labels.STEP, "0"))
     fetched = partial.parent / ".restored-checkpoint"
+    shutil.rmtree(fetched, ignore_errors=True)
     fetch_stage(store, manifest.key, fetched, events=sink)
     (partial / "checkpoints").mkdir(parents=True, exist_ok=True)
     target = partial / "checkpoints" / f"checkpoint-{step}"
     shutil.rmtree(target, ignore_errors=True)
     (fetched / "checkpoint").rename(target)
-    if (fetched / "metrics.jsonl").is_file():
+    if with_metrics and (fetched / "metrics.jsonl").is_file():
         (fetched / "metrics.jsonl").replace(partial / "metrics.jsonl")
     shutil.rmtree(fetched, ignore_errors=True)
-    sink.emit(Log(STAGE, f"resuming from the stored checkpoint at step {step}"))
     return step
 
 

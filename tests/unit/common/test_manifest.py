@@ -19,6 +19,7 @@ from tuneship.common.store.commit import (
     latest_checkpoint,
     prune_checkpoints,
     read_manifest,
+    stored_checkpoint,
     upload_input,
     verify_committed,
 )
@@ -219,6 +220,21 @@ def test_pruning_keeps_the_newest_checkpoints_and_one_in_flight(tmp_path: Path) 
     assert prune_checkpoints(store, pipeline="p1", stage="train", keep=2) == 2
     left = {layout.checkpoint_step(o.key.rsplit("/", 1)[0] + "/") for o in store.list("pipelines/")}
     assert left == {20, 30, 40}
+
+
+def test_pruning_also_keeps_the_best_evaluations_checkpoint(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "adapter.safetensors").write_bytes(b"w")
+    for step in (10, 20, 30, 40):
+        commit_checkpoint(store, ckpt, pipeline="p1", stage="train", step=step)
+
+    removed = prune_checkpoints(store, pipeline="p1", stage="train", keep=2, also_keep=(10, 99))
+    left = {layout.checkpoint_step(o.key.rsplit("/", 1)[0] + "/") for o in store.list("pipelines/")}
+    assert (removed, left) == (1, {10, 30, 40})
+    assert stored_checkpoint(store, pipeline="p1", stage="train", step=10) is not None
+    assert stored_checkpoint(store, pipeline="p1", stage="train", step=20) is None
 
 
 def test_inputs_are_content_addressed_and_uploaded_once(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +258,17 @@ def latest_checkpoint(store: ArtifactStore, *, pipeline: str, stage: str) -> Man
     )
 
 
+def stored_checkpoint(
+    store: ArtifactStore, *, pipeline: str, stage: str, step: int
+) -> Manifest | None:
+    """The committed checkpoint at ``step``, or None."""
+    try:
+        key = layout.checkpoint_prefix(pipeline, stage, step) + layout.MANIFEST
+        return read_manifest(store, key)
+    except NotFound:
+        return None
+
+
 def input_digest(files: Iterable[FileEntry]) -> str:
     """The content address of an input: the sha256 of its file listing (names, sizes,
     sha256s) sorted by name. Every way an input enters the store uses this one."""
@@ -296,9 +307,17 @@ def upload_input(
     return write_manifest(store, key, manifest)
 
 
-def prune_checkpoints(store: ArtifactStore, *, pipeline: str, stage: str, keep: int = 2) -> int:
-    """Delete all but the ``keep`` newest committed checkpoints (and any step prefix
-    without a manifest older than them); returns how many step prefixes were removed."""
+def prune_checkpoints(
+    store: ArtifactStore,
+    *,
+    pipeline: str,
+    stage: str,
+    keep: int = 2,
+    also_keep: Collection[int] = (),
+) -> int:
+    """Delete all but the ``keep`` newest committed checkpoints and those at the steps of
+    ``also_keep`` (e.g. the best evaluation's), and any step prefix without a manifest
+    older than the newest ones; returns how many step prefixes were removed."""
     prefix = layout.checkpoints_prefix(pipeline, stage)
     steps: dict[int, bool] = {}
     for info in store.list(prefix):
@@ -306,8 +325,9 @@ def prune_checkpoints(store: ArtifactStore, *, pipeline: str, stage: str, keep: 
         if step is not None:
             steps[step] = steps.get(step, False) or info.key.endswith("/" + layout.MANIFEST)
     committed = sorted(s for s, done in steps.items() if done)
-    kept = set(committed[-keep:]) if keep > 0 else set()
-    oldest_kept = min(kept) if kept else None
+    newest = set(committed[-keep:]) if keep > 0 else set()
+    oldest_kept = min(newest) if newest else None
+    kept = newest | (set(also_keep) & set(committed))
     doomed = [
         s
         for s, done in steps.items()
