@@ -139,6 +139,19 @@ def test_the_eval_curve_is_in_the_metrics_tensorboard_events_and_manifest(
 
 
 @pytest.mark.timeout(120)
+def test_evaluation_batches_stay_out_of_the_training_token_counts(
+    tiny_chatml: Path, contradicting: Path, tmp_path: Path
+) -> None:
+    found = {}
+    for name, fields in (("plain", {}), ("evaluated", {"eval_steps": 1})):
+        spec = make_spec(tiny_chatml, contradicting, max_steps=3, **fields)
+        found[name] = train(spec, tiny_chatml, tmp_path / name, ListSink()).manifest["metrics"]
+    assert found["evaluated"]["evaluation"]["evaluations"] == 3
+    assert found["plain"]["padding_fraction"] > 0  # so that counted eval tokens would show
+    assert found["evaluated"]["padding_fraction"] == found["plain"]["padding_fraction"]
+
+
+@pytest.mark.timeout(120)
 def test_early_stopping_stops_when_the_eval_loss_stops_improving_and_says_why(
     tiny_chatml: Path, contradicting: Path, tmp_path: Path
 ) -> None:

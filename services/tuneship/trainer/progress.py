@@ -83,6 +83,10 @@ class EventBridge(TrainerCallback):
         eta = self.eta.seconds_left(step - self.first_step) if self.eta else None
         self.events.emit(Progress(STAGE, step, int(state.max_steps), "steps", eta))
 
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # The next step's tokens/s starts after the evaluation, not before it.
+        self.last_time = time.monotonic()
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.training = False  # an evaluation after training is not a row of the curve
 

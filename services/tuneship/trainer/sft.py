@@ -21,13 +21,14 @@ What is switched off, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any
 
 from tuneship.common.spec import TrainSpec
 from tuneship.trainer import distributed, model_io, tracking
-from tuneship.trainer.batching import EpochLengthGroupedSampler
+from tuneship.trainer.batching import EpochLengthGroupedSampler, TokenCount
 from tuneship.trainer.masking import Example
 from tuneship.trainer.prepare import PreparedData
 from tuneship.trainer.progress import EventBridge
@@ -197,6 +198,16 @@ def _tuneship_sft_trainer() -> Any:
             if self.args.train_sampling_strategy != "group_by_length":
                 return super()._get_train_sampler(train_dataset)
             return grouped_sampler(self.args, self.example_lengths)
+
+        def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+            # Evaluation batches are not training: their tokens go to a count of their
+            # own, not into the tokens/s and padding of the training loop.
+            collator: Any = self.data_collator
+            self.data_collator = dataclasses.replace(collator, count=TokenCount())
+            try:
+                return super().get_eval_dataloader(eval_dataset)
+            finally:
+                self.data_collator = collator
 
         def compute_loss(
             self,
