@@ -9,6 +9,7 @@ keeps its training ``loss``).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +17,13 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tuneship.common.atomic import atomic_write_text
 from tuneship.common.events import Eta, EventSink, Log, Metrics, Progress
 from tuneship.trainer import distributed
 from tuneship.trainer.batching import TokenCount
 
 STAGE = "train"
+_TAIL_BYTES = 8192
+"""Enough of the end of ``metrics.jsonl`` to hold its last row (a row is ~150 bytes)."""
 
 
 class EventBridge(TrainerCallback):
@@ -117,15 +119,26 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 def add_to_row(path: Path, step: int, values: dict[str, float]) -> None:
-    """Add ``values`` to the row of ``step`` (the last one: an evaluation follows the
-    training loss of its step), or append a row of their own when there is none."""
-    rows = read_metrics(path) if path.exists() else []
-    if rows and rows[-1]["step"] == step:
-        rows[-1] = {**rows[-1], **{k: float(v) for k, v in values.items()}}
-    else:
-        rows.append({"step": step, **{k: float(v) for k, v in values.items()}})
-    # Replaced in one step: a kill while writing must not cost the rows before it.
-    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+    """Add ``values`` to the last row when it is ``step``'s (an evaluation follows the
+    training loss of its step), else append a row of their own. Only the last line is
+    read and rewritten: a long run's file is not copied at each evaluation."""
+    added = {name: float(value) for name, value in values.items()}
+    with path.open("a+b") as handle:  # writes go to the end, after any truncation
+        end = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, end - _TAIL_BYTES))
+        tail = handle.read()
+        body = tail.removesuffix(b"\n")
+        cut = body.rfind(b"\n") + 1  # where the last line starts in ``tail``
+        try:
+            row = json.loads(body[cut:]) if (cut or end <= _TAIL_BYTES) and body else None
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and row.get("step") == step:
+            handle.truncate(end - len(tail) + cut)
+            added = {**row, **added}
+        else:
+            added = {"step": step, **added}
+        handle.write((json.dumps(added) + "\n").encode("utf-8"))
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
