@@ -314,3 +314,31 @@ def test_two_ranks_evaluate_stop_and_export_like_one_process(
     worst = max(float((tensor - b[key]).abs().max()) for key, tensor in a.items())
     print(f"DDP {{'largest_exported_weight_difference': {worst:.2e}}}")
     assert a.keys() == b.keys() and worst < 2e-4
+
+
+@pytest.mark.timeout(300)
+def test_dpo_evaluates_during_training_and_exports_its_best_step(
+    tiny_chatml: Path, sample_data: Path, tmp_path: Path
+) -> None:
+    data = sample_data / "preference"
+    spec = PipelineSpec.model_validate({
+        "apiVersion": "tuneship/v1", "metadata": {"name": "dpo-evaluated"},
+        "model": {"base": str(tiny_chatml)},
+        "dataset": {"train": str(data / "train.jsonl"), "eval": str(data / "eval.jsonl")},
+        "train": {"objective": "dpo", "max_steps": 6, "learning_rate": 5e-3, "dtype": "float32",
+                  "per_device_train_batch_size": 4, "eval_steps": 2, "export": "best",
+                  "save_steps": 100},
+    })  # fmt: skip
+    out, aside = tmp_path / "out", tmp_path / "aside"
+    sink = KeepsCheckpoints(tmp_path / "out.partial", aside)
+    result = train(spec, tiny_chatml, out, sink)
+
+    evaluated = curve(out)
+    assert [step for step, _ in evaluated] == [2, 4, 6]
+    best_step, best_loss = min(evaluated, key=lambda point: point[1])
+    metrics = result.manifest["metrics"]
+    assert metrics["evaluation"]["exported_step"] == best_step
+    assert metrics["eval_loss"] == pytest.approx(best_loss)
+    assert "eval_reward_margin" in metrics  # TRL's metrics of the exported step's evaluation
+    exported = weights(out / "adapter")
+    assert trained_weights_equal(exported, weights(aside / f"checkpoint-{best_step}"))
