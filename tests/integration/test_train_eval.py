@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tuneship.common.errors import Aborted
+from tuneship.common.errors import Aborted, Unavailable
 from tuneship.common.events import ListSink, Log, Metrics, Progress
 from tuneship.common.jobs import Artifact, StageJob
 from tuneship.common.spec import PipelineSpec
@@ -198,6 +198,35 @@ def test_export_best_writes_the_weights_of_the_best_checkpoint(
     assert result.manifest["metrics"]["eval_loss"] == pytest.approx(best_loss)
     assert any(f"exported the weights of step {best_step}" in e.message
                for e in sink.of_type(Log))  # fmt: skip
+
+
+@pytest.mark.timeout(180)
+def test_a_run_interrupted_after_its_best_resumes_and_exports_that_best(
+    tiny_chatml: Path, contradicting: Path, tmp_path: Path
+) -> None:
+    fields = {"max_steps": 6, "eval_steps": 1, "export": "best", "method": "full",
+              "learning_rate": 5e-3}  # fmt: skip
+    spec = make_spec(tiny_chatml, contradicting, **fields)
+    straight = train(spec, tiny_chatml, tmp_path / "straight", ListSink())
+    ended = []
+
+    def stop_after_three() -> bool:  # a checkpoint at step 3, after the best (step 1)
+        ended.append(1)
+        return len(ended) >= 3
+
+    with pytest.raises(Unavailable):
+        train(spec, tiny_chatml, tmp_path / "resumed", ListSink(), stop=stop_after_three)
+    resumed = train(spec, tiny_chatml, tmp_path / "resumed", ListSink())
+
+    expected = straight.manifest["metrics"]["evaluation"]
+    assert expected["best_step"] == 1 and expected["exported_step"] == 1
+    got = resumed.manifest["metrics"]["evaluation"]
+    assert got == expected | {
+        "best_eval_loss": pytest.approx(expected["best_eval_loss"]),
+        "last_eval_loss": pytest.approx(expected["last_eval_loss"], rel=1e-5),
+    }
+    assert [step for step, _ in curve(resumed.out)] == list(range(1, 7))
+    assert trained_weights_equal(weights(resumed.out / "model"), weights(straight.out / "model"))
 
 
 class DiesAfterStep(ListSink):
