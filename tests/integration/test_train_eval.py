@@ -371,3 +371,10 @@ def test_dpo_evaluates_during_training_and_exports_its_best_step(
     assert "eval_reward_margin" in metrics  # TRL's metrics of the exported step's evaluation
     exported = weights(out / "adapter")
     assert trained_weights_equal(exported, weights(aside / f"checkpoint-{best_step}"))
+
+    # The pairs of the three evaluations are not counted as trained tokens.
+    section = {**spec.train.model_dump(), "eval_steps": None, "export": "last"}
+    plain = spec.model_copy(update={"train": type(spec.train).model_validate(section)})
+    unevaluated = train(plain, tiny_chatml, tmp_path / "plain", ListSink()).manifest["metrics"]
+    assert unevaluated["padding_fraction"] > 0
+    assert metrics["padding_fraction"] == unevaluated["padding_fraction"]

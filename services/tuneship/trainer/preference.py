@@ -16,10 +16,14 @@ dtype (TRL casts a QLoRA model's adapters to bf16, which fp16 GPUs cannot train)
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tuneship.common.spec import TrainSpec
+from tuneship.trainer.batching import TokenCount
 from tuneship.trainer.masking import IGNORE, PairExample
 from tuneship.trainer.prepare import PreparedData
 from tuneship.trainer.progress import EventBridge
@@ -135,25 +139,46 @@ def _collator(orpo: bool, pad_token_id: int, bridge: EventBridge) -> Any:
         with TRL_IMPORT:
             from trl.experimental.utils import DPODataCollatorWithPadding
 
-        inner: Any = DPODataCollatorWithPadding(pad_token_id=pad_token_id)
-    else:
-        with TRL_IMPORT:
-            from trl.trainer.dpo_trainer import DataCollatorForPreference
+        return CountingCollator(
+            DPODataCollatorWithPadding(pad_token_id=pad_token_id), orpo, bridge.count
+        )
+    with TRL_IMPORT:
+        from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-        inner = DataCollatorForPreference(pad_token_id=pad_token_id)
-    count = bridge.count
+    return CountingCollator(
+        DataCollatorForPreference(pad_token_id=pad_token_id), orpo, bridge.count
+    )
 
-    def collate(features: list[dict[str, Any]]) -> Any:
-        batch = inner(features)
-        masks = [value for key, value in batch.items() if key.endswith("attention_mask")]
-        if orpo:
+
+@dataclass
+class CountingCollator:
+    """A preference collator whose batches' real and padded tokens go into ``count``."""
+
+    inner: Any
+    orpo: bool
+    count: TokenCount
+
+    def __call__(self, features: list[dict[str, Any]]) -> Any:
+        batch = self.inner(features)
+        if self.orpo:
             masks = [batch["chosen_attention_mask"], batch["rejected_attention_mask"]]
+        else:
+            masks = [batch["attention_mask"]]  # chosen and rejected rows, stacked
         real = sum(int(mask.sum()) for mask in masks)
-        count.real += real
-        count.padded += sum(mask.numel() for mask in masks) - real
+        self.count.real += real
+        self.count.padded += sum(mask.numel() for mask in masks) - real
         return batch
 
-    return collate
+
+def _apart(trainer: Any, dataloader: Callable[[], Any]) -> Any:
+    """The eval dataloader ``dataloader()`` builds, with a collator that counts apart:
+    evaluation batches are not in the training loop's tokens/s and padding."""
+    collator = trainer.data_collator
+    trainer.data_collator = dataclasses.replace(collator, count=TokenCount())
+    try:
+        return dataloader()
+    finally:
+        trainer.data_collator = collator
 
 
 def _in_order(dataset: Any) -> Any:
@@ -182,6 +207,11 @@ def _dpo_trainer() -> Any:
         def _get_eval_sampler(self, eval_dataset: Any) -> Any:
             return _in_order(eval_dataset)
 
+        def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+            return _apart(
+                self, lambda: super(TuneshipDPOTrainer, self).get_eval_dataloader(eval_dataset)
+            )
+
         def create_model_card(self, *args: Any, **kwargs: Any) -> None:
             return None
 
@@ -205,6 +235,11 @@ def _orpo_trainer() -> Any:
 
         def _get_eval_sampler(self, eval_dataset: Any) -> Any:
             return _in_order(eval_dataset)
+
+        def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+            return _apart(
+                self, lambda: super(TuneshipORPOTrainer, self).get_eval_dataloader(eval_dataset)
+            )
 
         def create_model_card(self, *args: Any, **kwargs: Any) -> None:
             return None
