@@ -14,6 +14,7 @@ from tuneship.common.events import ListSink
 from tuneship.common.preferences import load_preferences
 from tuneship.common.spec import DatasetSpec, PipelineSpec
 from tuneship.merger.merge import merge
+from tuneship.testing.tensorboard import scalars as tensorboard_scalars
 from tuneship.trainer import inspect_data, train
 from tuneship.trainer.masking import AssistantMask, PairExample
 
@@ -103,6 +104,14 @@ def test_dpo_raises_the_margin_on_held_out_pairs_and_merges(
         "adapter_model.safetensors",
     ]
     assert any("objective: dpo" in getattr(e, "message", "") for e in events.events)
+    # The reward margin per step, beside the loss, in metrics.jsonl and TensorBoard.
+    rows = [json.loads(line) for line in (result.out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all("reward_margin" in row for row in rows)
+    assert rows[-1]["reward_margin"] > rows[0]["reward_margin"]
+    scalars = tensorboard_scalars(result.out / "tensorboard")
+    assert [v for _, v in scalars["train/reward_margin"]] == pytest.approx(
+        [row["reward_margin"] for row in rows]
+    )
 
     merged = merge(spec, tiny_chatml, result.out, tmp_path / "merged", ListSink())
     assert (merged.out / "model.safetensors").is_file()

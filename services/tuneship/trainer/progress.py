@@ -63,7 +63,8 @@ class EventBridge(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if logs and "eval_loss" in logs and self.training and distributed.is_main_rank():
-            add_to_row(self.metrics_path, int(state.global_step), {"eval_loss": logs["eval_loss"]})
+            evaluated = {"eval_loss": logs["eval_loss"], **preference_values(logs, "eval_")}
+            add_to_row(self.metrics_path, int(state.global_step), evaluated)
         if not logs or "loss" not in logs:
             return
         tokens = distributed.total_over_ranks(self.count.real)  # every rank's, not one's
@@ -78,6 +79,7 @@ class EventBridge(TrainerCallback):
             "loss": float(logs["loss"]),
             "learning_rate": float(logs.get("learning_rate", 0.0)),
             "tokens_per_s": tokens_per_s,
+            **preference_values(logs),
         }
         with self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, **values}) + "\n")
@@ -108,6 +110,20 @@ class EventBridge(TrainerCallback):
         # copied to the store) once all of them are here.
         distributed.barrier()
         self.events.emit(Log(STAGE, f"checkpoint saved at step {state.global_step}"))
+
+
+PREFERENCE_METRICS = {"rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy"}
+"""TRL's dpo/orpo log names and the names of the same values in ``metrics.jsonl``: the
+margin of the chosen reply's reward over the rejected one's, and how often it wins."""
+
+
+def preference_values(logs: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The preference metrics of a TRL log (``prefix`` ``eval_`` for an evaluation's)."""
+    return {
+        prefix + ours: float(logs[prefix + theirs])
+        for theirs, ours in PREFERENCE_METRICS.items()
+        if prefix + theirs in logs
+    }
 
 
 def truncate_metrics(path: Path, step: int) -> None:

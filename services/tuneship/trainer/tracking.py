@@ -25,7 +25,10 @@ from tuneship.common.spec import TrainSpec
 TENSORBOARD_DIR = "tensorboard"
 """In the training output: ``tensorboard --logdir out/tensorboard``."""
 _SCALARS = {"loss": "train/loss", "learning_rate": "train/learning_rate",
-            "tokens_per_s": "train/tokens_per_s", "eval_loss": "eval/loss"}  # fmt: skip
+            "tokens_per_s": "train/tokens_per_s", "eval_loss": "eval/loss",
+            "reward_margin": "train/reward_margin", "reward_accuracy": "train/reward_accuracy",
+            "eval_reward_margin": "eval/reward_margin",
+            "eval_reward_accuracy": "eval/reward_accuracy"}  # fmt: skip
 """metrics.jsonl field → TensorBoard tag (transformers' ``train/`` / ``eval/`` names)."""
 _PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}
 
