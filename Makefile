@@ -84,7 +84,7 @@ format: $(INSTALLED) ## apply ruff's fixes and formatting
 	$(BIN)/ruff format services tests bench
 
 test: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain postgres-server lint ## lint, then the default test suite (not slow, not faults, not gpu)
-	$(BIN)/pytest -m "not slow and not faults and not gpu" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not faults and not gpu" --durations=15 $(PYTEST_ARGS)
 
 test-faults: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain postgres-server lint ## the fault matrix: kills and S3 outages at every moment (tests/e2e/test_faults.py)
 	$(BIN)/pytest -m faults $(PYTEST_ARGS)

@@ -7,7 +7,9 @@ rounds alternating, best of each kept.
 
 Measured for each:
 
-- ``tokens_per_s``: real (non-pad) tokens per second of the training loop;
+- ``tokens_per_s``: real (non-pad) tokens per second of the training loop (TRL twice:
+  with its defaults, activation checkpointing on, and with it off so that only the
+  batching and the per-step metrics differ: ``ratio`` and ``ratio_batching_only``);
 - ``scored_after_end_of_turn``: of the completion tokens the loss scores, the share
   that is template text after the reply's end-of-turn token (ChatML's newline after
   ``<|im_end|>``). TRL tokenizes ``prompt + chosen`` with the template and scores all
@@ -84,7 +86,9 @@ def run_tuneship(base: Path, data: Path, work: Path) -> dict[str, Any]:
     }
 
 
-def run_trl(base: Path, records: list[dict[str, Any]], work: Path) -> dict[str, Any]:
+def run_trl(
+    base: Path, records: list[dict[str, Any]], work: Path, checkpointing: bool
+) -> dict[str, Any]:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -101,6 +105,7 @@ def run_trl(base: Path, records: list[dict[str, Any]], work: Path) -> dict[str, 
         report_to="none",
         save_strategy="no",
         disable_tqdm=True,
+        gradient_checkpointing=checkpointing,
     )
     trainer = DPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
@@ -130,6 +135,7 @@ def run_trl(base: Path, records: list[dict[str, Any]], work: Path) -> dict[str, 
     return {
         "tokens_per_s": counted["real"] / seconds,
         "scored_after_end_of_turn": after / total,
+        "activation_checkpointing": checkpointing,
     }
 
 
@@ -139,8 +145,17 @@ def main() -> None:
         base = build_fixture("tiny-chatml", work / "tiny-chatml")
         records = preference_records(PAIRS)
         data = write_jsonl(work / "pairs.jsonl", records)
-        runs = [(run_tuneship(base, data, work), run_trl(base, records, work)) for _ in range(2)]
-        ours, theirs = (max((r[i] for r in runs), key=lambda r: r["tokens_per_s"]) for i in (0, 1))
+        runs = [
+            (
+                run_tuneship(base, data, work),
+                run_trl(base, records, work, checkpointing=True),
+                run_trl(base, records, work, checkpointing=False),
+            )
+            for _ in range(2)
+        ]
+        ours, theirs, plain = (
+            max((r[i] for r in runs), key=lambda r: r["tokens_per_s"]) for i in (0, 1, 2)
+        )
     result = {
         "model": "tiny-chatml (LlamaForCausalLM, hidden 256, 2 layers, fp32)",
         "dataset": f"{PAIRS} preference pairs, prompts of 1-{MAX_EXCHANGES} exchanges",
@@ -151,7 +166,9 @@ def main() -> None:
         "unit": "real (non-pad) tokens per second of the training loop, best of 2 runs each",
         "tuneship_dpo": ours,
         "trl_dpo_defaults": theirs,
+        "trl_dpo_no_checkpointing": plain,
         "ratio": ours["tokens_per_s"] / theirs["tokens_per_s"],
+        "ratio_batching_only": ours["tokens_per_s"] / plain["tokens_per_s"],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
