@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 from tuneship.common.errors import InvalidInput, Unavailable
 from tuneship.common.events import ListSink, Log, Metrics, Progress
-from tuneship.common.jobs import Artifact, StageJob
+from tuneship.common.jobs import StageJob
 from tuneship.common.spec import PipelineSpec
 from tuneship.common.stagework import StageContext
 from tuneship.common.store import LocalStore
-from tuneship.common.store.commit import latest_checkpoint, upload_input
+from tuneship.common.store.commit import latest_checkpoint
+from tuneship.testing.training import training_job
 from tuneship.trainer import train
 from tuneship.trainer.distributed import LAUNCH_ENV
 from tuneship.trainer.servicer import run_train
@@ -188,20 +189,7 @@ class KillsRankOne(ListSink):
 
 
 def job(store: LocalStore, base: Path, data: Path, attempt: int) -> StageJob:
-    spec = PipelineSpec.model_validate({
-        "apiVersion": "tuneship/v1", "metadata": {"name": "ddp-kill"},
-        "model": {"base": "store:x"},
-        "dataset": {"train": "store:y", "eval": "store:z"},
-        "train": train_section(2, 4),
-    })  # fmt: skip
-    inputs = {
-        "base": upload_input(store, base, kind="model"),
-        "train": upload_input(store, data / "train.jsonl", kind="dataset"),
-        "eval": upload_input(store, data / "eval.jsonl", kind="dataset"),
-    }
-    refs = {k: Artifact(m.key, m.digest, m.total_size) for k, m in inputs.items()}
-    return StageJob(f"ddp-kill.train.{attempt}", "ddp-kill", spec.model_dump_json(), refs, "",
-                    attempt)  # fmt: skip
+    return training_job(store, "ddp-kill", train_section(2, 4), base, data, attempt)
 
 
 def test_a_killed_rank_fails_the_attempt_and_the_retry_resumes_from_the_checkpoint(

@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 from tuneship.common.errors import Aborted, Unavailable
-from tuneship.common.events import ListSink, Log, Metrics, Progress
-from tuneship.common.jobs import Artifact, StageJob
+from tuneship.common.events import ListSink, Log, Metrics
+from tuneship.common.jobs import StageJob
 from tuneship.common.spec import PipelineSpec
 from tuneship.common.stagework import StageContext
 from tuneship.common.store import LocalStore
-from tuneship.common.store.commit import fetch_stage, upload_input
+from tuneship.common.store.commit import fetch_stage
 from tuneship.testing.tensorboard import scalars
+from tuneship.testing.training import DiesAfterStep, training_job
 from tuneship.trainer import train
 from tuneship.trainer.servicer import run_train
 
@@ -229,37 +230,13 @@ def test_a_run_interrupted_after_its_best_resumes_and_exports_that_best(
     assert trained_weights_equal(weights(resumed.out / "model"), weights(straight.out / "model"))
 
 
-class DiesAfterStep(ListSink):
-    """A worker that is lost after ``step`` (the stage sees an error at its next event)."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step = step
-
-    def emit(self, event) -> None:
-        super().emit(event)
-        if isinstance(event, Progress) and event.unit == "steps" and event.step > self.step:
-            raise Aborted("worker lost")
-
-
 def job(store: LocalStore, base: Path, data: Path, attempt: int) -> StageJob:
     # A full fine-tune (whole-model checkpoints) learns this data in a few steps, so
     # the eval loss rises from the first evaluation on.
     train_fields = train_section(max_steps=30, eval_steps=1, save_steps=2, method="full",
                                  learning_rate=5e-3, early_stopping_patience=4,
                                  export="best")  # fmt: skip
-    spec = PipelineSpec.model_validate({
-        "apiVersion": "tuneship/v1", "metadata": {"name": "best"},
-        "model": {"base": "store:x"}, "dataset": {"train": "store:y", "eval": "store:z"},
-        "train": train_fields,
-    })  # fmt: skip
-    inputs = {
-        "base": upload_input(store, base, kind="model"),
-        "train": upload_input(store, data / "train.jsonl", kind="dataset"),
-        "eval": upload_input(store, data / "eval.jsonl", kind="dataset"),
-    }
-    refs = {k: Artifact(m.key, m.digest, m.total_size) for k, m in inputs.items()}
-    return StageJob(f"best.train.{attempt}", "best", spec.model_dump_json(), refs, "", attempt)
+    return training_job(store, "best", train_fields, base, data, attempt)
 
 
 def committed(store: LocalStore, outcome: Any, where: Path) -> tuple[dict[str, Any], Path]:

@@ -9,42 +9,21 @@ from pathlib import Path
 
 import pytest
 from tuneship.common.errors import Aborted
-from tuneship.common.events import ListSink, Log, Metrics, Progress
+from tuneship.common.events import ListSink, Log, Metrics
 from tuneship.common.jobs import Artifact, StageJob
 from tuneship.common.spec import PipelineSpec
 from tuneship.common.stagework import StageContext
 from tuneship.common.store import LocalStore
 from tuneship.common.store.commit import fetch_stage, latest_checkpoint, upload_input
+from tuneship.testing.training import DiesAfterStep, training_job
 from tuneship.trainer.servicer import run_train
 
 pytestmark = pytest.mark.integration
 
 
-class DiesAfterStep(ListSink):
-    """A worker that is lost after ``step`` (the stage sees an error at its next event)."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step = step
-
-    def emit(self, event) -> None:
-        super().emit(event)
-        if isinstance(event, Progress) and event.unit == "steps" and event.step > self.step:
-            raise Aborted("worker lost")
-
-
 def job(store: LocalStore, base: Path, data: Path, attempt: int) -> StageJob:
-    spec = PipelineSpec.model_validate({
-        "apiVersion": "tuneship/v1", "metadata": {"name": "resume"},
-        "model": {"base": "store:x"}, "dataset": {"train": "store:y"},
-        "train": {"max_steps": 12, "save_steps": 4, "learning_rate": 0.003, "seed": 7},
-    })  # fmt: skip
-    inputs = {
-        "base": upload_input(store, base, kind="model"),
-        "train": upload_input(store, data / "train.jsonl", kind="dataset"),
-    }
-    refs = {k: Artifact(m.key, m.digest, m.total_size) for k, m in inputs.items()}
-    return StageJob(f"resume.train.{attempt}", "resume", spec.model_dump_json(), refs, "", attempt)
+    train = {"max_steps": 12, "save_steps": 4, "learning_rate": 0.003, "seed": 7}
+    return training_job(store, "resume", train, base, data, attempt, held_out=False)
 
 
 def losses(sink: ListSink) -> dict[int, float]:
