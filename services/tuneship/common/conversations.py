@@ -77,11 +77,11 @@ class Skipped:
 
 
 @dataclass
-class ConversationSet:
-    """The train and eval conversations of a spec, with what was dropped and the hash."""
+class Loaded(Generic[_T]):
+    """What ``load_records`` read: items of one kind, with what was dropped and the hash."""
 
-    train: list[Conversation]
-    eval: list[Conversation]
+    train: list[_T]
+    eval: list[_T]
     skipped: list[Skipped] = field(default_factory=list)
     duplicates: int = 0
     sha256: str = ""
@@ -89,6 +89,10 @@ class ConversationSet:
     """Where train and eval were read, resolved (``hf://datasets/org/name@<commit>:train``)."""
     revision: str | None = None
     """The hub commit the dataset resolved to, for ``hf://datasets/…``."""
+
+
+class ConversationSet(Loaded[Conversation]):
+    """The train and eval conversations of a spec."""
 
 
 def load_conversations(
@@ -106,23 +110,7 @@ def load_conversations(
     ``error`` or when nothing valid remains; ``NotFound`` when a file does not exist.
     """
     loaded = load_records(spec, files, _conversation, _conversation_key, "conversations")
-    return ConversationSet(
-        loaded.train, loaded.eval, loaded.skipped, loaded.duplicates, loaded.sha256,
-        loaded.sources, loaded.revision,
-    )  # fmt: skip
-
-
-@dataclass
-class Loaded(Generic[_T]):
-    """What ``load_records`` read: items of one kind (conversations, preference pairs)."""
-
-    train: list[_T]
-    eval: list[_T]
-    skipped: list[Skipped]
-    duplicates: int
-    sha256: str
-    sources: dict[str, str]
-    revision: str | None
+    return ConversationSet(**vars(loaded))
 
 
 Convert = Callable[[Any, DatasetSpec, str], tuple[str, _T]]

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tuneship.common.conversations import (
     _SHAREGPT_ROLES,
     ConversationSet,
+    Loaded,
     RecordError,
-    Skipped,
     _check_order,
     _message,
     load_conversations,
@@ -63,19 +63,8 @@ class PreferencePair:
         return [*self.prompt, {"role": "assistant", "content": reply}]
 
 
-@dataclass
-class PreferenceSet:
-    """The train and eval pairs of a spec, with what was dropped and the data's hash."""
-
-    train: list[PreferencePair]
-    eval: list[PreferencePair]
-    skipped: list[Skipped] = field(default_factory=list)
-    duplicates: int = 0
-    sha256: str = ""
-    sources: dict[str, str] = field(default_factory=dict)
-    """Where train and eval were read, resolved (as ``ConversationSet.sources``)."""
-    revision: str | None = None
-    """The hub commit the dataset resolved to, for ``hf://datasets/…``."""
+class PreferenceSet(Loaded[PreferencePair]):
+    """The train and eval preference pairs of a spec."""
 
 
 def is_preference(record: Any) -> bool:
@@ -106,10 +95,7 @@ def load_preferences(spec: DatasetSpec, files: Mapping[str, Path] | None = None)
     ``files`` as for ``load_conversations``. Raises ``InvalidInput`` naming the record
     (``on_invalid: error``), or the first record when the file holds conversations."""
     loaded = load_records(spec, files, _pair, _pair_key, "preference pairs")
-    return PreferenceSet(
-        loaded.train, loaded.eval, loaded.skipped, loaded.duplicates, loaded.sha256,
-        loaded.sources, loaded.revision,
-    )  # fmt: skip
+    return PreferenceSet(**vars(loaded))
 
 
 def _pair(record: Any, spec: DatasetSpec, where: str) -> tuple[str, PreferencePair]:

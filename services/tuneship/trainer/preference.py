@@ -189,31 +189,39 @@ def _in_order(dataset: Any) -> Any:
     return SequentialSampler(dataset)
 
 
+class _PairTrainer:
+    """What tuneship changes in both of TRL's preference trainers (mixed in before them):
+    the length-grouped, resumable order; held-out pairs in file order, counted apart;
+    no model card (the manifest is the run's record)."""
+
+    args: Any
+    example_lengths: list[int]
+
+    def __init__(self, *args: Any, lengths: list[int], **kwargs: Any) -> None:
+        self.example_lengths = lengths
+        super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        return grouped_sampler(self.args, self.example_lengths)
+
+    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+        return _in_order(eval_dataset)
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        parent = super()
+        return _apart(self, lambda: parent.get_eval_dataloader(eval_dataset))  # type: ignore[attr-defined]
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def _dpo_trainer() -> Any:
     with TRL_IMPORT:
         from trl import DPOTrainer
 
-    class TuneshipDPOTrainer(DPOTrainer):
-        def __init__(self, *args: Any, lengths: list[int], **kwargs: Any) -> None:
-            self.example_lengths = lengths
-            super().__init__(*args, **kwargs)
-
+    class TuneshipDPOTrainer(_PairTrainer, DPOTrainer):
         def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
             return dataset  # tokenized and masked by tuneship (see module doc)
-
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            return grouped_sampler(self.args, self.example_lengths)
-
-        def _get_eval_sampler(self, eval_dataset: Any) -> Any:
-            return _in_order(eval_dataset)
-
-        def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
-            return _apart(
-                self, lambda: super(TuneshipDPOTrainer, self).get_eval_dataloader(eval_dataset)
-            )
-
-        def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-            return None
 
     return TuneshipDPOTrainer
 
@@ -222,26 +230,8 @@ def _orpo_trainer() -> Any:
     with TRL_IMPORT:
         from trl.experimental.orpo import ORPOTrainer
 
-    class TuneshipORPOTrainer(ORPOTrainer):
-        def __init__(self, *args: Any, lengths: list[int], **kwargs: Any) -> None:
-            self.example_lengths = lengths
-            super().__init__(*args, **kwargs)
-
+    class TuneshipORPOTrainer(_PairTrainer, ORPOTrainer):
         def tokenize_row(self, feature: Any, model: Any = None) -> dict:
             return {}  # the rows already hold every column (see _orpo_rows)
-
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            return grouped_sampler(self.args, self.example_lengths)
-
-        def _get_eval_sampler(self, eval_dataset: Any) -> Any:
-            return _in_order(eval_dataset)
-
-        def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
-            return _apart(
-                self, lambda: super(TuneshipORPOTrainer, self).get_eval_dataloader(eval_dataset)
-            )
-
-        def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-            return None
 
     return TuneshipORPOTrainer
