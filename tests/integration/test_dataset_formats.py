@@ -13,11 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tuneship.cli.embedded import start_embedded
-from tuneship.cli.serve import open_backend
-from tuneship.client import PipelineClient
 from tuneship.common.settings import Settings
-from tuneship.testing.pipelines import wait_all
+from tuneship.testing.pipelines import run_batch
 
 pytestmark = pytest.mark.integration
 
@@ -86,15 +83,7 @@ def test_every_dataset_format_trains_exports_and_publishes(
         specs.append(SPEC.format(name=fmt, base=tiny_chatml, train=train, shape=shape))
     settings = dataclasses.replace(settings, data_dir=tmp_path / "data")
     with ExitStack() as stack:
-        backend = open_backend("llama-server", "http://127.0.0.1:9", settings, stack)
-        embedded = start_embedded(settings, backend, stack)
-        stack.callback(embedded.close)
-        client = PipelineClient(embedded.address)
-        ids = [info.id for info in client.submit_batch(specs)]
-        finals = wait_all(client, ids, 900)
-        assert [f.phase for f in finals] == ["succeeded"] * len(FORMATS), [
-            (f.name, [(s.name, s.phase, s.error) for s in f.stages]) for f in finals
-        ]
+        _, finals = run_batch(settings, specs, stack)
         for final in finals:
             assert final.stage("export").summary["quant_types"] == "f16,q8_0"
             assert final.stage("publish").summary["model"]

@@ -18,14 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tuneship.cli.embedded import start_embedded
-from tuneship.cli.serve import open_backend
-from tuneship.client import PipelineClient
 from tuneship.common.settings import Settings
 from tuneship.common.store import LocalStore
 from tuneship.common.store.commit import read_manifest
 from tuneship.testing.hubcache import cache_dataset, offline_hub
-from tuneship.testing.pipelines import wait_all
+from tuneship.testing.pipelines import run_batch
 
 pytestmark = pytest.mark.integration
 
@@ -108,15 +105,7 @@ def test_every_dataset_source_trains_exports_and_publishes(
     settings = dataclasses.replace(settings, data_dir=tmp_path / "data")
     with ExitStack() as stack:
         stack.enter_context(offline_hub(tmp_path / "hub-cache"))
-        backend = open_backend("llama-server", "http://127.0.0.1:9", settings, stack)
-        embedded = start_embedded(settings, backend, stack)
-        stack.callback(embedded.close)
-        client = PipelineClient(embedded.address)
-        ids = [info.id for info in client.submit_batch(specs)]
-        finals = wait_all(client, ids, 900)
-        assert [f.phase for f in finals] == ["succeeded"] * len(sources), [
-            (f.name, [(s.name, s.phase, s.error) for s in f.stages]) for f in finals
-        ]
+        embedded, finals = run_batch(settings, specs, stack)
         manifests = {f.name: training_manifest(embedded.store, f.stage("train").outputs)
                      for f in finals}  # fmt: skip
         for final in finals:

@@ -1,10 +1,15 @@
-"""Waiting for pipelines a test submitted, with what they did when they did not finish."""
+"""Running and waiting for pipelines a test submitted, with what they did when they did
+not finish."""
 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 
+from tuneship.cli.embedded import Embedded, start_embedded
+from tuneship.cli.serve import open_backend
 from tuneship.client import PipelineClient, PipelineInfo
+from tuneship.common.settings import Settings
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -20,3 +25,20 @@ def wait_all(client: PipelineClient, ids: list[str], timeout_s: float) -> list[P
             return infos
         time.sleep(0.5)
     raise AssertionError(f"not finished: {[i.as_dict() for i in infos]}")
+
+
+def run_batch(
+    settings: Settings, specs: list[str], stack: ExitStack, timeout_s: float = 900
+) -> tuple[Embedded, list[PipelineInfo]]:
+    """Submit ``specs`` as one batch to an embedded stack (llama-server backend, closed
+    with ``stack``) and wait for them; AssertionError naming each stage's error unless
+    every one succeeded. Returns the stack and the finished pipelines."""
+    backend = open_backend("llama-server", "http://127.0.0.1:9", settings, stack)
+    embedded = start_embedded(settings, backend, stack)
+    stack.callback(embedded.close)
+    client = PipelineClient(embedded.address)
+    finals = wait_all(client, [info.id for info in client.submit_batch(specs)], timeout_s)
+    assert [f.phase for f in finals] == ["succeeded"] * len(specs), [
+        (f.name, [(s.name, s.phase, s.error) for s in f.stages]) for f in finals
+    ]
+    return embedded, finals
