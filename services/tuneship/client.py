@@ -111,6 +111,7 @@ class PipelineInfo:
     created: float
     updated: float
     stages: list[StageInfo] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
 
     def stage(self, name: str) -> StageInfo:
         return next(s for s in self.stages if s.name == name)
@@ -119,7 +120,7 @@ class PipelineInfo:
         return {
             "id": self.id, "name": self.name, "phase": self.phase, "error": self.error,
             "created": self.created, "updated": self.updated,
-            "stages": [vars(s) for s in self.stages],
+            "stages": [vars(s) for s in self.stages], "labels": dict(self.labels),
         }  # fmt: skip
 
 
@@ -133,6 +134,32 @@ class WatchEvent:
     kind: str
     text: str
     data: dict[str, Any]
+    step: int | None = None
+    """The training step a ``metrics`` event was measured at, when the stage said."""
+
+
+class WatchStream:
+    """The events of one ``Watch`` call, in order; ``cancel()`` (from any thread) ends
+    the iteration quietly, e.g. when the reader of a live view goes away."""
+
+    def __init__(self, call: Any, address: str, tls: bool) -> None:
+        self._call = call
+        self._address = address
+        self._tls = tls
+        self._cancelled = False
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        try:
+            for message in self._call:
+                yield watch_event(message)
+        except grpc.RpcError as exc:
+            if self._cancelled and exc.code() is grpc.StatusCode.CANCELLED:
+                return
+            raise _error(exc, self._address, self._tls) from exc
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()
 
 
 @dataclass(frozen=True)
@@ -180,7 +207,7 @@ def pipeline_info(message: pipeline_pb2.Pipeline) -> PipelineInfo:
         for s in message.stages
     ]  # fmt: skip
     return PipelineInfo(message.id, message.name, PHASES[message.phase], message.error,
-                        message.created, message.updated, stages)  # fmt: skip
+                        message.created, message.updated, stages, dict(message.labels))  # fmt: skip
 
 
 def watch_event(message: pipeline_pb2.PipelineEvent) -> WatchEvent:
@@ -193,7 +220,8 @@ def watch_event(message: pipeline_pb2.PipelineEvent) -> WatchEvent:
         return WatchEvent(message.seq, phase, event.stage, kind, text, data)
     if isinstance(event, Metrics):
         text = " ".join(f"{k}={v:.4g}" for k, v in sorted(event.values.items()))
-        return WatchEvent(message.seq, phase, event.stage, "metrics", text, dict(event.values))
+        values = dict(event.values)
+        return WatchEvent(message.seq, phase, event.stage, "metrics", text, values, event.step)
     if isinstance(event, Log):
         level = {"level": event.level}
         return WatchEvent(message.seq, phase, event.stage, "log", event.message, level)
@@ -275,23 +303,22 @@ class PipelineClient:
         return str(self._call("Get", pipeline_pb2.GetRequest(id=pipeline_id)).spec_json)
 
     def list(self, phase: str = "", name_prefix: str = "", page_size: int = 50,
-             page_token: str = "") -> tuple[builtins.list[PipelineInfo], str]:  # fmt: skip
-        """A page of pipelines and the token of the next page ("" at the end)."""
+             page_token: str = "", labels: dict[str, str] | None = None,
+             ) -> tuple[builtins.list[PipelineInfo], str]:  # fmt: skip
+        """A page of pipelines and the token of the next page ("" at the end); ``labels``:
+        only pipelines with every one of these labels."""
         request = pipeline_pb2.ListRequest(
             phase=phase.upper() if phase else "PHASE_UNSPECIFIED",
             name_prefix=name_prefix, page_size=page_size, page_token=page_token,
+            labels=labels or {},
         )  # fmt: skip
         answer = self._call("List", request)
         return [pipeline_info(p) for p in answer.pipelines], answer.next_page_token
 
-    def watch(self, pipeline_id: str, after_seq: int = 0) -> Iterator[WatchEvent]:
+    def watch(self, pipeline_id: str, after_seq: int = 0) -> WatchStream:
         """Every event after ``after_seq`` and then live ones, until the pipeline ends."""
         request = pipeline_pb2.WatchRequest(id=pipeline_id, after_seq=after_seq)
-        try:
-            for message in self._stub.Watch(request):
-                yield watch_event(message)
-        except grpc.RpcError as exc:
-            raise _error(exc, self.address, self._tls) from exc
+        return WatchStream(self._stub.Watch(request), self.address, self._tls)
 
     def cancel(self, pipeline_id: str) -> PipelineInfo:
         return pipeline_info(
