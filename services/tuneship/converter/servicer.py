@@ -14,6 +14,16 @@ from tuneship.common.wire import StageService, StageServicer, stage_service
 from tuneship.converter import export
 
 STAGE = "export"
+REPORT_COLUMNS = (
+    "quant_type", "size_bytes", "bits_per_weight", "perplexity", "kld_mean", "same_top_p",
+    "generation_tokens_per_s", "verified", "baseline",
+)  # fmt: skip
+"""The columns of ``report.json``'s rows that the export stage's summary carries."""
+
+
+def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of an export report, each cut to ``REPORT_COLUMNS``."""
+    return [{k: row[k] for k in REPORT_COLUMNS if k in row} for row in report.get("rows", [])]
 
 
 def run_export(
@@ -36,6 +46,9 @@ def run_export(
         return workdir / "out", {
             "recommended": report.get("recommended") or "",
             "quant_types": ",".join(sorted(result.ggufs)),
+            # One string, so that the manifest's labels keep it for a reused export too:
+            # the controller's Get carries it to clients (the web console's report table).
+            "report": json.dumps(report_rows(report), separators=(",", ":")),
         }
 
     return run_committed_stage(
