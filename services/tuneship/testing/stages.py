@@ -23,6 +23,8 @@ class ScriptedStage:
     ``failures`` maps an attempt number to the error type name to raise on it
     (e.g. ``{1: "Unavailable"}``); ``always`` raises that error on every attempt.
     ``calls`` records each started task id; ``peak`` the most runs at once.
+    ``summary``: more of the result's summary (e.g. an export's report); ``eval_every``:
+    a training also reports an ``eval_loss`` every that many steps.
     """
 
     name: str
@@ -30,6 +32,8 @@ class ScriptedStage:
     step_s: float = 0.01
     failures: dict[int, str] = field(default_factory=dict)
     always: str | None = None
+    summary: dict[str, object] = field(default_factory=dict)
+    eval_every: int = 0
     calls: list[str] = field(default_factory=list)
     peak: int = 0
     _running: int = 0
@@ -57,8 +61,10 @@ class ScriptedStage:
                 sink.emit(
                     Metrics(self.name, {"loss": 1.0 / step, "tokens_per_s": 100.0 * step}, step)
                 )
+                if self.eval_every and step % self.eval_every == 0:
+                    sink.emit(Metrics(self.name, {"eval_loss": 1.2 / step}, step))
             sink.emit(Progress(self.name, step, self.steps))
-        summary: dict[str, object] = {"attempt": job.attempt}
+        summary: dict[str, object] = {"attempt": job.attempt, **self.summary}
         if self.name == "publish":
             summary["model"] = f"{job.pipeline}:latest"
         key = layout.join(job.output_prefix, layout.MANIFEST)
