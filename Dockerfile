@@ -13,7 +13,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml requirements.lock README.md ./
 COPY services ./services
-RUN pip install -c requirements.lock '.[controller,serve]'
+RUN pip install -c requirements.lock '.[controller,serve,console]'
 
 FROM ${PYTHON_IMAGE}
 ARG TUNESHIP_VERSION=unknown

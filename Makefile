@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS := train,convert,serve,controller,dev
+EXTRAS := train,convert,serve,controller,console,dev
 INSTALLED := $(VENV)/.installed
 TUNESHIP_CACHE_DIR ?= $(HOME)/.cache/tuneship
 export TUNESHIP_CACHE_DIR

@@ -1,0 +1,78 @@
+"""Loss curves as inline SVG, drawn on the server (no chart library, no script)."""
+
+from __future__ import annotations
+
+from markupsafe import Markup, escape
+
+WIDTH, HEIGHT = 640, 260
+LEFT, RIGHT, TOP, BOTTOM = 56, 16, 16, 40
+STYLES = {"loss": ("#1f5fbf", ""), "eval_loss": ("#b34700", "6 4")}
+"""Colour and dash of each curve: the dash tells them apart without colour too."""
+
+
+def _ticks(low: float, high: float, count: int = 4) -> list[float]:
+    if high <= low:
+        return [low]
+    return [low + (high - low) * i / count for i in range(count + 1)]
+
+
+def loss_chart(curves: dict[str, list[tuple[float, float]]], title: str = "Loss") -> Markup:
+    """An SVG line chart of ``curves`` (name → (step, value) points), with axes, a
+    legend and a text description for screen readers; "" when there is no point."""
+    drawn = {name: points for name, points in curves.items() if points}
+    if not drawn:
+        return Markup("")
+    steps = [s for points in drawn.values() for s, _ in points]
+    values = [v for points in drawn.values() for _, v in points]
+    x0, x1 = min(steps), max(steps)
+    y0, y1 = min(min(values), 0.0), max(values)
+    x1 = x1 if x1 > x0 else x0 + 1
+    y1 = y1 if y1 > y0 else y0 + 1
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def x(step: float) -> float:
+        return LEFT + (step - x0) / (x1 - x0) * plot_w
+
+    def y(value: float) -> float:
+        return TOP + (1 - (value - y0) / (y1 - y0)) * plot_h
+
+    summary = "; ".join(
+        f"{name}: {len(points)} points, first {points[0][1]:.4g} at step {points[0][0]:g}, "
+        f"last {points[-1][1]:.4g} at step {points[-1][0]:g}"
+        for name, points in drawn.items()
+    )
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+        f'aria-labelledby="chart-title chart-desc" xmlns="http://www.w3.org/2000/svg">',
+        f'<title id="chart-title">{escape(title)}</title>',
+        f'<desc id="chart-desc">{escape(summary)}</desc>',
+        f'<line x1="{LEFT}" y1="{TOP + plot_h}" x2="{LEFT + plot_w}" y2="{TOP + plot_h}" '
+        'stroke="#555"/>',
+        f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + plot_h}" stroke="#555"/>',
+    ]
+    for value in _ticks(y0, y1):
+        parts.append(f'<text x="{LEFT - 6}" y="{y(value) + 4:.1f}" text-anchor="end" '
+                     f'font-size="11" fill="#333">{value:.3g}</text>')  # fmt: skip
+        parts.append(f'<line x1="{LEFT}" y1="{y(value):.1f}" x2="{LEFT + plot_w}" '
+                     f'y2="{y(value):.1f}" stroke="#ddd"/>')  # fmt: skip
+    for step in _ticks(x0, x1):
+        parts.append(f'<text x="{x(step):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle" '
+                     f'font-size="11" fill="#333">{step:.0f}</text>')  # fmt: skip
+    parts.append(f'<text x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 4}" text-anchor="middle" '
+                 'font-size="12" fill="#333">step</text>')  # fmt: skip
+    for index, (name, points) in enumerate(drawn.items()):
+        colour, dash = STYLES.get(name, ("#333", "2 2"))
+        path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in points)
+        dashed = f' stroke-dasharray="{dash}"' if dash else ""
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" '
+                     f'stroke-width="2"{dashed}/>')  # fmt: skip
+        if len(points) == 1:
+            s, v = points[0]
+            parts.append(f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="3" fill="{colour}"/>')
+        ly = TOP + 12 + 16 * index
+        parts.append(f'<line x1="{LEFT + plot_w - 110}" y1="{ly - 4}" x2="{LEFT + plot_w - 86}" '
+                     f'y2="{ly - 4}" stroke="{colour}" stroke-width="2"{dashed}/>')  # fmt: skip
+        parts.append(f'<text x="{LEFT + plot_w - 80}" y="{ly}" font-size="12" '
+                     f'fill="#222">{escape(name)}</text>')  # fmt: skip
+    parts.append("</svg>")
+    return Markup("".join(parts))
