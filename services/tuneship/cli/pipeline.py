@@ -309,8 +309,12 @@ def delete(
 
 
 def serve(
-    component: Annotated[str, typer.Argument(help=" | ".join(("controller", *COMPONENTS)))],
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 50051,
+    component: Annotated[
+        str, typer.Argument(help=" | ".join(("controller", *COMPONENTS, "console")))
+    ],
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on (default 50051; the console 8080).")
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "0.0.0.0",
     once: Annotated[
         bool,
@@ -324,20 +328,40 @@ def serve(
         bool,
         typer.Option("--print-config", help="Print the settings it would run with, then exit."),
     ] = False,
-) -> None:
-    """Run one tuneship component as a gRPC server (what the images start). Beyond
-    loopback it needs tokens (TUNESHIP_API_TOKENS for the controller,
-    TUNESHIP_WORKER_TOKEN for a stage service) or --insecure; docs/security.md."""
+    controller: Annotated[
+        str,
+        typer.Option("--controller", envvar="TUNESHIP_CONTROLLER",
+                     help="console: the controller it shows (host:port or https://host)."),
+    ] = "127.0.0.1:50051",
+    secure_cookie: Annotated[
+        bool,
+        typer.Option("--secure-cookie",
+                     help="console: mark its session cookie Secure (reached over HTTPS)."),
+    ] = False,
+) -> None:  # fmt: skip
+    """Run one tuneship component as a gRPC server (what the images start), or the web
+    console (docs/console.md). Beyond loopback a component needs tokens
+    (TUNESHIP_API_TOKENS for the controller, TUNESHIP_WORKER_TOKEN for a stage service)
+    or --insecure, and the console asks for a login; docs/security.md."""
     from tuneship.cli.daemon import print_config as config_of
     from tuneship.cli.daemon import serve_component
 
     try:
+        if component == "console":
+            from tuneship.cli.console import console_settings, serve_console
+
+            settings = console_settings(controller, host, port, secure_cookie)
+            if print_config:
+                typer.echo("\n".join(f"{k}={v}" for k, v in vars(settings).items()))
+                raise typer.Exit(code=0)
+            raise typer.Exit(code=serve_console(settings, dict(os.environ)))
         if print_config:
             typer.echo("\n".join(config_of(component, dict(os.environ))))
             raise typer.Exit(code=0)
         code = serve_component(
-            component, host, port, dict(os.environ), once=once, insecure=insecure
-        )
+            component, host, 50051 if port is None else port, dict(os.environ),
+            once=once, insecure=insecure,
+        )  # fmt: skip
     except TuneshipError as exc:
         # A Job pod that cannot even start says whether a retry could help (exit 3: no).
         raise fail(exc, exit_code_of(exc) if once else 2) from exc
