@@ -18,7 +18,7 @@ S3_VENV ?= .venv-s3
 S3_INSTALLED := $(S3_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv s3-venv go-toolchain postgres-server toolchain proto lint format test test-faults test-all bench run images clean
+.PHONY: help venv s3-venv go-toolchain postgres-server browser toolchain proto lint format test test-faults test-all bench run images clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,18 @@ postgres-server: ## install Debian's postgresql when no server binaries exist (i
 	  $$sudo env DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends postgresql
 
+# The console's browser tests drive Debian's chromium through its chromedriver (selenium
+# is pinned in the dev extra); no browser is ever downloaded.
+browser: ## install Debian's chromium and chromium-driver when missing (idempotent)
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver && exit 0; \
+	  command -v apt-get >/dev/null || { echo "chromium is missing and apt-get is not" \
+	    "available: install Debian's chromium and chromium-driver" >&2; exit 1; }; \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  apt-cache policy chromium-driver 2>/dev/null | grep -q 'Candidate: [0-9]' \
+	    || $$sudo apt-get update -qq; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends chromium chromium-driver
+
 $(TOOLCHAIN):
 	scripts/build-llama-cpp.sh
 
@@ -83,13 +95,13 @@ format: $(INSTALLED) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix services tests bench
 	$(BIN)/ruff format services tests bench
 
-test: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain postgres-server lint ## lint, then the default test suite (not slow, not faults, not gpu)
+test: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain postgres-server browser lint ## lint, then the default test suite (not slow, not faults, not gpu)
 	$(BIN)/pytest -m "not slow and not faults and not gpu" --durations=15 $(PYTEST_ARGS)
 
 test-faults: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain postgres-server lint ## the fault matrix: kills and S3 outages at every moment (tests/e2e/test_faults.py)
 	$(BIN)/pytest -m faults $(PYTEST_ARGS)
 
-test-all: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain postgres-server lint ## every test except those needing a GPU (slow and faults included)
+test-all: $(INSTALLED) $(TOOLCHAIN) $(S3_INSTALLED) go-toolchain postgres-server browser lint ## every test except those needing a GPU (slow and faults included)
 	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
 
 bench: $(INSTALLED) $(TOOLCHAIN) postgres-server ## benchmarks; results in bench/results/*.json

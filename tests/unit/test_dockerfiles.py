@@ -17,7 +17,7 @@ from tuneship.testing.dockerfiles import Dockerfile, Stage, read_dockerfile
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = {  # Dockerfile -> (image the chart pulls, extras installed)
-    "Dockerfile": ("ghcr.io/tuneship/tuneship", {"controller", "serve"}),
+    "Dockerfile": ("ghcr.io/tuneship/tuneship", {"controller", "serve", "console"}),
     "Dockerfile.train": ("ghcr.io/tuneship/tuneship-train", {"train"}),
     "Dockerfile.convert": ("ghcr.io/tuneship/tuneship-convert", {"convert", "train"}),
 }

@@ -204,7 +204,7 @@ def _helpers() -> dict[str, Any]:
 
 
 def recorded_events(client: PipelineClient, pipeline_id: str, quiet_s: float = 0.3,
-                    limit_s: float = 2.0) -> list[WatchEvent]:  # fmt: skip
+                    limit_s: float = 1.0) -> list[WatchEvent]:  # fmt: skip
     """The events recorded so far: a Watch read until it ends (a finished pipeline),
     goes ``quiet_s`` without an event, or ``limit_s`` passed."""
     stream = client.watch(pipeline_id)

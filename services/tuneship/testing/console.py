@@ -1,0 +1,110 @@
+"""A web console in front of a controller with scripted stage workers, for tests.
+
+``start_rig`` starts the cluster of ``tuneship.testing.cluster`` and the console on
+loopback ports; ``ConsoleUser`` is a browser without JavaScript: it logs in, keeps the
+session cookie and posts forms with the CSRF token of the page they came from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tuneship.client import PipelineClient
+from tuneship.common.auth import AuthSettings, Token
+from tuneship.common.stages import STAGES
+from tuneship.console import ConsoleSettings, RunningConsole, start_console
+from tuneship.testing.cluster import Cluster, start_cluster
+from tuneship.testing.stages import ScriptedStage
+
+TOKEN = Token("console-user-token")
+REPORT = [
+    {"quant_type": "f16", "size_bytes": 2_000_000, "bits_per_weight": 16.0, "perplexity": 3.1,
+     "kld_mean": 0.0, "same_top_p": 1.0, "generation_tokens_per_s": 90.0, "verified": True,
+     "baseline": True},
+    {"quant_type": "q8_0", "size_bytes": 1_100_000, "bits_per_weight": 8.5, "perplexity": 3.11,
+     "kld_mean": 0.002, "same_top_p": 0.99, "generation_tokens_per_s": 150.0, "verified": True},
+    {"quant_type": "q4_k_m", "size_bytes": 700_000, "bits_per_weight": 4.9, "perplexity": 3.4,
+     "kld_mean": 0.09, "same_top_p": 0.93, "generation_tokens_per_s": 210.0, "verified": True},
+]  # fmt: skip
+"""The quality report the scripted export stage reports (``q8_0`` recommended)."""
+
+
+def console_stages(**overrides: ScriptedStage) -> dict[str, ScriptedStage]:
+    """Scripted stages whose training reports loss and eval loss and whose export
+    reports ``REPORT``; ``overrides`` replace stages by name."""
+    stages = {name: ScriptedStage(name) for name in STAGES}
+    stages["train"] = ScriptedStage("train", steps=12, step_s=0.02, eval_every=3)
+    stages["export"] = ScriptedStage(
+        "export", summary={"recommended": "q8_0", "quant_types": "f16,q4_k_m,q8_0",
+                           "report": json.dumps(REPORT)},
+    )  # fmt: skip
+    stages.update(overrides)
+    return stages
+
+
+@dataclass
+class Rig:
+    cluster: Cluster
+    console: RunningConsole
+
+    @property
+    def url(self) -> str:
+        return self.console.url
+
+    def stop(self) -> None:
+        self.console.stop()
+        self.cluster.stop()
+
+
+def start_rig(tmp_path: Path, stages: dict[str, ScriptedStage], tokens: bool = True) -> Rig:
+    """The cluster (``tokens``: its user API takes ``TOKEN`` only) and a console on
+    loopback in front of it."""
+    auth = AuthSettings(api_tokens=(TOKEN,)) if tokens else None
+    cluster = start_cluster(tmp_path, stages, {}, auth=auth)
+    address = cluster.controller.address
+
+    def connect(token: str | None) -> PipelineClient:
+        return PipelineClient(address, token=token)
+
+    console = start_console(ConsoleSettings(address, port=0, refresh_s=1.0), connect)
+    return Rig(cluster, console)
+
+
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+_NONCE = re.compile(r'name="nonce" value="([^"]+)"')
+
+
+class ConsoleUser:
+    """An HTTP client of the console that behaves like a browser without scripts."""
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=30, follow_redirects=False)
+        self.csrf = ""
+
+    def login(self, token: str) -> httpx.Response:
+        form = self.http.get("/login")
+        nonce = _NONCE.search(form.text)
+        assert nonce is not None, form.text
+        answer = self.http.post("/login", data={"nonce": nonce.group(1), "token": token})
+        if answer.status_code == 303:
+            self.page("/")
+        return answer
+
+    def page(self, path: str) -> httpx.Response:
+        """GET a page and keep the CSRF token of its forms."""
+        answer = self.http.get(path)
+        found = _CSRF.search(answer.text)
+        if found:
+            self.csrf = found.group(1)
+        return answer
+
+    def post(self, path: str, **fields: str) -> httpx.Response:
+        return self.http.post(path, data={"csrf": self.csrf, **fields})
+
+    def close(self) -> None:
+        self.http.close()

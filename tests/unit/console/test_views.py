@@ -1,0 +1,96 @@
+"""What the console's pages work out from the controller's answers."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+from tuneship.client import PipelineInfo, StageInfo, WatchEvent
+from tuneship.common.errors import InvalidInput
+from tuneship.console import views
+from tuneship.console.charts import loss_chart
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+
+
+def pipeline(pid: str, name: str, **labels: str) -> PipelineInfo:
+    return PipelineInfo(pid, name, "running", "", 0.0, 0.0, [], dict(labels))
+
+
+def test_labels_parse_and_a_part_without_equals_is_refused() -> None:
+    assert views.parse_labels(" batch=b1, team = nlp ,") == {"batch": "b1", "team": "nlp"}
+    assert views.parse_labels("") == {}
+    with pytest.raises(InvalidInput, match="is not key=value"):
+        views.parse_labels("batch")
+
+
+def test_batches_group_in_order_of_appearance_with_the_unbatched_last() -> None:
+    items = [pipeline("1", "a", batch="y"), pipeline("2", "b"), pipeline("3", "c", batch="x"),
+             pipeline("4", "d", batch="y")]  # fmt: skip
+    groups = views.by_batch(items)
+    assert [(g.label, [p.id for p in g.pipelines]) for g in groups] == [
+        ("y", ["1", "4"]), ("x", ["3"]), ("", ["2"])]  # fmt: skip
+    assert groups[0].counts() == {"running": 2}
+
+
+def test_search_finds_any_part_of_the_name_or_id_in_any_case() -> None:
+    info = pipeline("lr-sweep-3-1a2b", "LR sweep 3")
+    assert views.matches(info, "sweep 3") and views.matches(info, "1A2B")
+    assert views.matches(info, "  ") and not views.matches(info, "dpo")
+
+
+def test_problems_land_on_the_lines_they_name() -> None:
+    text = "apiVersion: tuneship/v1\nmetadata: {name: x}\nmodel:\n  bse: s3://m\n"
+    check = views.check_spec(text)
+    assert not check.ok
+    by_line = {line.number: line.problems for line in check.lines if line.problems}
+    assert "model.bse: unknown field; did you mean 'base'?" in by_line[4]
+    assert any("dataset: required field is missing" in p for p in by_line[1])
+    yaml_error = views.check_spec("apiVersion: tuneship/v1\nmetadata: [\n")
+    shown = yaml_error.general + [p for line in yaml_error.lines for p in line.problems]
+    assert not yaml_error.ok and any(p.startswith("not valid YAML") for p in shown)
+    empty = views.check_spec("")
+    assert empty.general and "empty" in empty.general[0]
+
+
+def test_the_controllers_spec_error_text_is_read_back_into_lines() -> None:
+    message = ("2 problem(s) in spec:\n  spec:3: model.base: required field is missing\n"
+               "  spec:7: train.lr: unknown field")  # fmt: skip
+    assert views.controller_problems(message) == [
+        ("spec:3: model.base", "required field is missing"),
+        ("spec:7: train.lr", "unknown field"),
+    ]
+    assert views.controller_problems("not reachable") == []
+
+
+def test_quality_rows_mark_the_recommended_type() -> None:
+    report = [
+        {"quant_type": "f16", "size_bytes": 2e6, "baseline": True, "verified": True},
+        {"quant_type": "q8_0", "size_bytes": 1e6, "kld_mean": 0.01, "verified": True},
+    ]
+    export = StageInfo("export", "succeeded", 1, "", {}, {"recommended": "q8_0",
+                       "report": json.dumps(report)})  # fmt: skip
+    info = PipelineInfo("p", "p", "succeeded", "", 0, 0, [export])
+    rows, recommended = views.quality_report(info)
+    assert recommended == "q8_0"
+    assert [(r.quant_type, r.recommended, r.baseline) for r in rows] == [
+        ("f16", False, True), ("q8_0", True, False)]  # fmt: skip
+    assert views.quality_report(PipelineInfo("p", "p", "running", "", 0, 0, [])) == ([], "")
+
+
+def test_loss_points_follow_the_steps_and_the_chart_is_valid_svg() -> None:
+    events = [
+        WatchEvent(1, "running", "train", "metrics", "", {"loss": 2.0}, 1),
+        WatchEvent(2, "running", "train", "metrics", "", {"loss": 1.0, "eval_loss": 1.5}, 2),
+        WatchEvent(3, "running", "merge", "metrics", "", {"loss": 9.0}, 1),
+        WatchEvent(4, "running", "train", "metrics", "", {"loss": 0.5}, None),
+    ]
+    curves = views.loss_points(events)
+    assert curves == {"loss": [(1, 2.0), (2, 1.0), (3, 0.5)], "eval_loss": [(2, 1.5)]}
+    svg = ET.fromstring(str(loss_chart(curves, title="Loss of <x>")))
+    namespace = "{http://www.w3.org/2000/svg}"
+    assert svg.find(f"{namespace}title").text == "Loss of <x>"
+    assert len(svg.findall(f"{namespace}polyline")) == 2
+    assert "last 0.5 at step 3" in svg.find(f"{namespace}desc").text
+    assert str(loss_chart({"loss": []})) == ""
