@@ -251,3 +251,28 @@ def test_no_login_on_loopback_in_front_of_a_controller_without_tokens(tmp_path: 
     finally:
         person.close()
         rig.stop()
+
+
+def test_chat_answers_through_the_controller_whole_and_streamed(
+    rig: Rig, user: ConsoleUser
+) -> None:
+    pid = submitted(user, "chatty")
+    rig.cluster.wait(pid, pipeline_pb2.SUCCEEDED)
+    assert "Chat with the model" in user.page(f"/pipelines/{pid}").text
+    page = user.page(f"/pipelines/{pid}/chat")
+    assert page.status_code == 200 and 'id="chat-form"' in page.text
+    whole = user.post(f"/pipelines/{pid}/chat", history="[]", message="ahoy")
+    assert whole.status_code == 200
+    assert f"{pid}:latest heard ahoy" in whole.text
+    history = json.dumps([{"role": "user", "content": "ahoy"},
+                          {"role": "assistant", "content": "arr"}])  # fmt: skip
+    with user.http.stream("POST", f"/pipelines/{pid}/chat/stream",
+                          data={"csrf": user.csrf, "history": history,
+                                "message": "again"}) as streamed:  # fmt: skip
+        assert streamed.status_code == 200
+        text = "".join(streamed.iter_text())
+    assert text == f"{pid}:latest heard again"
+    assert user.http.post(f"/pipelines/{pid}/chat/stream",
+                          data={"history": "[]", "message": "x"}).status_code == 403  # fmt: skip
+    bad = user.post(f"/pipelines/{pid}/chat/stream", history='[{"role": "system"}]', message="x")
+    assert bad.status_code == 422

@@ -2,7 +2,8 @@
 
 A person logs in, submits a spec from the submit page and watches the pipeline page
 follow the run to success without reloading (server-sent events and the fragments
-they trigger), then sees a bad spec's problems on their lines. Screenshots of each
+they trigger), chats with the published model (streamed), then sees a bad spec's
+problems on their lines. Screenshots of each
 page at desktop (1280x800) and phone (390x844) width go to ``TUNESHIP_TEST_ARTIFACTS``
 (default: the test's tmp directory), full height.
 """
@@ -118,6 +119,14 @@ def test_submit_from_the_page_and_watch_it_run_to_success(
     assert browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline")
     pipeline_shots = screenshots(browser, artifacts, "pipeline")
 
+    browser.find_element(By.LINK_TEXT, "Chat with the model").click()
+    browser.find_element(By.ID, "chat-message").send_keys("ahoy")
+    browser.find_element(By.CSS_SELECTOR, "#chat-form button[type=submit]").click()
+    answer = ".turn-assistant .text"
+    wait.until(lambda d: "heard ahoy" in d.find_element(By.CSS_SELECTOR, answer).text)
+    assert browser.find_element(By.CSS_SELECTOR, answer).text.endswith(":latest heard ahoy")
+    chat_shots = screenshots(browser, artifacts, "chat")
+
     browser.get(rig.url + "/")
     assert "pirate-live" in browser.find_element(By.ID, "pipeline-rows").text
     assert "succeeded" in browser.find_element(By.CSS_SELECTOR, "#pipeline-rows .phase").text
@@ -130,6 +139,6 @@ def test_submit_from_the_page_and_watch_it_run_to_success(
     assert any("line 4: model.bse: unknown field" in m.text for m in marked)
     submit_shots = screenshots(browser, artifacts, "submit-errors")
 
-    for path in (*pipeline_shots, *list_shots, *submit_shots):
+    for path in (*pipeline_shots, *chat_shots, *list_shots, *submit_shots):
         assert path.stat().st_size > 10_000, path
     print("screenshots:", *sorted(str(p) for p in artifacts.glob("*.png")), sep="\n  ")

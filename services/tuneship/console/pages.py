@@ -376,5 +376,5 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/pipelines/{id}", pipeline_page)
     router.add_get("/pipelines/{id}/live", pipeline_live)
     router.add_get("/pipelines/{id}/events", pipeline_events)
-    router.add_get("/pipelines/{id}/confirm/{action}", confirm_page)
-    router.add_post("/pipelines/{id}/{action}", act)
+    router.add_get("/pipelines/{id}/confirm/{action:cancel|retry|delete}", confirm_page)
+    router.add_post("/pipelines/{id}/{action:cancel|retry|delete}", act)

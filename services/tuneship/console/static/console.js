@@ -50,9 +50,58 @@ function followPipeline(live) {
   });
 }
 
+function streamChat(form) {
+  const log = document.getElementById("chat-log");
+  const history = document.getElementById("chat-history");
+  const message = document.getElementById("chat-message");
+  const button = form.querySelector("button[type=submit]");
+  const turn = (role, text) => {
+    const item = document.createElement("li");
+    item.className = "turn-" + role;
+    const who = document.createElement("strong");
+    who.textContent = role === "user" ? "You: " : "Model: ";
+    const body = document.createElement("span");
+    body.className = "text";
+    body.textContent = text;
+    item.append(who, body);
+    log.appendChild(item);
+    return body;
+  };
+  form.addEventListener("submit", async (submitted) => {
+    submitted.preventDefault();
+    const text = message.value.trim();
+    if (!text) { return; }
+    const fields = new URLSearchParams(new FormData(form));
+    turn("user", text);
+    const answer = turn("assistant", "");
+    message.value = "";
+    button.disabled = true;
+    try {
+      const reply = await fetch(form.dataset.stream, { method: "POST", body: fields,
+                                                       credentials: "same-origin" });
+      if (!reply.ok) { answer.textContent = "[no answer: " + reply.status + "]"; return; }
+      const reader = reply.body.getReader();
+      const decoder = new TextDecoder();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) { break; }
+        answer.textContent += decoder.decode(value, { stream: true });
+      }
+      const turns = JSON.parse(history.value || "[]");
+      turns.push({ role: "user", content: text }, { role: "assistant", content: answer.textContent });
+      history.value = JSON.stringify(turns);
+    } finally {
+      button.disabled = false;
+      message.focus();
+    }
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const list = document.getElementById("pipeline-rows");
   if (list) { refreshList(list); }
   const live = document.getElementById("live");
   if (live) { followPipeline(live); }
+  const chat = document.getElementById("chat-form");
+  if (chat) { streamChat(chat); }
 });
