@@ -104,6 +104,12 @@ def run(
     keep_serving: Annotated[
         bool, typer.Option(help="Keep the model served (Ctrl-C stops) after the run.")
     ] = False,
+    console: Annotated[
+        int | None,
+        typer.Option(
+            "--console", help="Also serve the web console on this loopback port (0: any)."
+        ),
+    ] = None,
 ) -> None:
     """Run a whole pipeline on this machine: controller and four services on loopback."""
     from tuneship.cli.embedded import data_dir_lock, start_embedded
@@ -134,6 +140,8 @@ def run(
             embedded = start_embedded(settings, chosen, stack)
             stack.callback(embedded.close)
             client = PipelineClient(embedded.address)
+            if console is not None:
+                _start_console(embedded.address, console, stack)
             info = _resume_or_submit(client, parsed.model_dump_json())
             err.print(f"[dim]controller {embedded.address}; pipeline {info.id}[/]")
             final = follow(client, info.id, out)
@@ -147,6 +155,19 @@ def run(
                 threading.Event().wait()
     except TuneshipError as exc:
         raise fail(exc) from exc
+
+
+def _start_console(controller: str, port: int, stack: ExitStack) -> None:
+    """The web console on loopback in front of the embedded controller (no login: both
+    are on loopback and the embedded controller takes no token)."""
+    from tuneship.console import ConsoleSettings, start_console
+
+    def connect(token: str | None) -> PipelineClient:
+        return PipelineClient(controller, token=token)
+
+    running = start_console(ConsoleSettings(controller, host="127.0.0.1", port=port), connect)
+    stack.callback(running.stop)
+    err.print(f"console: {running.url}", highlight=False)
 
 
 def _resume_or_submit(client: PipelineClient, spec_json: str) -> PipelineInfo:
