@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -93,7 +94,9 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 def test_submit_from_the_page_and_watch_it_run_to_success(
     rig: Rig, browser: webdriver.Chrome, artifacts: Path
 ) -> None:
-    wait = WebDriverWait(browser, 30, poll_frequency=0.1)
+    # The live parts of a page are replaced as events come: an element may go stale.
+    changing = (NoSuchElementException, StaleElementReferenceException)
+    wait = WebDriverWait(browser, 30, poll_frequency=0.1, ignored_exceptions=changing)
     browser.get(rig.url + "/")
     assert "Log in first" in browser.find_element(By.TAG_NAME, "h1").text
     browser.get(rig.url + "/login")

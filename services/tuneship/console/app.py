@@ -73,8 +73,11 @@ async def _guarded(state: ConsoleState, request: web.Request, handler: Handler
         if created is not None or not session.csrf_ok(str(sent) if sent else None):
             return pages.forbidden(state, request)
     request[SESSION_KEY] = session
-    response = await handler(request)
-    if created is not None:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    if created is not None and not response.prepared:
         set_session_cookie(state, response, created)
     return response
 

@@ -126,9 +126,8 @@ async def login(request: web.Request) -> web.StreamResponse:
             response = web.HTTPSeeOther("/")
             set_session_cookie(state, response, session_id)
             response.del_cookie(LOGIN_COOKIE, path="/login")
-            return response
-    page = render(state, request, "login.html", 401, nonce=nonce, error=error)
-    return page
+            raise response
+    return render(state, request, "login.html", 401, nonce=nonce, error=error)
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
@@ -136,7 +135,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     state.sessions.end(request.cookies.get(COOKIE))
     response = web.HTTPSeeOther("/login")
     response.del_cookie(COOKIE, path="/")
-    return response
+    raise response
 
 
 async def healthz(request: web.Request) -> web.Response:
