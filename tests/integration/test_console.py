@@ -58,12 +58,14 @@ def submitted(user: ConsoleUser, name: str, batch: str = "b1") -> str:
 def test_nothing_is_served_without_a_session(rig: Rig) -> None:
     anonymous = httpx.Client(base_url=rig.url, timeout=10)
     for path in ("/", "/pipelines/rows", "/submit", "/pipelines/p-1", "/pipelines/p-1/live",
-                 "/pipelines/p-1/events", "/pipelines/p-1/confirm/cancel"):  # fmt: skip
+                 "/pipelines/p-1/events", "/pipelines/p-1/confirm/cancel", "/compare",
+                 "/pipelines/p-1/chat", "/no-such-page"):  # fmt: skip
         answer = anonymous.get(path)
         assert answer.status_code == 401, path
         assert COOKIE not in answer.headers.get("set-cookie", ""), path
     for path in ("/submit", "/pipelines/p-1/cancel", "/pipelines/p-1/retry",
-                 "/pipelines/p-1/delete", "/logout"):  # fmt: skip
+                 "/pipelines/p-1/delete", "/logout", "/pipelines/p-1/chat",
+                 "/pipelines/p-1/chat/stream"):  # fmt: skip
         assert anonymous.post(path, data={"csrf": "x"}).status_code == 401, path
     # A made-up session id is no session.
     anonymous.cookies.set(COOKIE, "forged")
@@ -278,3 +280,31 @@ def test_chat_answers_through_the_controller_whole_and_streamed(
                           data={"history": "[]", "message": "x"}).status_code == 403  # fmt: skip
     bad = user.post(f"/pipelines/{pid}/chat/stream", history='[{"role": "system"}]', message="x")
     assert bad.status_code == 422
+
+
+def test_a_batch_side_by_side_marks_the_hyperparameters_that_differ(
+    rig: Rig, user: ConsoleUser
+) -> None:
+    user.page("/submit")
+    ids = []
+    for rate in ("0.0002", "0.001"):
+        spec = SPEC.format(name=f"lr-{rate}", batch="sweep") + f"train: {{learning_rate: {rate}}}\n"
+        answer = user.post("/submit", spec=spec)
+        assert answer.status_code == 303, answer.text
+        ids.append(answer.headers["location"].rsplit("/", 1)[1])
+    for pid in ids:
+        rig.cluster.wait(pid, pipeline_pb2.SUCCEEDED)
+    assert "/compare?labels=batch%3Dsweep" in user.page("/").text
+    page = user.page("/compare?labels=batch%3Dsweep").text
+    rows = {
+        re.sub(r"<[^>]+>", "", head).strip(): re.findall(r"<td>([^<]*)</td>", cells)
+        for head, cells in re.findall(r'<th scope="row">(.*?)</th>(.*?)</tr>', page, re.S)
+    }
+    assert rows["train.learning_rate differs"] == ["0.0002", "0.001"]  # oldest first
+    assert rows["train.method"] == ["lora", "lora"]
+    assert rows["final loss"] == ["0.0833", "0.0833"]
+    assert rows["q8_0"] == ["KLD 0.0020, ppl 3.110 (recommended)"] * 2
+    assert page.index("train.learning_rate") < page.index("train.method")
+    by_ids = user.page(f"/compare?ids={ids[1]}+{ids[0]}").text
+    assert by_ids.index("lr-0.001") < by_ids.index("lr-0.0002")
+    assert "Name a batch" in user.page("/compare").text

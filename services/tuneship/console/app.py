@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tuneship.console import chat, pages
+from tuneship.console import chat, compare, pages
 from tuneship.console.sessions import COOKIE
 from tuneship.console.state import (
     SESSION_KEY,
@@ -91,6 +91,7 @@ def console_app(settings: ConsoleSettings, connect: ClientFactory) -> web.Applic
     app.router.add_static("/static/", static, name="static")
     pages.add_routes(app.router)
     chat.add_routes(app.router)
+    compare.add_routes(app.router)
     app.on_cleanup.append(_close_sessions)
     return app
 
