@@ -131,8 +131,10 @@ def test_submit_from_the_page_and_watch_it_run_to_success(
     chat_shots = screenshots(browser, artifacts, "chat")
 
     browser.get(rig.url + "/")
-    assert "pirate-live" in browser.find_element(By.ID, "pipeline-rows").text
-    assert "succeeded" in browser.find_element(By.CSS_SELECTOR, "#pipeline-rows .phase").text
+    rows = lambda d: d.find_element(By.ID, "pipeline-rows").text  # noqa: E731
+    wait.until(lambda d: "pirate-live" in rows(d) and "Batch demo" in rows(d))
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#pipeline-rows .phase").text
+               == "succeeded")  # fmt: skip
     list_shots = screenshots(browser, artifacts, "pipelines")
 
     browser.get(rig.url + "/submit")
