@@ -28,6 +28,8 @@ ACTIONS = {
 LIST_LIMIT = 500
 """The most pipelines the list page reads (pages of 100) to filter and group."""
 KEEPALIVE_S = 15.0
+REFUSED_DELAY_S = 0.5
+"""A refused login answers this much later: guessing tokens through the form is slow."""
 
 
 def render(state: ConsoleState, request: web.Request, name: str, status: int = 200,
@@ -118,6 +120,8 @@ async def login(request: web.Request) -> web.StreamResponse:
             await asyncio.to_thread(client.list, page_size=1)
         except TuneshipError as exc:
             client.close()
+            if _refused(exc):
+                await asyncio.sleep(REFUSED_DELAY_S)
             error = "The controller refused this token." if _refused(exc) else (
                 f"The controller did not answer: {exc.message}")  # fmt: skip
         else:
