@@ -10,7 +10,7 @@ from rich.console import Console
 
 from tuneship.cli.connect import connection
 from tuneship.client import PipelineClient
-from tuneship.common.errors import EXIT_OK
+from tuneship.common.errors import EXIT_OK, FailedPrecondition
 from tuneship.console import ConsoleSettings, start_console
 
 DEFAULT_PORT = 8080
@@ -32,7 +32,14 @@ def serve_console(settings: ConsoleSettings, env: Mapping[str, str]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    running = start_console(settings, connect)
+    try:
+        running = start_console(settings, connect)
+    except OSError as exc:
+        raise FailedPrecondition(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+            where="--host/--port",
+            hint="stop what holds the port (`ss -ltnp`) or choose another --port",
+        ) from exc
     err.print(f"console on {running.url} (controller {settings.controller})", highlight=False)
     try:
         stop.wait()
