@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 from markupsafe import Markup, escape
 
 WIDTH, HEIGHT = 640, 260
@@ -74,5 +77,78 @@ def loss_chart(curves: dict[str, list[tuple[float, float]]], title: str = "Loss"
                      f'y2="{ly - 4}" stroke="{colour}" stroke-width="2"{dashed}/>')  # fmt: skip
         parts.append(f'<text x="{LEFT + plot_w - 80}" y="{ly}" font-size="12" '
                      f'fill="#222">{escape(name)}</text>')  # fmt: skip
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+class QualityPoint(Protocol):
+    """What the quality chart reads of a report row (``views.QualityRow``)."""
+
+    @property
+    def quant_type(self) -> str: ...
+    @property
+    def size_mb(self) -> float: ...
+    @property
+    def kld_mean(self) -> float: ...
+    @property
+    def baseline(self) -> bool: ...
+    @property
+    def recommended(self) -> bool: ...
+
+
+def quality_chart(rows: Sequence[QualityPoint], title: str = "Quality per quant type") -> Markup:
+    """Size against KLD of each quantized GGUF (the baseline left out), every point
+    labelled with its type; the recommended one drawn larger, ringed and labelled
+    "recommended" (not by colour alone). "" without a quantized row."""
+    points = [r for r in rows if not r.baseline]
+    if not points:
+        return Markup("")
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    x1 = max(r.size_mb for r in points) * 1.1 or 1.0
+    y1 = max(r.kld_mean for r in points) * 1.15 or 1.0
+
+    def x(size: float) -> float:
+        return LEFT + size / x1 * plot_w
+
+    def y(kld: float) -> float:
+        return TOP + (1 - kld / y1) * plot_h
+
+    summary = "; ".join(
+        f"{r.quant_type}: {r.size_mb:.1f} MB, KLD {r.kld_mean:.4f}"
+        + (" (recommended)" if r.recommended else "")
+        for r in points
+    )
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+        f'aria-labelledby="quality-title quality-desc" xmlns="http://www.w3.org/2000/svg">',
+        f'<title id="quality-title">{escape(title)}</title>',
+        f'<desc id="quality-desc">{escape(summary)}</desc>',
+        f'<line x1="{LEFT}" y1="{TOP + plot_h}" x2="{LEFT + plot_w}" y2="{TOP + plot_h}" '
+        'stroke="#555"/>',
+        f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + plot_h}" stroke="#555"/>',
+        f'<text x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 4}" text-anchor="middle" '
+        'font-size="12" fill="#333">size (MB)</text>',
+        f'<text x="14" y="{TOP + plot_h / 2:.0f}" text-anchor="middle" font-size="12" '
+        f'fill="#333" transform="rotate(-90 14 {TOP + plot_h / 2:.0f})">mean KLD</text>',
+    ]
+    for value in _ticks(0.0, y1):
+        parts.append(f'<text x="{LEFT - 6}" y="{y(value) + 4:.1f}" text-anchor="end" '
+                     f'font-size="11" fill="#333">{value:.3g}</text>')  # fmt: skip
+    for value in _ticks(0.0, x1):
+        parts.append(f'<text x="{x(value):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle" '
+                     f'font-size="11" fill="#333">{value:.3g}</text>')  # fmt: skip
+    for r in points:
+        cx, cy = x(r.size_mb), y(r.kld_mean)
+        label = f"{r.quant_type} (recommended)" if r.recommended else r.quant_type
+        if r.recommended:
+            parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="9" fill="none" '
+                         'stroke="#17692d" stroke-width="2"/>')  # fmt: skip
+        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{5 if r.recommended else 4}" '
+                     f'fill="{"#17692d" if r.recommended else "#1f5fbf"}"/>')  # fmt: skip
+        anchor = "end" if cx > LEFT + plot_w * 0.7 else "start"
+        dx = -12 if anchor == "end" else 12
+        weight = ' font-weight="700"' if r.recommended else ""
+        parts.append(f'<text x="{cx + dx:.1f}" y="{cy + 4:.1f}" text-anchor="{anchor}" '
+                     f'font-size="12" fill="#222"{weight}>{escape(label)}</text>')  # fmt: skip
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -9,7 +9,7 @@ import pytest
 from tuneship.client import PipelineInfo, StageInfo, WatchEvent
 from tuneship.common.errors import InvalidInput
 from tuneship.console import views
-from tuneship.console.charts import loss_chart
+from tuneship.console.charts import loss_chart, quality_chart
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -94,3 +94,17 @@ def test_loss_points_follow_the_steps_and_the_chart_is_valid_svg() -> None:
     assert len(svg.findall(f"{namespace}polyline")) == 2
     assert "last 0.5 at step 3" in svg.find(f"{namespace}desc").text
     assert str(loss_chart({"loss": []})) == ""
+
+
+def test_the_quality_chart_labels_every_type_and_names_the_recommended_one() -> None:
+    row = views.QualityRow
+    rows = [row("f16", 2.0, 16, 3.1, 0.0, 1.0, 90, True, True, False),
+            row("q8_0", 1.1, 8.5, 3.11, 0.002, 0.99, 150, True, False, True),
+            row("q4_k_m", 0.7, 4.9, 3.4, 0.09, 0.93, 210, True, False, False)]  # fmt: skip
+    svg = ET.fromstring(str(quality_chart(rows)))
+    namespace = "{http://www.w3.org/2000/svg}"
+    labels = [t.text for t in svg.iter(f"{namespace}text")]
+    assert "q8_0 (recommended)" in labels and "q4_k_m" in labels
+    assert "f16" not in labels  # the baseline is the reference, not a point
+    assert "q8_0: 1.1 MB, KLD 0.0020 (recommended)" in svg.find(f"{namespace}desc").text
+    assert str(quality_chart(rows[:1])) == ""
