@@ -152,3 +152,69 @@ def quality_chart(rows: Sequence[QualityPoint], title: str = "Quality per quant 
                      f'font-size="12" fill="#222"{weight}>{escape(label)}</text>')  # fmt: skip
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+class TimedStage(Protocol):
+    """What the timeline reads of a stage (``client.StageInfo``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def finished(self) -> float: ...
+
+
+BAR_STYLE = {"succeeded": ("#17692d", ""), "failed": ("#a3001b", ""),
+             "running": ("#1f5fbf", "4 2"), "cancelled": ("#7a5300", "2 2")}  # fmt: skip
+
+
+def timeline_chart(stages: Sequence[TimedStage], now: float) -> Markup:
+    """One bar per stage that started, from its start to its end (to ``now`` while it
+    runs), on one time axis; each bar is labelled with the stage, its phase and its
+    length. "" when no stage started."""
+    shown = [s for s in stages if s.started]
+    if not shown:
+        return Markup("")
+    row_h, label_w = 26, 150
+    height = TOP + row_h * len(shown) + 28
+    start = min(s.started for s in shown)
+    end = max((s.finished or now) for s in shown)
+    span = max(end - start, 1e-3)
+    plot_w = WIDTH - label_w - RIGHT
+
+    def x(stamp: float) -> float:
+        return label_w + (stamp - start) / span * plot_w
+
+    summary = "; ".join(
+        f"{s.name} {s.phase}, {(s.finished or now) - s.started:.1f} s" for s in shown
+    )
+    parts = [
+        f'<svg class="chart timeline" viewBox="0 0 {WIDTH} {height}" role="img" '
+        f'aria-labelledby="timeline-title timeline-desc" xmlns="http://www.w3.org/2000/svg">',
+        '<title id="timeline-title">Stage timeline</title>',
+        f'<desc id="timeline-desc">{escape(summary)}</desc>',
+    ]
+    for index, s in enumerate(shown):
+        top = TOP + index * row_h
+        colour, dash = BAR_STYLE.get(s.phase, ("#555", "1 2"))
+        left, right = x(s.started), max(x(s.finished or now), x(s.started) + 2)
+        seconds = (s.finished or now) - s.started
+        parts.append(f'<text x="4" y="{top + 15}" font-size="12" fill="#222">'
+                     f'{escape(s.name)} ({escape(s.phase)})</text>')  # fmt: skip
+        dashed = f' stroke-dasharray="{dash}"' if dash else ""
+        parts.append(f'<rect x="{left:.1f}" y="{top + 4}" width="{right - left:.1f}" '
+                     f'height="16" fill="{colour}" fill-opacity="0.25" stroke="{colour}"'
+                     f"{dashed}/>")  # fmt: skip
+        parts.append(f'<text x="{min(right + 4, WIDTH - 60):.1f}" y="{top + 16}" font-size="11" '
+                     f'fill="#333">{seconds:.1f} s</text>')  # fmt: skip
+    axis = TOP + row_h * len(shown) + 4
+    parts.append(f'<line x1="{label_w}" y1="{axis}" x2="{label_w + plot_w}" y2="{axis}" '
+                 'stroke="#555"/>')  # fmt: skip
+    parts.append(f'<text x="{label_w}" y="{axis + 16}" font-size="11" fill="#333">0 s</text>')
+    parts.append(f'<text x="{label_w + plot_w}" y="{axis + 16}" font-size="11" fill="#333" '
+                 f'text-anchor="end">{span:.1f} s</text>')  # fmt: skip
+    parts.append("</svg>")
+    return Markup("".join(parts))

@@ -15,7 +15,7 @@ from aiohttp import web
 from tuneship.client import PipelineClient, PipelineInfo, WatchEvent
 from tuneship.common.errors import InvalidInput, NotFound, TuneshipError
 from tuneship.console import views
-from tuneship.console.charts import loss_chart, quality_chart
+from tuneship.console.charts import loss_chart, quality_chart, timeline_chart
 from tuneship.console.sessions import COOKIE, LOGIN_COOKIE, Session
 from tuneship.console.state import SESSION_KEY, STATE_KEY, ConsoleState, set_session_cookie
 
@@ -246,7 +246,7 @@ async def _pipeline_context(request: web.Request) -> dict[str, Any]:
     chart = loss_chart(views.loss_points(events), title=f"Training loss of {info.name}")
     quality = quality_chart(rows, title=f"Size and KLD per quant type of {info.name}")
     return {"info": info, "rows": rows, "recommended": recommended, "chart": chart,
-            "quality": quality,
+            "quality": quality, "timeline": timeline_chart(info.stages, time.time()),
             "ended": info.phase in views.ENDED, **_helpers()}  # fmt: skip
 
 

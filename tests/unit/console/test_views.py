@@ -9,7 +9,7 @@ import pytest
 from tuneship.client import PipelineInfo, StageInfo, WatchEvent
 from tuneship.common.errors import InvalidInput
 from tuneship.console import views
-from tuneship.console.charts import loss_chart, quality_chart
+from tuneship.console.charts import loss_chart, quality_chart, timeline_chart
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -108,3 +108,16 @@ def test_the_quality_chart_labels_every_type_and_names_the_recommended_one() -> 
     assert "f16" not in labels  # the baseline is the reference, not a point
     assert "q8_0: 1.1 MB, KLD 0.0020 (recommended)" in svg.find(f"{namespace}desc").text
     assert str(quality_chart(rows[:1])) == ""
+
+
+def test_the_timeline_has_a_bar_per_started_stage_and_says_how_long() -> None:
+    stages = [StageInfo("train", "succeeded", 1, "", {}, {}, 100.0, 110.0),
+              StageInfo("merge", "running", 1, "", {}, {}, 110.0, 0.0),
+              StageInfo("export", "pending", 0, "", {}, {})]  # fmt: skip
+    svg = ET.fromstring(str(timeline_chart(stages, now=112.5)))
+    namespace = "{http://www.w3.org/2000/svg}"
+    assert len(svg.findall(f"{namespace}rect")) == 2
+    texts = [t.text for t in svg.iter(f"{namespace}text")]
+    assert "train (succeeded)" in texts and "merge (running)" in texts
+    assert "10.0 s" in texts and "2.5 s" in texts and "12.5 s" in texts
+    assert str(timeline_chart(stages[2:], now=0)) == ""
