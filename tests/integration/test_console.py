@@ -73,6 +73,7 @@ def test_nothing_is_served_without_a_session(rig: Rig) -> None:
     assert anonymous.get("/healthz").status_code == 200
     assert anonymous.get("/static/console.css").status_code == 200
     assert anonymous.get("/login").status_code == 200
+    anonymous.close()
 
 
 def test_login_checks_the_token_with_the_controller_and_keeps_it_off_the_browser(rig) -> None:
@@ -110,6 +111,7 @@ def test_every_action_needs_the_csrf_token_of_the_session(rig: Rig, user: Consol
     other.login(TOKEN.reveal())
     assert other.csrf and other.csrf != user.csrf  # one token per session
     assert other.http.post(f"/pipelines/{pid}/delete", data={"csrf": user.csrf}).status_code == 403
+    other.close()
     assert user.post(f"/pipelines/{pid}/delete").status_code == 303
     assert user.page(f"/pipelines/{pid}").status_code == 404
 

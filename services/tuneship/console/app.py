@@ -44,16 +44,22 @@ HEADERS = {
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Headers on every answer; a session for everything but the public paths; the
     session's CSRF token on every POST."""
-    state = request.app[STATE_KEY]
     try:
-        response = await _guarded(state, request, handler)
-    except web.HTTPException as exc:
-        response = exc
+        response = await _guarded(request.app[STATE_KEY], request, handler)
+    except web.HTTPException as exc:  # redirects and error pages: raised, not returned
+        _add_headers(request, exc)
+        raise
+    _add_headers(request, response)
+    return response
+
+
+def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if response.prepared:  # a stream sent its headers already (with its own)
+        return
     for name, value in HEADERS.items():
         response.headers.setdefault(name, value)
     if not request.path.startswith("/static/"):
         response.headers.setdefault("Cache-Control", "no-store")
-    return response
 
 
 async def _guarded(state: ConsoleState, request: web.Request, handler: Handler
@@ -65,18 +71,20 @@ async def _guarded(state: ConsoleState, request: web.Request, handler: Handler
     created = None
     if session is None:
         if await state.needs_login():
-            return pages.unauthorized(state, request)
+            raise pages.unauthorized(state, request)
         created, session = state.sessions.create(state.connect(None))
     if request.method == "POST":
         form = await request.post()
         sent = form.get("csrf") or request.headers.get("X-CSRF-Token")
         if created is not None or not session.csrf_ok(str(sent) if sent else None):
-            return pages.forbidden(state, request)
+            raise pages.forbidden(state, request)
     request[SESSION_KEY] = session
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        response = exc
+        if created is not None:
+            set_session_cookie(state, exc, created)
+        raise
     if created is not None and not response.prepared:
         set_session_cookie(state, response, created)
     return response
@@ -121,13 +129,13 @@ def start_console(settings: ConsoleSettings, connect: ClientFactory) -> RunningC
 
     Raises ``OSError`` when the address cannot be bound."""
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(console_app(settings, connect), access_log=None)
+    runner = web.AppRunner(console_app(settings, connect), access_log=None, shutdown_timeout=1)
     thread = threading.Thread(target=loop.run_forever, name="console", daemon=True)
     thread.start()
 
     async def listen() -> int:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=1)
+        site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         address: Any = runner.addresses[0]
         return int(address[1])

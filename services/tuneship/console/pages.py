@@ -43,15 +43,17 @@ def render(state: ConsoleState, request: web.Request, name: str, status: int = 2
     return web.Response(text=page, status=status, content_type="text/html")
 
 
-def unauthorized(state: ConsoleState, request: web.Request) -> web.Response:
-    return render(state, request, "denied.html", 401, title="Log in first",
-                  reason="This page needs a session: log in with your API token.")  # fmt: skip
+def unauthorized(state: ConsoleState, request: web.Request) -> web.HTTPException:
+    """The 401 page to raise: no session."""
+    return _page(state, request, "denied.html", 401, title="Log in first",
+                 reason="This page needs a session: log in with your API token.")  # fmt: skip
 
 
-def forbidden(state: ConsoleState, request: web.Request) -> web.Response:
-    return render(state, request, "denied.html", 403, title="Refused",
-                  reason="The form was not sent from this console (no valid CSRF token). "
-                  "Reload the page and try again.")  # fmt: skip
+def forbidden(state: ConsoleState, request: web.Request) -> web.HTTPException:
+    """The 403 page to raise: a form without this session's CSRF token."""
+    return _page(state, request, "denied.html", 403, title="Refused",
+                 reason="The form was not sent from this console (no valid CSRF token). "
+                 "Reload the page and try again.")  # fmt: skip
 
 
 async def call(request: web.Request, work: Callable[[PipelineClient], T]) -> T:
@@ -74,7 +76,8 @@ async def call(request: web.Request, work: Callable[[PipelineClient], T]) -> T:
 
 
 _STATUS: dict[int, type[web.HTTPException]] = {
-    401: web.HTTPUnauthorized, 404: web.HTTPNotFound, 502: web.HTTPBadGateway,
+    401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+    502: web.HTTPBadGateway,
 }  # fmt: skip
 
 
@@ -109,7 +112,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     nonce = str(form.get("nonce") or "")
     expected = request.cookies.get(LOGIN_COOKIE, "")
     if not nonce or not secrets.compare_digest(nonce, expected):
-        return forbidden(state, request)
+        raise forbidden(state, request)
     token = str(form.get("token") or "").strip()
     error = ""
     if not token:

@@ -12,12 +12,12 @@ from aiohttp import web
 
 from tuneship.client import PipelineClient
 from tuneship.common.errors import TuneshipError
-from tuneship.console.sessions import COOKIE, Sessions
+from tuneship.console.sessions import COOKIE, Session, Sessions
 
 ClientFactory = Callable[[str | None], PipelineClient]
 """A client of the controller that sends this token (None: no token)."""
 
-SESSION_KEY = "tuneship.session"
+SESSION_KEY = web.RequestKey("session", Session)
 """Where a request carries its ``Session``."""
 
 
