@@ -3,7 +3,7 @@
 A person logs in, submits a spec from the submit page and watches the pipeline page
 follow the run to success without reloading (server-sent events and the fragments
 they trigger), chats with the published model (streamed), then sees a bad spec's
-problems on their lines. Screenshots of each
+problems on their lines; the batch's comparison page is shot too. Screenshots of each
 page at desktop (1280x800) and phone (390x844) width go to ``TUNESHIP_TEST_ARTIFACTS``
 (default: the test's tmp directory), full height.
 """
@@ -137,6 +137,11 @@ def test_submit_from_the_page_and_watch_it_run_to_success(
                == "succeeded")  # fmt: skip
     list_shots = screenshots(browser, artifacts, "pipelines")
 
+    browser.find_element(By.PARTIAL_LINK_TEXT, "Compare batch demo").click()
+    table = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "table.compare"))
+    assert "q8_0" in table.text and "final loss" in table.text
+    compare_shots = screenshots(browser, artifacts, "compare")
+
     browser.get(rig.url + "/submit")
     browser.find_element(By.ID, "spec").send_keys(BAD_SPEC)
     browser.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
@@ -144,6 +149,6 @@ def test_submit_from_the_page_and_watch_it_run_to_success(
     assert any("line 4: model.bse: unknown field" in m.text for m in marked)
     submit_shots = screenshots(browser, artifacts, "submit-errors")
 
-    for path in (*pipeline_shots, *chat_shots, *list_shots, *submit_shots):
+    for path in (*pipeline_shots, *chat_shots, *list_shots, *compare_shots, *submit_shots):
         assert path.stat().st_size > 10_000, path
     print("screenshots:", *sorted(str(p) for p in artifacts.glob("*.png")), sep="\n  ")
