@@ -311,3 +311,22 @@ def test_a_batch_side_by_side_marks_the_hyperparameters_that_differ(
     by_ids = user.page(f"/compare?ids={ids[1]}+{ids[0]}").text
     assert by_ids.index("lr-0.001") < by_ids.index("lr-0.0002")
     assert "Name a batch" in user.page("/compare").text
+
+
+def test_tuneship_run_serves_the_console_beside_its_embedded_controller(tmp_path: Path) -> None:
+    from contextlib import ExitStack
+
+    from tuneship.cli.run import console_beside
+    from tuneship.testing.cluster import start_cluster
+
+    cluster = start_cluster(tmp_path, console_stages(), {})  # no tokens, as embedded
+    try:
+        with ExitStack() as stack:
+            running = console_beside(cluster.controller.address, 0, stack)
+            assert running.url.startswith("http://127.0.0.1:")
+            page = httpx.get(running.url + "/", timeout=10)
+            assert page.status_code == 200 and "Pipelines" in page.text
+        with pytest.raises(httpx.TransportError):  # stopped with the run
+            httpx.get(running.url + "/healthz", timeout=2)
+    finally:
+        cluster.stop()

@@ -9,7 +9,7 @@ import time
 from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,6 +23,9 @@ from tuneship.common.errors import TuneshipError
 from tuneship.common.logs import configure_logging
 from tuneship.common.settings import Settings, load_env
 from tuneship.common.spec import PipelineSpec, load_spec
+
+if TYPE_CHECKING:  # the console (aiohttp) is imported only when asked for
+    from tuneship.console import RunningConsole
 
 out = Console()
 err = Console(stderr=True)
@@ -141,7 +144,7 @@ def run(
             stack.callback(embedded.close)
             client = PipelineClient(embedded.address)
             if console is not None:
-                _start_console(embedded.address, console, stack)
+                console_beside(embedded.address, console, stack)
             info = _resume_or_submit(client, parsed.model_dump_json())
             err.print(f"[dim]controller {embedded.address}; pipeline {info.id}[/]")
             final = follow(client, info.id, out)
@@ -157,9 +160,9 @@ def run(
         raise fail(exc) from exc
 
 
-def _start_console(controller: str, port: int, stack: ExitStack) -> None:
+def console_beside(controller: str, port: int, stack: ExitStack) -> RunningConsole:
     """The web console on loopback in front of the embedded controller (no login: both
-    are on loopback and the embedded controller takes no token)."""
+    are on loopback and the embedded controller takes no token), stopped by ``stack``."""
     from tuneship.console import ConsoleSettings, start_console
 
     def connect(token: str | None) -> PipelineClient:
@@ -168,6 +171,7 @@ def _start_console(controller: str, port: int, stack: ExitStack) -> None:
     running = start_console(ConsoleSettings(controller, host="127.0.0.1", port=port), connect)
     stack.callback(running.stop)
     err.print(f"console: {running.url}", highlight=False)
+    return running
 
 
 def _resume_or_submit(client: PipelineClient, spec_json: str) -> PipelineInfo:
