@@ -44,6 +44,7 @@ else:
             time.sleep(0.1)
     else:
         sys.exit(1)
+time.sleep(float(os.environ.get("HOLD_S", "0")))  # a node to kill stays up until it is
 """
 
 
@@ -132,7 +133,12 @@ def test_a_jobset_runs_indexed_pods_that_reach_node_0_by_its_hostname(kube: Fake
 def test_a_failed_node_fails_the_jobset_and_deleting_it_removes_everything(
     kube: FakeKube,
 ) -> None:
-    custom(kube).create_namespaced_custom_object(*JOBSET, jobset("lost", 2, 29401))
+    lost = jobset("lost", 2, 29401)
+    # The nodes stay up after they met: on a loaded machine node 1 could otherwise
+    # finish between the check that it runs and the kill (seen: Completed, not Failed).
+    pod = lost["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    pod["containers"][0]["env"].append({"name": "HOLD_S", "value": "60"})
+    custom(kube).create_namespaced_custom_object(*JOBSET, lost)
     pods = kube.wait_for(lambda: len(kube.pods("app=multi")) == 2 and kube.pods("app=multi"))
     rank1 = next(p for p in pods if p["metadata"]["annotations"][
         "batch.kubernetes.io/job-completion-index"] == "1")  # fmt: skip

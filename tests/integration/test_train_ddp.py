@@ -30,6 +30,7 @@ from tuneship.common.store.commit import latest_checkpoint
 from tuneship.testing.training import training_job
 from tuneship.trainer import train
 from tuneship.trainer.distributed import LAUNCH_ENV
+from tuneship.trainer.run import last_checkpoint
 from tuneship.trainer.servicer import run_train
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -173,19 +174,34 @@ def rank_pids(under: Path) -> dict[int, int]:
 
 
 class KillsRankOne(ListSink):
-    """Kills rank 1 once training is past ``step`` (a checkpoint is in the store)."""
+    """Kills rank 1 as soon as the checkpoint of ``step`` is complete on the worker's disk.
+
+    Watched on the disk, not through the relayed progress events: on a loaded machine
+    the ranks ran on to the next checkpoint before the relay reported the step (seen:
+    the stored checkpoint was step 6, not 3)."""
 
     def __init__(self, under: Path, step: int) -> None:
         super().__init__()
         self.under, self.step = under, step
         self.killed_at: float | None = None
+        self.watcher: threading.Thread | None = None
 
     def emit(self, event) -> None:
         super().emit(event)
-        past = isinstance(event, Progress) and event.unit == "steps" and event.step > self.step
-        if past and self.killed_at is None:
-            os.kill(rank_pids(self.under)[1], signal.SIGKILL)
-            self.killed_at = time.monotonic()
+        if self.watcher is None:
+            self.watcher = threading.Thread(target=self._kill_at_checkpoint, daemon=True)
+            self.watcher.start()
+
+    def _kill_at_checkpoint(self) -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            for checkpoints in self.under.glob("**/out.partial/checkpoints"):
+                newest = last_checkpoint(checkpoints)
+                if newest and int(newest.rsplit("-", 1)[-1]) >= self.step:
+                    os.kill(rank_pids(self.under)[1], signal.SIGKILL)
+                    self.killed_at = time.monotonic()
+                    return
+            time.sleep(0.02)
 
 
 def job(store: LocalStore, base: Path, data: Path, attempt: int) -> StageJob:
