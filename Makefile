@@ -41,40 +41,26 @@ $(S3_INSTALLED): requirements-s3.lock
 s3-venv: $(S3_INSTALLED) ## create .venv-s3 with the pinned moto S3 test server (idempotent)
 
 # The Go template parity tests build tests/tools/gotemplate (go 1.19, standard library
-# only), so Debian's golang-go is enough; apt-get update only when its lists lack it.
+# only), so Debian's golang-go is enough (scripts/debian-install.sh: the Debian packages
+# a test needs, installed only when missing).
 go-toolchain: ## install Debian's golang-go when go is missing (idempotent)
-	@command -v go >/dev/null && exit 0; \
-	  command -v apt-get >/dev/null || { echo "go is missing and apt-get is not available:" \
-	    "install Go 1.19 or newer (Debian/Ubuntu: golang-go) and put go on PATH" >&2; exit 1; }; \
-	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	  apt-cache policy golang-go 2>/dev/null | grep -q 'Candidate: [0-9]' \
-	    || $$sudo apt-get update -qq; \
-	  $$sudo env DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq --no-install-recommends golang-go
+	@scripts/debian-install.sh 'command -v go' \
+	  'go is missing and apt-get is not available: install Go 1.19 or newer (Debian/Ubuntu: golang-go) and put go on PATH' \
+	  golang-go
 
 # The controller's tests run against a real PostgreSQL server besides SQLite: a throwaway
 # one started from Debian's postgresql package (tuneship.testing.postgres).
 postgres-server: ## install Debian's postgresql when no server binaries exist (idempotent)
-	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && exit 0; \
-	  command -v apt-get >/dev/null || { echo "PostgreSQL is missing and apt-get is not" \
-	    "available: install the PostgreSQL 15+ server (Debian/Ubuntu: postgresql)" >&2; exit 1; }; \
-	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	  apt-cache policy postgresql 2>/dev/null | grep -q 'Candidate: [0-9]' \
-	    || $$sudo apt-get update -qq; \
-	  $$sudo env DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq --no-install-recommends postgresql
+	@scripts/debian-install.sh 'ls /usr/lib/postgresql/*/bin/postgres' \
+	  'PostgreSQL is missing and apt-get is not available: install the PostgreSQL 15+ server (Debian/Ubuntu: postgresql)' \
+	  postgresql
 
 # The console's browser tests drive Debian's chromium through its chromedriver (selenium
 # is pinned in the dev extra); no browser is ever downloaded.
 browser: ## install Debian's chromium and chromium-driver when missing (idempotent)
-	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver && exit 0; \
-	  command -v apt-get >/dev/null || { echo "chromium is missing and apt-get is not" \
-	    "available: install Debian's chromium and chromium-driver" >&2; exit 1; }; \
-	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	  apt-cache policy chromium-driver 2>/dev/null | grep -q 'Candidate: [0-9]' \
-	    || $$sudo apt-get update -qq; \
-	  $$sudo env DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq --no-install-recommends chromium chromium-driver
+	@scripts/debian-install.sh 'test -x /usr/bin/chromium && test -x /usr/bin/chromedriver' \
+	  'chromium is missing and apt-get is not available: install Debian'"'"'s chromium and chromium-driver' \
+	  chromium chromium-driver
 
 $(TOOLCHAIN):
 	scripts/build-llama-cpp.sh
