@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from tuneship.common import layout
 from tuneship.common.errors import NotFound, Unavailable
 from tuneship.common.store import CorruptArtifact, S3Store, StoreSettings, open_store
+from tuneship.common.store.base import CHUNK
 from tuneship.common.store.commit import (
     commit_stage,
     fetch_stage,
@@ -306,3 +307,15 @@ def test_store_cli_against_s3(s3_server: S3ServerProcess, tmp_path: Path) -> Non
     assert {o["key"] for o in listed} == {put["key"], put["root"] + "train.jsonl"}
     assert fetched.returncode == 0 and (tmp_path / "out" / "train.jsonl").exists()
     assert missing.returncode == 2 and "pipelines/none/manifest.json" in missing.stderr
+
+
+def test_a_large_object_is_read_in_pieces_as_stored(store: S3Store, big_file: Path) -> None:
+    store.put_file("pipelines/p/model.gguf", big_file)
+
+    pieces = list(store.read_chunks("pipelines/p/model.gguf"))
+
+    assert len(pieces) > 1 and all(0 < len(p) <= CHUNK for p in pieces)
+    assert b"".join(pieces) == big_file.read_bytes()
+    with pytest.raises(NotFound) as caught:  # before any piece: nothing to iterate
+        store.read_chunks("pipelines/p/nope.gguf")
+    assert "pipelines/p/nope.gguf" in str(caught.value)

@@ -7,7 +7,7 @@ happen, happens for real; only the injected failure is made up.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,10 @@ class FaultyStore:
     def get_bytes(self, key: str) -> bytes:
         self._enter("get_bytes", key)
         return self.inner.get_bytes(key)
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        self._enter("read_chunks", key)
+        return self.inner.read_chunks(key)
 
     def exists(self, key: str) -> bool:
         self._enter("exists", key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -62,6 +63,12 @@ class ArtifactStore(Protocol):
 
     def get_bytes(self, key: str) -> bytes:
         """Read a small object whole."""
+        ...
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        """The object's bytes in pieces of at most ``CHUNK``, read as they are asked for
+        (a large file is never held whole). NotFound before the first piece when the
+        object is missing; a reader that stops early releases the connection."""
         ...
 
     def exists(self, key: str) -> bool: ...

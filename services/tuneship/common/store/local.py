@@ -34,6 +34,12 @@ def _copy_hashing(src: Path, dst: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def _chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as reader:
+        while piece := reader.read(CHUNK):
+            yield piece
+
+
 class LocalStore:
     """Objects as files under ``root`` (created on first write)."""
 
@@ -106,6 +112,10 @@ class LocalStore:
 
     def get_bytes(self, key: str) -> bytes:
         return self._require(key).read_bytes()
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        source = self._require(key)
+        return _chunks(source)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

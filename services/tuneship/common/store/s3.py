@@ -18,7 +18,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import TypeVar
@@ -338,6 +338,24 @@ class S3Store:
                 response.release_conn()
 
         return self._call(key, read)
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        # Opening is retried like any call; a failure once bytes flow is not (the
+        # reader has them already), it is raised as the store's error.
+        response = self._call(key, lambda: self.client.get_object(self.bucket, self._name(key)))
+        return self._pieces(key, response)
+
+    def _pieces(self, key: str, response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+        try:
+            yield from response.stream(CHUNK)
+        except Exception as exc:
+            error = self._translate(exc, key)
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            response.close()
+            response.release_conn()
 
     # -- metadata and listing ---------------------------------------------------
 
