@@ -7,6 +7,9 @@
     print("".join(client.chat(pipeline.id, [{"role": "user", "content": "Hi"}])))
     uploaded = client.upload_input(Path("conversations.jsonl"), kind="dataset")
     print(uploaded.location)   # store:inputs/dataset/<digest>/manifest.json
+    for found in client.artifacts(pipeline.id):
+        print(found.name, found.size)  # export/report.md 2048, ...
+    client.download(pipeline.id, "export", "report.md", Path("report.md"))
 
 Errors come back as tuneship errors (``NotFound``, ``InvalidInput``, ...), built from
 the gRPC status code, so callers handle the same types as in-process code.
@@ -24,11 +27,14 @@ from typing import Any
 import grpc
 
 from tuneship.common import errors
+from tuneship.common.atomic import staged_file
 from tuneship.common.auth import ClientTls, Token
 from tuneship.common.codec import event_from_proto, event_to_record
 from tuneship.common.events import Log, Metrics, Progress
 from tuneship.common.guard import dial
+from tuneship.common.hashing import sha256_file
 from tuneship.common.manifest import FileEntry, scan_dir
+from tuneship.common.store.base import CorruptArtifact
 from tuneship.common.wire import ANSWERED_KEY
 from tuneship.v1 import pipeline_pb2, pipeline_pb2_grpc, workers_pb2
 
@@ -41,6 +47,7 @@ _ERRORS: dict[grpc.StatusCode, type[errors.TuneshipError]] = {
     grpc.StatusCode.CANCELLED: errors.Cancelled,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
     grpc.StatusCode.ABORTED: errors.Aborted,
+    grpc.StatusCode.DATA_LOSS: CorruptArtifact,
 }
 
 
@@ -152,6 +159,62 @@ class WatchStream:
         try:
             for message in self._call:
                 yield watch_event(message)
+        except grpc.RpcError as exc:
+            if self._cancelled and exc.code() is grpc.StatusCode.CANCELLED:
+                return
+            raise _error(exc, self._address, self._tls) from exc
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """One committed file of a pipeline's stage output."""
+
+    stage: str
+    output: str
+    path: str
+    size: int
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        """How people name it: ``export/report.md`` (``stage/output/path`` when the
+        output is not the stage's own)."""
+        middle = "" if self.output == self.stage else f"{self.output}/"
+        return f"{self.stage}/{middle}{self.path}"
+
+
+def artifact_info(message: pipeline_pb2.ArtifactFile) -> ArtifactInfo:
+    return ArtifactInfo(message.stage, message.output, message.path, message.size,
+                        message.sha256)  # fmt: skip
+
+
+class ArtifactDownload:
+    """One file as ``ReadArtifact`` streams it. Made by ``PipelineClient.read_artifact``,
+    which waits for the first piece, so ``file`` (its size and sha256) is known and a
+    missing file has raised before any byte; iterating yields the bytes, ``cancel()``
+    (from any thread) stops the transfer."""
+
+    def __init__(self, call: Any, address: str, tls: bool) -> None:
+        self._call = call
+        self._address = address
+        self._tls = tls
+        self._cancelled = False
+        try:
+            self._first = next(call)
+        except grpc.RpcError as exc:
+            raise _error(exc, address, tls) from exc
+        self.file = artifact_info(self._first.file)
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._first.data:
+            yield self._first.data
+        try:
+            for chunk in self._call:
+                yield chunk.data
         except grpc.RpcError as exc:
             if self._cancelled and exc.code() is grpc.StatusCode.CANCELLED:
                 return
@@ -388,6 +451,41 @@ class PipelineClient:
                     "store:KEY in the spec",
                 ) from exc
             raise _error(exc, self.address, self._tls) from exc
+
+    def artifacts(self, pipeline_id: str) -> builtins.list[ArtifactInfo]:
+        """Every committed file of the pipeline's stage outputs (stage order, then path)."""
+        answer = self._call("ListArtifacts", pipeline_pb2.ListArtifactsRequest(id=pipeline_id))
+        return [artifact_info(f) for f in answer.files]
+
+    def read_artifact(
+        self, pipeline_id: str, stage: str, path: str, output: str = ""
+    ) -> ArtifactDownload:
+        """Start reading one committed file (NotFound now when there is no such file)."""
+        request = pipeline_pb2.ReadArtifactRequest(
+            id=pipeline_id, stage=stage, output=output, path=path
+        )
+        # No deadline: a multi-gigabyte GGUF takes as long as the link needs.
+        return ArtifactDownload(self._stub.ReadArtifact(request), self.address, self._tls)
+
+    def download(
+        self, pipeline_id: str, stage: str, path: str, dest: Path, output: str = ""
+    ) -> ArtifactInfo:
+        """Write one committed file to ``dest``, whole or not at all: it is written
+        beside ``dest`` and renamed into place once its sha256 matches the manifest's
+        (CorruptArtifact otherwise)."""
+        download = self.read_artifact(pipeline_id, stage, path, output)
+        with staged_file(Path(dest)) as temp:
+            with temp.open("wb") as writer:
+                for piece in download:
+                    writer.write(piece)
+            actual = sha256_file(temp)
+            if actual != download.file.sha256:
+                raise CorruptArtifact(
+                    f"{download.file.name} arrived with sha256 {actual[:12]}…, the manifest "
+                    f"lists {download.file.sha256[:12]}…",
+                    where=str(dest), hint="download it again",
+                )  # fmt: skip
+        return download.file
 
     def close(self) -> None:
         self._channel.close()

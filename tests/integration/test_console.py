@@ -17,8 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tuneship.common.store import LocalStore
 from tuneship.console.sessions import COOKIE
-from tuneship.testing.console import TOKEN, ConsoleUser, Rig, console_stages, start_rig
+from tuneship.testing.console import FILES, TOKEN, ConsoleUser, Rig, console_stages, start_rig
 from tuneship.testing.stages import ScriptedStage
 from tuneship.v1 import pipeline_pb2
 
@@ -35,7 +36,8 @@ dataset: {{train: s3://data/train.jsonl}}
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    started = start_rig(tmp_path, console_stages())
+    store = LocalStore(tmp_path / "store")  # the stages commit their FILES there
+    started = start_rig(tmp_path, console_stages(store), store=store)
     yield started
     started.stop()
 
@@ -59,7 +61,8 @@ def test_nothing_is_served_without_a_session(rig: Rig) -> None:
     anonymous = httpx.Client(base_url=rig.url, timeout=10)
     for path in ("/", "/pipelines/rows", "/submit", "/pipelines/p-1", "/pipelines/p-1/live",
                  "/pipelines/p-1/events", "/pipelines/p-1/confirm/cancel", "/compare",
-                 "/pipelines/p-1/chat", "/no-such-page"):  # fmt: skip
+                 "/pipelines/p-1/chat", "/pipelines/p-1/files/export/export/report.md",
+                 "/no-such-page"):  # fmt: skip
         answer = anonymous.get(path)
         assert answer.status_code == 401, path
         assert COOKIE not in answer.headers.get("set-cookie", ""), path
@@ -330,3 +333,34 @@ def test_tuneship_run_serves_the_console_beside_its_embedded_controller(tmp_path
             httpx.get(running.url + "/healthz", timeout=2)
     finally:
         cluster.stop()
+
+
+def test_the_pipeline_page_lists_its_files_and_each_downloads_as_an_attachment(
+    rig: Rig, user: ConsoleUser
+) -> None:
+    pid = submitted(user, "files")
+    rig.cluster.wait(pid, pipeline_pb2.SUCCEEDED)
+    page = user.page(f"/pipelines/{pid}").text
+    rows = re.findall(r'<tr><th scope="row"><a href="([^"]+)" download>([^<]+)</a></th>'
+                      r'<td class="number">([^<]+)</td>', page)  # fmt: skip
+    assert [(name, size) for _url, name, size in rows] == [
+        ("train/adapter_model.safetensors", "293.0 KiB"), ("train/metrics.jsonl", "25 bytes"),
+        ("merge/model.safetensors", "1.4 MiB"), ("export/pirate-q8_0.gguf", "2.2 MiB"),
+        ("export/report.md", "39 bytes"), ("publish/Modelfile", "24 bytes"),
+    ]  # fmt: skip
+    assert "3.9 MiB in all" in page
+
+    url = dict((name, url) for url, name, _size in rows)["export/pirate-q8_0.gguf"]
+    got = user.http.get(url)
+    assert got.status_code == 200
+    assert got.content == FILES["export"]["pirate-q8_0.gguf"]
+    assert got.headers["content-length"] == str(len(got.content))
+    assert got.headers["content-disposition"].startswith('attachment; filename="pirate-q8_0.gguf"')
+    assert got.headers["content-type"] == "application/octet-stream"
+    assert got.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in got.headers["content-security-policy"]
+
+    missing = user.http.get(f"/pipelines/{pid}/files/export/export/..%2F..%2Fstate.db")
+    assert missing.status_code == 404 and "has no file" in missing.text
+    assert user.http.get(f"/pipelines/{pid}/files/deploy/deploy/x").status_code == 404
+    assert httpx.get(rig.url + url, timeout=10).status_code == 401  # no session, no file

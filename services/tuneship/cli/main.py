@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from tuneship.cli import artifacts as artifacts_cmd
 from tuneship.cli import doctor as doctor_cmd
 from tuneship.cli import export as export_cmd
 from tuneship.cli import pipeline as pipeline_cmd
@@ -33,6 +34,7 @@ train_cmd.register(app)
 export_cmd.register(app)
 run_cmd.register(app)
 pipeline_cmd.register(app)
+artifacts_cmd.register(app)
 
 
 @app.command()

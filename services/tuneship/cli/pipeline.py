@@ -30,10 +30,10 @@ from tuneship.common.manifest import FileEntry
 from tuneship.common.spec import PipelineSpec, load_spec
 from tuneship.common.stages import COMPONENTS
 from tuneship.common.store import StoreSettings, open_store
+from tuneship.common.units import human_size
 from tuneship.controller.inputs import (
     PIPELINE_SCHEME,
     STORE_SCHEME,
-    human_size,
     resolve_input,
     spec_inputs,
 )

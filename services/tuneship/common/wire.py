@@ -35,6 +35,7 @@ STATUS = {
     "CANCELLED": grpc.StatusCode.CANCELLED,
     "ABORTED": grpc.StatusCode.ABORTED,
     "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "DATA_LOSS": grpc.StatusCode.DATA_LOSS,
     "INTERNAL": grpc.StatusCode.INTERNAL,
 }
 RETRYABLE = {

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from tuneship.console import chat, compare, pages
+from tuneship.console import files as downloads
 from tuneship.console.sessions import COOKIE
 from tuneship.console.state import (
     SESSION_KEY,
@@ -100,6 +101,7 @@ def console_app(settings: ConsoleSettings, connect: ClientFactory) -> web.Applic
     pages.add_routes(app.router)
     chat.add_routes(app.router)
     compare.add_routes(app.router)
+    downloads.add_routes(app.router)
     app.on_cleanup.append(_close_sessions)
     return app
 

@@ -241,16 +241,17 @@ def recorded_events(client: PipelineClient, pipeline_id: str, quiet_s: float = 0
 async def _pipeline_context(request: web.Request) -> dict[str, Any]:
     pipeline_id = request.match_info["id"]
 
-    def read(client: PipelineClient) -> tuple[PipelineInfo, list[WatchEvent]]:
-        return client.get(pipeline_id), recorded_events(client, pipeline_id)
+    def read(client: PipelineClient) -> tuple[PipelineInfo, list[WatchEvent], views.Listing]:
+        info = client.get(pipeline_id)
+        return info, recorded_events(client, pipeline_id), views.file_listing(client, info.id)
 
-    info, events = await call(request, read)
+    info, events, files = await call(request, read)
     rows, recommended = views.quality_report(info)
     chart = loss_chart(views.loss_points(events), title=f"Training loss of {info.name}")
     quality = quality_chart(rows, title=f"Size and KLD per quant type of {info.name}")
     return {"info": info, "rows": rows, "recommended": recommended, "chart": chart,
             "quality": quality, "timeline": timeline_chart(info.stages, time.time()),
-            "ended": info.phase in views.ENDED, **_helpers()}  # fmt: skip
+            "ended": info.phase in views.ENDED, "files": files, **_helpers()}  # fmt: skip
 
 
 async def pipeline_page(request: web.Request) -> web.Response:

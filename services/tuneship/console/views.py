@@ -8,10 +8,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
-from tuneship.client import PipelineInfo, StageInfo, WatchEvent
+from tuneship.client import ArtifactInfo, PipelineClient, PipelineInfo, StageInfo, WatchEvent
 from tuneship.common.errors import InvalidInput, TuneshipError
 from tuneship.common.spec import PipelineSpec, SpecError, parse_spec
+from tuneship.common.units import human_size
 
 PHASES = ("pending", "running", "succeeded", "failed", "cancelled")
 ENDED = ("succeeded", "failed", "cancelled")
@@ -219,3 +221,41 @@ def event_record(event: WatchEvent) -> dict[str, Any]:
     """What the live view gets of one event (server-sent, as JSON)."""
     return {"seq": event.seq, "phase": event.phase, "stage": event.stage, "kind": event.kind,
             "text": event.text, "step": event.step}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """One committed file as the pipeline page lists it."""
+
+    name: str
+    size: str
+    sha256: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The rows, or why there are none to show (``reason``)."""
+
+    rows: list[FileRow]
+    total: str
+    reason: str = ""
+
+
+def file_url(pipeline_id: str, found: ArtifactInfo) -> str:
+    parts = (pipeline_id, found.stage, found.output, found.path)
+    return "/pipelines/{}/files/{}/{}/{}".format(*(quote(p, safe="/") for p in parts))
+
+
+def file_listing(client: PipelineClient, pipeline_id: str) -> Listing:
+    """What the page shows of the pipeline's files; a controller that cannot list them
+    (no store of its own) is a reason, not an error page."""
+    try:
+        files = client.artifacts(pipeline_id)
+    except TuneshipError as exc:
+        if exc.where in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            raise
+        return Listing([], "", f"The controller cannot list them: {exc.message}")
+    rows = [FileRow(f.name, human_size(f.size), f.sha256, file_url(pipeline_id, f))
+            for f in files]  # fmt: skip
+    return Listing(rows, human_size(sum(f.size for f in files)))

@@ -11,6 +11,7 @@ from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneship.common.guard import user_api_security, worker_dialer
 from tuneship.common.jobs import Artifact
 from tuneship.common.stages import STAGES, stage_named
+from tuneship.common.store.base import ArtifactStore
 from tuneship.common.wire import Server, start_server
 from tuneship.controller.database import Reconnect
 from tuneship.controller.inputs import StoreInputs
@@ -124,8 +125,12 @@ def start_controller(
     settings: ControllerSettings,
     upload_inputs: InputUploader,
     chat: ChatForwarder | None = None,
+    store: ArtifactStore | None = None,
 ) -> Controller:
-    """Open the state, start the scheduler (re-attaching to running stages) and serve."""
+    """Open the state, start the scheduler (re-attaching to running stages) and serve.
+
+    ``store``: where the pipelines' outputs are read from for ``ListArtifacts`` and
+    ``ReadArtifact`` (default: the store of ``upload_inputs`` when it is one)."""
     state = StateStore(settings.state_url, Reconnect(give_up_after_s=settings.state_reconnect_s))
     workers = build_workers(
         settings.workers, settings.providers, settings.kube, worker_dialer(settings.auth)
@@ -140,7 +145,8 @@ def start_controller(
     forward = chat or workers.chat
     if isinstance(upload_inputs, StoreInputs):
         upload_inputs.merged_models = partial(merged_model, state)
-    servicer = PipelineServicer(state, scheduler, upload_inputs, forward)
+        store = store or upload_inputs.store
+    servicer = PipelineServicer(state, scheduler, upload_inputs, forward, store)
     server = start_server(
         [(add_to_server, servicer)],
         [SERVICE_NAME],

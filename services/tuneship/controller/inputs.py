@@ -40,10 +40,10 @@ from tuneship.common.store.commit import (
     verify_committed,
     write_manifest,
 )
+from tuneship.common.units import GiB, human_size
 
 STORE_SCHEME = "store:"
 PIPELINE_SCHEME = "pipeline:"
-GiB = 1 << 30
 
 
 def spec_inputs(spec: PipelineSpec) -> list[tuple[str, str, str, str | None]]:
@@ -253,14 +253,6 @@ class StoredInput:
     def location(self) -> str:
         """What a spec names instead of the local path."""
         return STORE_SCHEME + self.artifact.key
-
-
-def human_size(size: int) -> str:
-    """``size`` bytes as people read it: ``1.5 GiB``."""
-    for unit, scale in (("GiB", GiB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
 
 
 class StoreInputs:

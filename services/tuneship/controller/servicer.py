@@ -19,6 +19,14 @@ from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneship.common.jobs import Artifact
 from tuneship.common.manifest import FileEntry
 from tuneship.common.spec import PipelineSpec, parse_spec
+from tuneship.common.store.base import ArtifactStore
+from tuneship.controller.artifacts import (
+    StoredFile,
+    find_file,
+    pipeline_files,
+    read_verified,
+    require_store,
+)
 from tuneship.controller.inputs import IncomingInput, StoredInput, UploadSettings
 from tuneship.controller.machine import Phase
 from tuneship.controller.scheduler import Scheduler
@@ -124,6 +132,13 @@ def pipeline_id_of(request: Any) -> str:
     return str(request.id)
 
 
+def file_to_proto(stored: StoredFile) -> pipeline_pb2.ArtifactFile:
+    return pipeline_pb2.ArtifactFile(
+        stage=stored.stage, output=stored.output, path=stored.path, size=stored.size,
+        sha256=stored.sha256,
+    )  # fmt: skip
+
+
 def stored_to_proto(stored: StoredInput | None, max_bytes: int) -> pipeline_pb2.UploadInputResponse:
     if stored is None:
         return pipeline_pb2.UploadInputResponse(max_upload_bytes=max_bytes)
@@ -142,11 +157,14 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         scheduler: Scheduler,
         upload_inputs: InputUploader,
         chat: ChatForwarder | None = None,
+        store: ArtifactStore | None = None,
     ) -> None:
         self.state = state
         self.scheduler = scheduler
         self.upload_inputs = upload_inputs
         self.forward_chat = chat
+        self.store = store
+        """Where the pipelines' outputs are committed (None: files cannot be read here)."""
 
     def _validate(self, request: pipeline_pb2.SubmitRequest, where: str) -> PipelineSpec:
         if not request.spec_yaml.strip():
@@ -330,3 +348,26 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
             incoming_from_proto(first.header), chain([(first.path, first.data)], rest)
         )
         return stored_to_proto(stored, receiver.settings.max_bytes)
+
+    def ListArtifacts(
+        self, request: pipeline_pb2.ListArtifactsRequest, context: Any
+    ) -> pipeline_pb2.ListArtifactsResponse:
+        view = self.state.get(pipeline_id_of(request))
+        files = pipeline_files(require_store(self.store), view)
+        return pipeline_pb2.ListArtifactsResponse(files=[file_to_proto(f) for f in files])
+
+    def ReadArtifact(
+        self, request: pipeline_pb2.ReadArtifactRequest, context: grpc.ServicerContext
+    ) -> Iterator[pipeline_pb2.ArtifactChunk]:
+        view = self.state.get(pipeline_id_of(request))
+        store = require_store(self.store)
+        stored = find_file(store, view, request.stage, request.output, request.path)
+        first = True
+        for piece in read_verified(store, stored):
+            chunk = pipeline_pb2.ArtifactChunk(data=piece)
+            if first:
+                chunk.file.CopyFrom(file_to_proto(stored))
+                first = False
+            yield chunk
+        if first:  # an empty file: its listing still comes
+            yield pipeline_pb2.ArtifactChunk(file=file_to_proto(stored))

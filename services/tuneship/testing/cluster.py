@@ -16,6 +16,7 @@ from tuneship.common.auth import AuthSettings, ClientTls
 from tuneship.common.guard import dial, stage_security
 from tuneship.common.jobs import Artifact
 from tuneship.common.stages import STAGES
+from tuneship.common.store.base import ArtifactStore
 from tuneship.common.wire import Server, StageServicer, stage_service
 from tuneship.controller.app import Controller, ControllerSettings, start_controller
 from tuneship.controller.scheduler import RetryPolicy
@@ -71,10 +72,12 @@ def start_cluster(
     client_tls: ClientTls | None = None,
     upload_inputs: InputUploader = upload_nothing,
     state_url: str | None = None,
+    store: ArtifactStore | None = None,
 ) -> Cluster:
     """``auth``: the controller's tokens and TLS (and how it dials the workers);
     ``worker_auth``: the stage servers'; the stub sends ``auth``'s first user token,
-    over TLS checked with ``client_tls`` when given. None: no authentication at all."""
+    over TLS checked with ``client_tls`` when given. None: no authentication at all.
+    ``store``: where the controller reads the pipelines' files (ListArtifacts)."""
     security = stage_security(worker_auth) if worker_auth is not None else None
     servicers: dict[str, StageServicer] = {}
     workers: list[Server] = []
@@ -94,7 +97,7 @@ def start_cluster(
         unreachable_timeout_s=unreachable_s,
         auth=auth or AuthSettings(),
     )
-    controller = start_controller(settings, upload_inputs)
+    controller = start_controller(settings, upload_inputs, store=store)
     token = auth.api_tokens[0] if auth is not None and auth.api_tokens else None
     channel = dial(controller.address, token=token, tls=client_tls)
     stub = pipeline_pb2_grpc.PipelineServiceStub(channel)

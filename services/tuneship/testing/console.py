@@ -8,6 +8,7 @@ session cookie and posts forms with the CSRF token of the page they came from.
 from __future__ import annotations
 
 import json
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import httpx
 from tuneship.client import PipelineClient
 from tuneship.common.auth import AuthSettings, Token
 from tuneship.common.stages import STAGES
+from tuneship.common.store.base import ArtifactStore
 from tuneship.console import ConsoleSettings, RunningConsole, start_console
 from tuneship.testing.cluster import Cluster, start_cluster
 from tuneship.testing.stages import ScriptedStage
@@ -34,17 +36,34 @@ REPORT = [
 """The quality report the scripted export stage reports (``q8_0`` recommended)."""
 
 
-def console_stages(**overrides: ScriptedStage) -> dict[str, ScriptedStage]:
+FILES = {
+    "train": {"adapter_model.safetensors": random.Random(1).randbytes(300_000),
+              "metrics.jsonl": b'{"step": 1, "loss": 1.0}\n'},
+    "merge": {"model.safetensors": random.Random(2).randbytes(1_500_000)},
+    "export": {"pirate-q8_0.gguf": random.Random(3).randbytes(2_300_000),
+               "report.md": b"# Quality report\n\nq8_0 is recommended.\n"},
+    "publish": {"Modelfile": b"FROM ./pirate-q8_0.gguf\n"},
+}  # fmt: skip
+"""What each scripted stage commits when the stages have a store (the merged model and
+the GGUF are over one 1 MiB piece, so they stream in several)."""
+
+
+def console_stages(
+    store: ArtifactStore | None = None, **overrides: ScriptedStage
+) -> dict[str, ScriptedStage]:
     """Scripted stages whose training reports loss and eval loss and whose export
-    reports ``REPORT``; ``overrides`` replace stages by name."""
-    stages = {name: ScriptedStage(name) for name in STAGES}
+    reports ``REPORT``; with a ``store`` each commits its ``FILES`` there. ``overrides``
+    replace stages by name."""
+    stages = {name: ScriptedStage(name, store=store, files=FILES[name]) for name in STAGES}
     stages["train"] = ScriptedStage(
         "train", steps=12, step_s=0.02, eval_every=3,
         summary={"steps": 12, "final_loss": 0.0833, "eval_loss": 0.1},
+        store=store, files=FILES["train"],
     )  # fmt: skip
     stages["export"] = ScriptedStage(
         "export", summary={"recommended": "q8_0", "quant_types": "f16,q4_k_m,q8_0",
                            "report": json.dumps(REPORT)},
+        store=store, files=FILES["export"],
     )  # fmt: skip
     stages.update(overrides)
     return stages
@@ -64,11 +83,14 @@ class Rig:
         self.cluster.stop()
 
 
-def start_rig(tmp_path: Path, stages: dict[str, ScriptedStage], tokens: bool = True) -> Rig:
-    """The cluster (``tokens``: its user API takes ``TOKEN`` only) and a console on
-    loopback in front of it."""
+def start_rig(
+    tmp_path: Path, stages: dict[str, ScriptedStage], tokens: bool = True,
+    store: ArtifactStore | None = None,
+) -> Rig:  # fmt: skip
+    """The cluster (``tokens``: its user API takes ``TOKEN`` only; ``store``: where its
+    controller reads the pipelines' files) and a console on loopback in front of it."""
     auth = AuthSettings(api_tokens=(TOKEN,)) if tokens else None
-    cluster = start_cluster(tmp_path, stages, {}, auth=auth)
+    cluster = start_cluster(tmp_path, stages, {}, auth=auth, store=store)
     address = cluster.controller.address
 
     def connect(token: str | None) -> PipelineClient:

@@ -7,13 +7,18 @@ the controller and a worker is exercised; only the stage's work is replaced by a
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tuneship.common import errors, layout
 from tuneship.common.events import EventSink, Log, Metrics, Progress
 from tuneship.common.jobs import Artifact, StageJob, StageOutcome
+from tuneship.common.stagework import artifact_of
+from tuneship.common.store.base import ArtifactStore
+from tuneship.common.store.commit import commit_stage
 
 
 @dataclass
@@ -24,7 +29,8 @@ class ScriptedStage:
     (e.g. ``{1: "Unavailable"}``); ``always`` raises that error on every attempt.
     ``calls`` records each started task id; ``peak`` the most runs at once.
     ``summary``: more of the result's summary (e.g. an export's report); ``eval_every``:
-    a training also reports an ``eval_loss`` every that many steps.
+    a training also reports an ``eval_loss`` every that many steps. With a ``store``,
+    the stage commits ``files`` (path -> bytes) there as its output, as real stages do.
     """
 
     name: str
@@ -34,6 +40,8 @@ class ScriptedStage:
     always: str | None = None
     summary: dict[str, object] = field(default_factory=dict)
     eval_every: int = 0
+    store: ArtifactStore | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     peak: int = 0
     _running: int = 0
@@ -67,5 +75,20 @@ class ScriptedStage:
         summary: dict[str, object] = {"attempt": job.attempt, **self.summary}
         if self.name == "publish":
             summary["model"] = f"{job.pipeline}:latest"
+        if self.store is not None:
+            return StageOutcome({self.name: self._commit(job)}, summary)
         key = layout.join(job.output_prefix, layout.MANIFEST)
         return StageOutcome({self.name: Artifact(key, "0" * 64, 1)}, summary)
+
+    def _commit(self, job: StageJob) -> Artifact:
+        assert self.store is not None
+        with tempfile.TemporaryDirectory() as folder:
+            for name, data in self.files.items():
+                path = Path(folder) / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            manifest = commit_stage(
+                self.store, Path(folder), pipeline=job.pipeline, stage=self.name,
+                attempt=job.task_id,
+            )  # fmt: skip
+        return artifact_of(manifest)

@@ -247,3 +247,49 @@ class UploadInputResponse(_message.Message):
     already_stored: bool
     max_upload_bytes: int
     def __init__(self, location: _Optional[str] = ..., manifest: _Optional[_Union[_stage_pb2.ArtifactRef, _Mapping]] = ..., already_stored: _Optional[bool] = ..., max_upload_bytes: _Optional[int] = ...) -> None: ...
+
+class ArtifactFile(_message.Message):
+    __slots__ = ("stage", "output", "path", "size", "sha256")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    output: str
+    path: str
+    size: int
+    sha256: str
+    def __init__(self, stage: _Optional[str] = ..., output: _Optional[str] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class ListArtifactsRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListArtifactsResponse(_message.Message):
+    __slots__ = ("files",)
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[ArtifactFile]
+    def __init__(self, files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ...) -> None: ...
+
+class ReadArtifactRequest(_message.Message):
+    __slots__ = ("id", "stage", "output", "path")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    stage: str
+    output: str
+    path: str
+    def __init__(self, id: _Optional[str] = ..., stage: _Optional[str] = ..., output: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class ArtifactChunk(_message.Message):
+    __slots__ = ("file", "data")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    file: ArtifactFile
+    data: bytes
+    def __init__(self, file: _Optional[_Union[ArtifactFile, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...

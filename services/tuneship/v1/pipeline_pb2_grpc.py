@@ -90,6 +90,16 @@ class PipelineServiceStub:
                 request_serializer=tuneship_dot_v1_dot_pipeline__pb2.UploadChunk.SerializeToString,
                 response_deserializer=tuneship_dot_v1_dot_pipeline__pb2.UploadInputResponse.FromString,
                 _registered_method=True)
+        self.ListArtifacts = channel.unary_unary(
+                '/tuneship.v1.PipelineService/ListArtifacts',
+                request_serializer=tuneship_dot_v1_dot_pipeline__pb2.ListArtifactsRequest.SerializeToString,
+                response_deserializer=tuneship_dot_v1_dot_pipeline__pb2.ListArtifactsResponse.FromString,
+                _registered_method=True)
+        self.ReadArtifact = channel.unary_stream(
+                '/tuneship.v1.PipelineService/ReadArtifact',
+                request_serializer=tuneship_dot_v1_dot_pipeline__pb2.ReadArtifactRequest.SerializeToString,
+                response_deserializer=tuneship_dot_v1_dot_pipeline__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
 
 
 class PipelineServiceServicer:
@@ -168,6 +178,23 @@ class PipelineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListArtifacts(self, request, context):
+        """The files of every committed output of a pipeline's stages (nothing is read but the
+        manifests). FAILED_PRECONDITION where the controller has no store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadArtifact(self, request, context):
+        """One of those files, streamed from the store and checked against the manifest's
+        sha256 as it goes (DATA_LOSS at the end when it differs). Only a file the pipeline's
+        manifests list can be read: NOT_FOUND for any other path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PipelineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +252,16 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.UploadInput,
                     request_deserializer=tuneship_dot_v1_dot_pipeline__pb2.UploadChunk.FromString,
                     response_serializer=tuneship_dot_v1_dot_pipeline__pb2.UploadInputResponse.SerializeToString,
+            ),
+            'ListArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArtifacts,
+                    request_deserializer=tuneship_dot_v1_dot_pipeline__pb2.ListArtifactsRequest.FromString,
+                    response_serializer=tuneship_dot_v1_dot_pipeline__pb2.ListArtifactsResponse.SerializeToString,
+            ),
+            'ReadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadArtifact,
+                    request_deserializer=tuneship_dot_v1_dot_pipeline__pb2.ReadArtifactRequest.FromString,
+                    response_serializer=tuneship_dot_v1_dot_pipeline__pb2.ArtifactChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -524,6 +561,60 @@ class PipelineService:
             '/tuneship.v1.PipelineService/UploadInput',
             tuneship_dot_v1_dot_pipeline__pb2.UploadChunk.SerializeToString,
             tuneship_dot_v1_dot_pipeline__pb2.UploadInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneship.v1.PipelineService/ListArtifacts',
+            tuneship_dot_v1_dot_pipeline__pb2.ListArtifactsRequest.SerializeToString,
+            tuneship_dot_v1_dot_pipeline__pb2.ListArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tuneship.v1.PipelineService/ReadArtifact',
+            tuneship_dot_v1_dot_pipeline__pb2.ReadArtifactRequest.SerializeToString,
+            tuneship_dot_v1_dot_pipeline__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,
             insecure,

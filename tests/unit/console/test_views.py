@@ -6,10 +6,12 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
-from tuneship.client import PipelineInfo, StageInfo, WatchEvent
+from tuneship.client import ArtifactInfo, PipelineInfo, StageInfo, WatchEvent
 from tuneship.common.errors import InvalidInput
+from tuneship.common.units import human_size
 from tuneship.console import views
 from tuneship.console.charts import loss_chart, quality_chart, timeline_chart
+from tuneship.console.files import attachment
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -121,3 +123,26 @@ def test_the_timeline_has_a_bar_per_started_stage_and_says_how_long() -> None:
     assert "train (succeeded)" in texts and "merge (running)" in texts
     assert "10.0 s" in texts and "2.5 s" in texts and "12.5 s" in texts
     assert str(timeline_chart(stages[2:], now=0)) == ""
+
+
+def test_a_download_keeps_its_name_and_cannot_break_out_of_the_header() -> None:
+    assert attachment("stages/x/pirate-q8_0.gguf") == (
+        "attachment; filename=\"pirate-q8_0.gguf\"; filename*=UTF-8''pirate-q8_0.gguf"
+    )
+    hostile = attachment('a";\r\nSet-Cookie: x=1 é.md')
+    assert "\r" not in hostile and "\n" not in hostile and hostile.count('"') == 2
+    assert "filename*=UTF-8''a%22%3B%0D%0ASet-Cookie%3A%20x%3D1%20%C3%A9.md" in hostile
+
+
+def test_file_links_quote_each_part_of_the_path() -> None:
+    found = ArtifactInfo("train", "train", "runs/events out#1?.bin", 3, "0" * 64)
+    url = views.file_url("p-1", found)
+    assert url == "/pipelines/p-1/files/train/train/runs/events%20out%231%3F.bin"
+    assert found.name == "train/runs/events out#1?.bin"
+    assert ArtifactInfo("train", "best", "a.bin", 1, "").name == "train/best/a.bin"
+
+
+def test_sizes_read_as_people_read_them() -> None:
+    assert [human_size(n) for n in (0, 1023, 1024, 1536, 5 * 2**20, 3 * 2**30)] == [
+        "0 bytes", "1023 bytes", "1.0 KiB", "1.5 KiB", "5.0 MiB", "3.0 GiB",
+    ]  # fmt: skip
