@@ -125,6 +125,7 @@ def serve_component(
             controller = start_controller(
                 dataclasses.replace(controller_settings(loaded, env, host, port), auth=auth),
                 input_uploader(store, UploadSettings(max_bytes=int(values.max_upload_gib * 2**30))),
+                store=store,
             )
             stack.callback(controller.stop)
             stop.wait()

@@ -179,6 +179,7 @@ def start_embedded(settings: Settings, backend: Any, stack: ExitStack) -> Embedd
             heartbeat_timeout_s=120.0,
         ),
         input_uploader(store),
+        store=store,
     )
     return Embedded(
         data_dir, store, controller, servers, stages, getattr(backend, "kind", "?"), stack
