@@ -14,6 +14,13 @@ plain HTTP client after logging in, as a browser without scripts would.
   clock reading every 50 ms for ``BENCH_LIVE_S`` (5) seconds; the delay from that
   reading to the line arriving at the reader of ``/pipelines/ID/events`` (worker ->
   controller -> Watch -> console -> server-sent event), same clock, same process.
+- *Download*: one more pipeline whose export commits a ``BENCH_DOWNLOAD_MB`` (256) MiB
+  GGUF; MB/s of reading it from the store directly, through the controller's
+  ``ReadArtifact`` and through the console's download link, interleaved, 3 times each
+  (the best of each), and the console's rate as a ratio of the other two.
+
+Every stage commits two small files to a directory store, so a pipeline's page also
+lists its files (``ListArtifacts`` reads four manifests).
 
 Writes ``bench/results/console.json`` (``BENCH_OUT`` elsewhere).
 """
@@ -30,9 +37,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tuneship.client import PipelineClient
 from tuneship.common.events import EventSink, Log, Progress
 from tuneship.common.jobs import StageJob, StageOutcome
-from tuneship.testing.console import TOKEN, ConsoleUser, console_stages, start_rig
+from tuneship.common.stages import STAGES
+from tuneship.common.store import LocalStore
+from tuneship.testing.console import TOKEN, ConsoleUser, Rig, console_stages, start_rig
 from tuneship.testing.stages import ScriptedStage
 from tuneship.v1 import pipeline_pb2
 
@@ -41,6 +51,11 @@ PIPELINES = int(os.environ.get("BENCH_PIPELINES", "1000"))
 LOADS = int(os.environ.get("BENCH_LOADS", "20"))
 LIVE_S = float(os.environ.get("BENCH_LIVE_S", "5"))
 BATCH = 100
+DOWNLOAD_MB = int(os.environ.get("BENCH_DOWNLOAD_MB", "256"))
+DOWNLOAD_REPEATS = 3
+SMALL_FILES = {stage: {f"{stage}.json": b"{}" * 100, "notes.md": b"# notes\n" * 20}
+               for stage in STAGES}  # fmt: skip
+"""Each stage of the 1,000 commits two small files: the pipeline page lists them."""
 SPEC = """apiVersion: tuneship/v1
 metadata: {{name: bench-{n}, labels: {{batch: b{batch}}}}}
 model: {{base: s3://models/tiny}}
@@ -106,12 +121,59 @@ def live_latency(user: ConsoleUser, pipeline_id: str) -> dict[str, float]:
     return percentiles(delays)
 
 
+def download_rates(user: ConsoleUser, rig: Rig, stages: dict[str, ScriptedStage],
+                   store: LocalStore) -> dict[str, Any]:  # fmt: skip
+    """MB/s of one ``DOWNLOAD_MB`` GGUF read from the store directly, through the
+    controller's ReadArtifact, and through the console (which streams ReadArtifact)."""
+    stages["export"].files = {"bench-q8_0.gguf": os.urandom(DOWNLOAD_MB << 20)}
+    stub = rig.cluster.stub
+    pipeline_id = stub.Submit(pipeline_pb2.SubmitRequest(
+        spec_yaml=SPEC.format(n="download", batch="download"))).id  # fmt: skip
+    while stub.Get(pipeline_pb2.GetRequest(id=pipeline_id)).phase != pipeline_pb2.SUCCEEDED:
+        time.sleep(0.2)
+    client = PipelineClient(rig.cluster.controller.address, token=TOKEN)
+    key = next(i.key for i in store.list(f"pipelines/{pipeline_id}/") if i.key.endswith(".gguf"))
+    url = f"/pipelines/{pipeline_id}/files/export/export/bench-q8_0.gguf"
+
+    def direct() -> int:
+        return sum(len(p) for p in store.read_chunks(key))
+
+    def rpc() -> int:
+        return sum(len(p) for p in client.read_artifact(pipeline_id, "export", "bench-q8_0.gguf"))
+
+    def console() -> int:
+        with user.http.stream("GET", url) as answer:
+            return sum(len(p) for p in answer.iter_bytes(1 << 20))
+
+    rates: dict[str, list[float]] = {"store_direct": [], "controller_rpc": [], "console": []}
+    for _ in range(DOWNLOAD_REPEATS):  # interleaved, so a busy moment hits all three
+        for name, read in (("store_direct", direct), ("controller_rpc", rpc),
+                           ("console", console)):  # fmt: skip
+            started = time.perf_counter()
+            assert read() == DOWNLOAD_MB << 20
+            rates[name].append(DOWNLOAD_MB * 1.048576 / (time.perf_counter() - started))
+    client.close()
+    best = {name: round(max(values), 1) for name, values in rates.items()}
+    return {"file_mb": round(DOWNLOAD_MB * 1.048576, 1), "repeats": DOWNLOAD_REPEATS,
+            "best_mb_per_s": best,
+            "console_vs_store_direct": round(best["console"] / best["store_direct"], 3),
+            "console_vs_controller_rpc": round(best["console"] / best["controller_rpc"], 3),
+            }  # fmt: skip
+
+
 def main() -> None:
-    stages = console_stages(train=ClockedTraining("train", steps=1, step_s=0))
-    for stage in stages.values():
-        stage.steps, stage.step_s = 1, 0.0
     with tempfile.TemporaryDirectory() as temp:
-        rig = start_rig(Path(temp), stages)
+        store = LocalStore(Path(temp) / "store")
+        stages = console_stages(
+            store,
+            SMALL_FILES,
+            train=ClockedTraining(
+                "train", steps=1, step_s=0, store=store, files=SMALL_FILES["train"]
+            ),
+        )
+        for stage in stages.values():
+            stage.steps, stage.step_s = 1, 0.0
+        rig = start_rig(Path(temp), stages, store=store)
         try:
             stub = rig.cluster.stub
             load_at_start = os.getloadavg()
@@ -145,6 +207,7 @@ def main() -> None:
                          "controller": "in the bench process, SQLite, real gRPC on loopback"},
                 "page_load": pages,
                 "live_update": live_latency(user, live),
+                "download": download_rates(user, rig, stages, store),
             }  # fmt: skip
             user.close()
         finally:

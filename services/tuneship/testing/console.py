@@ -49,21 +49,23 @@ the GGUF are over one 1 MiB piece, so they stream in several)."""
 
 
 def console_stages(
-    store: ArtifactStore | None = None, **overrides: ScriptedStage
+    store: ArtifactStore | None = None,
+    files: dict[str, dict[str, bytes]] = FILES,
+    **overrides: ScriptedStage,
 ) -> dict[str, ScriptedStage]:
     """Scripted stages whose training reports loss and eval loss and whose export
-    reports ``REPORT``; with a ``store`` each commits its ``FILES`` there. ``overrides``
+    reports ``REPORT``; with a ``store`` each commits its ``files`` there. ``overrides``
     replace stages by name."""
-    stages = {name: ScriptedStage(name, store=store, files=FILES[name]) for name in STAGES}
+    stages = {name: ScriptedStage(name, store=store, files=files[name]) for name in STAGES}
     stages["train"] = ScriptedStage(
         "train", steps=12, step_s=0.02, eval_every=3,
         summary={"steps": 12, "final_loss": 0.0833, "eval_loss": 0.1},
-        store=store, files=FILES["train"],
+        store=store, files=files["train"],
     )  # fmt: skip
     stages["export"] = ScriptedStage(
         "export", summary={"recommended": "q8_0", "quant_types": "f16,q4_k_m,q8_0",
                            "report": json.dumps(REPORT)},
-        store=store, files=FILES["export"],
+        store=store, files=files["export"],
     )  # fmt: skip
     stages.update(overrides)
     return stages
