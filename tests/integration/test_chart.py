@@ -19,6 +19,8 @@ import yaml
 from tuneship.testing.helm import (
     CHART_DIR,
     NAMESPACE,
+    NEWEST,
+    OLDEST,
     REPO,
     SERVICE_MONITOR,
     PodTemplate,
@@ -33,8 +35,6 @@ from tuneship.testing.helm import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-OLDEST, NEWEST = "1.31.0", "1.37.0"
-"""The Kubernetes versions the chart supports at both ends (Chart.yaml kubeVersion)."""
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 """Kinds kubernetes-validate has no schema for: skipped, and only these."""
 VALUES = list(values_files())

@@ -15,7 +15,7 @@ from typing import Any
 import helm_python
 import kubernetes_validate
 import pytest
-from tuneship.testing.helm import NAMESPACE, Rendered, fullname, render
+from tuneship.testing.helm import NAMESPACE, OLDEST, Rendered, fullname, render
 from tuneship.testing.kube import FakeKube
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -127,7 +127,7 @@ def test_tls_mounts_the_certificate_everywhere_and_probes_tcp() -> None:
     env = result.env("Deployment", "controller", "controller")
     assert env["TUNESHIP_WORKER_TLS_NAME"] == f"{result.fullname}-worker"
     for manifest in result.manifests:
-        kubernetes_validate.validate(manifest, "1.31.0", strict=True)
+        kubernetes_validate.validate(manifest, OLDEST, strict=True)
     plain = render("default").env("Deployment", "controller", "controller")
     assert not {"TUNESHIP_TLS_CERT", "TUNESHIP_WORKER_CA"} & set(plain)
 

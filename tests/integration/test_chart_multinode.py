@@ -24,6 +24,8 @@ from tuneship.controller.providers.multinode import (
 )
 from tuneship.testing.helm import (
     NAMESPACE,
+    NEWEST,
+    OLDEST,
     Endpoint,
     Rendered,
     allowed_paths,
@@ -217,7 +219,7 @@ def test_two_trainings_pods_reach_their_own_peers_on_any_port_and_nothing_else(
     assert f"{a}-1 -> {a}-0:29400/TCP" not in alone
 
 
-@pytest.mark.parametrize("version", ["1.31.0", "1.37.0"])  # the chart's oldest and newest
+@pytest.mark.parametrize("version", [OLDEST, NEWEST])
 def test_the_embedded_job_and_the_policy_validate_strictly_against_kubernetes(
     chart: Rendered, version: str
 ) -> None:

@@ -26,6 +26,9 @@ EXAMPLES_DIR = REPO / "examples" / "helm"
 RELEASE = "ts"
 NAMESPACE = "tuneship"
 SERVICE_MONITOR = "monitoring.coreos.com/v1/ServiceMonitor"
+OLDEST, NEWEST = "1.31.0", "1.37.0"
+"""The Kubernetes versions the chart supports at both ends (Chart.yaml kubeVersion):
+every rendered manifest is validated against both."""
 
 Manifest = dict[str, Any]
 
