@@ -5,7 +5,8 @@ the release's pods and the world around them: clients, a bystander pod in the sa
 namespace, a pod of another namespace, cluster DNS, the Ingress controller,
 Prometheus, the API server, an internet address and, per values, an external S3 and a
 database. The set of allowed (from → to:port) paths that touch a release pod must
-equal the set the design names (DESIGN.md "Kubernetes", values.yaml ``networkPolicy``).
+equal the set the design names (the table in docs/kubernetes.md "Security", values.yaml
+``networkPolicy``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import ipaddress
 from typing import Any
 
 import helm_python
+import kubernetes_validate
 import pytest
 from tuneship.testing.helm import (
     CHART_DIR,
     NAMESPACE,
+    NEWEST,
+    OLDEST,
     Endpoint,
     NetPath,
     allowed_paths,
@@ -154,6 +158,18 @@ def test_clients_can_be_any_pod_of_the_namespace() -> None:
     allowed = allowed_paths(result.all("NetworkPolicy"), [*pods, *outside])
     assert NetPath("bystander", "controller", 50051, TCP) in allowed
     assert NetPath("other-namespace", "controller", 50051, TCP) not in allowed
+
+
+def test_a_port_without_peers_admits_nobody() -> None:
+    """No clients and no test pod: the user API's rule has no peer left and is left out
+    (a rule without ``from`` would admit every source); port-forward still works."""
+    result = render({"networkPolicy": {"clients": []}, "tests": {"enabled": False}})
+    policies = result.all("NetworkPolicy")
+    allowed = allowed_paths(policies, [*pod_endpoints(result), *world(merged_values("default"))])
+    assert {p for p in allowed if p.target == "controller"} == set()
+    for policy in policies:
+        for version in (OLDEST, NEWEST):
+            kubernetes_validate.validate(policy, version, strict=True)
 
 
 def test_disabled_network_policies_render_none() -> None:
