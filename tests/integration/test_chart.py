@@ -348,8 +348,8 @@ def test_every_object_carries_the_contract_labels(rendered: dict[str, Rendered],
         assert labels["app.kubernetes.io/version"] and labels["helm.sh/chart"], where
         assert labels["app.kubernetes.io/component"], where
     for pod in result.pod_templates():
-        assert pod.component in {*STAGE_COMPONENTS.values(), "controller", "minio",
-                                 "minio-bootstrap", "test"}, pod.owner  # fmt: skip
+        assert pod.component in {*STAGE_COMPONENTS.values(), "controller", "console",
+                                 "minio", "minio-bootstrap", "test"}, pod.owner  # fmt: skip
 
 
 @pytest.mark.parametrize("name", VALUES)
@@ -485,7 +485,7 @@ def test_pool_capacity_is_one_value_in_two_places(rendered: dict[str, Rendered],
     pools = {STAGE_COMPONENTS[s] for s, p in providers.items() if p == "k8s-pool"}
     deployments = {d["metadata"]["labels"]["app.kubernetes.io/component"]
                    for d in result.all("Deployment")}  # fmt: skip
-    assert deployments == pools | {"controller"}
+    assert deployments == pools | {"controller", "console"}
     assert set(result.job_templates()) == {s for s, p in providers.items() if p == "k8s-job"}
 
 

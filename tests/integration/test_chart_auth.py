@@ -2,9 +2,10 @@
 are told (docs/security.md, docs/kubernetes.md "Tokens and TLS").
 
 The controller gets the user tokens and the worker token; every stage pod (pools and
-the Job templates) gets the worker token only; the ``helm test`` pod a user token. The
-generated Secret is random and kept on upgrade. TLS mounts a kubernetes.io/tls Secret
-and switches the probes to TCP (the kubelet's gRPC probe speaks no TLS).
+the Job templates) gets the worker token only; the ``helm test`` pod a user token; the
+console none (people log in with theirs). The generated Secret is random and kept on
+upgrade. TLS mounts a kubernetes.io/tls Secret and switches the probes to TCP (the
+kubelet's gRPC probe speaks no TLS); the console dials the controller as a client.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def test_each_pod_gets_exactly_its_tokens_as_files() -> None:
     controller = next(v for k, v in by_owner.items() if k.endswith("-controller"))
     assert controller == {"TUNESHIP_API_TOKENS_FILE": (secret, "api-tokens"),
                           "TUNESHIP_WORKER_TOKEN_FILE": (secret, "worker-token")}  # fmt: skip
-    workers = {k: v for k, v in by_owner.items() if not k.endswith(("-controller", "-test"))}
+    clients = ("-controller", "-test", "-console")
+    workers = {k: v for k, v in by_owner.items() if not k.endswith(clients)}
     assert sorted(workers) == sorted([
         "ConfigMap/ts-tuneship-jobs:train.yaml", "Deployment/ts-tuneship-merger",
         "Deployment/ts-tuneship-converter", "Deployment/ts-tuneship-serving"])  # fmt: skip
@@ -76,6 +78,10 @@ def test_each_pod_gets_exactly_its_tokens_as_files() -> None:
         assert "api-tokens" not in str(servers(result)[owner][0]), owner
     test_pod = next(v for k, v in by_owner.items() if k.endswith("-test"))
     assert test_pod == {"TUNESHIP_TOKEN_FILE": (secret, "api-tokens")}
+    # The console holds no token at all: each person logs in with their own.
+    console_pod, console = servers(result)[f"Deployment/{result.fullname}-console"]
+    assert by_owner[f"Deployment/{result.fullname}-console"] == {}
+    assert "TOKEN" not in str(console.get("env")) and "secret" not in str(console_pod["volumes"])
     data = result.get("Secret", "auth")["data"]
     tokens = {key: base64.b64decode(value).decode() for key, value in data.items()}
     assert set(tokens) == {"api-tokens", "worker-token"}
@@ -99,7 +105,8 @@ def test_an_upgrade_keeps_the_tokens_and_an_existing_secret_is_used_as_it_is() -
     mine = render({"auth": {"existingSecret": "my-tokens"}})
     assert not mine.has("Secret", "auth")
     for owner, env in secret_env(mine).items():
-        assert {secret for secret, _key in env.values()} == {"my-tokens"}, owner
+        expected = set() if owner.endswith("-console") else {"my-tokens"}
+        assert {secret for secret, _key in env.values()} == expected, owner
     off = render({"auth": {"enabled": False}})
     assert not off.has("Secret", "auth")
     assert all(env == {} for env in secret_env(off).values())
@@ -109,9 +116,9 @@ def test_tls_mounts_the_certificate_everywhere_and_probes_tcp() -> None:
     result = render(TLS)
     for owner, env in secret_env(result).items():
         tls = {name: key for name, (secret, key) in env.items() if secret == "tuneship-tls"}
-        if owner.endswith("-test"):
+        if owner.endswith(("-test", "-console")):  # clients of the controller
             assert tls == {"TUNESHIP_CA": "ca.crt", "TUNESHIP_CERT": "tls.crt",
-                           "TUNESHIP_KEY": "tls.key"}  # fmt: skip
+                           "TUNESHIP_KEY": "tls.key"}, owner  # fmt: skip
             continue
         served = {"TUNESHIP_TLS_CERT": "tls.crt", "TUNESHIP_TLS_KEY": "tls.key",
                   "TUNESHIP_TLS_CLIENT_CA": "ca.crt"}  # fmt: skip
@@ -120,7 +127,7 @@ def test_tls_mounts_the_certificate_everywhere_and_probes_tcp() -> None:
                        "TUNESHIP_WORKER_KEY": "tls.key"}  # fmt: skip
         assert tls == served, owner
     for owner, (_pod, container) in servers(result).items():
-        if owner.endswith("-test"):
+        if owner.endswith(("-test", "-console")):  # the console serves plain HTTP
             continue
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["tcpSocket"] == {"port": 50051}, (owner, probe)

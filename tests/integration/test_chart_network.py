@@ -92,6 +92,13 @@ def design_paths(
         paths.add(NetPath("ingress-nginx", "controller", 50051, TCP))
     if "test" in names:
         paths.add(NetPath("test", "controller", 50051, TCP))
+    if values["console"]["enabled"]:
+        # The console: browsers in (clients, the Ingress controller with its Ingress),
+        # the controller's user API out.
+        paths |= {NetPath("client", "console", 8080, TCP),
+                  NetPath("console", "controller", 50051, TCP)}  # fmt: skip
+        if values["console"]["ingress"]["enabled"]:
+            paths.add(NetPath("ingress-nginx", "console", 8080, TCP))
     if np["prometheus"]:
         paths.add(NetPath("prometheus", "controller", 9090, TCP))
     paths |= {NetPath("controller", w, 50051, TCP) for w in workers}
@@ -137,6 +144,9 @@ def test_network_policies_allow_exactly_the_designed_paths(name: str) -> None:
     }
     assert not {p for p in allowed if p.source in ("bystander", "other-namespace")}
     assert not {p for p in allowed if p.target == "internet" and p.source != "controller"}
+    assert {(p.target, p.port) for p in allowed if p.source == "console"} <= {
+        ("controller", 50051), ("kube-dns", 53)
+    }  # fmt: skip
 
 
 def test_every_release_pod_is_denied_by_default() -> None:
@@ -161,15 +171,22 @@ def test_clients_can_be_any_pod_of_the_namespace() -> None:
 
 
 def test_a_port_without_peers_admits_nobody() -> None:
-    """No clients and no test pod: the user API's rule has no peer left and is left out
-    (a rule without ``from`` would admit every source); port-forward still works."""
-    result = render({"networkPolicy": {"clients": []}, "tests": {"enabled": False}})
-    policies = result.all("NetworkPolicy")
-    allowed = allowed_paths(policies, [*pod_endpoints(result), *world(merged_values("default"))])
-    assert {p for p in allowed if p.target == "controller"} == set()
-    for policy in policies:
-        for version in (OLDEST, NEWEST):
-            kubernetes_validate.validate(policy, version, strict=True)
+    """No clients, no test pod, no console: the user API's rule has no peer left and is
+    left out (a rule without ``from`` would admit every source); with the console, only
+    the console reaches the controller, and nobody the console (port-forward aside)."""
+    alone = {"networkPolicy": {"clients": []}, "tests": {"enabled": False}}
+    outside = world(merged_values("default"))
+    for values, expected in (
+        ({**alone, "console": {"enabled": False}}, set()),
+        (alone, {NetPath("console", "controller", 50051, TCP)}),
+    ):
+        result = render(values)
+        policies = result.all("NetworkPolicy")
+        allowed = allowed_paths(policies, [*pod_endpoints(result), *outside])
+        assert {p for p in allowed if p.target in ("controller", "console")} == expected
+        for policy in policies:
+            for version in (OLDEST, NEWEST):
+                kubernetes_validate.validate(policy, version, strict=True)
 
 
 def test_disabled_network_policies_render_none() -> None:

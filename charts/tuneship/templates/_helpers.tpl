@@ -290,10 +290,12 @@ token (key worker-token): the user's, or the one the chart generates. */}}
 
 {{/* Tokens and TLS of a pod (docs/security.md): the secrets are files, the variables
 name them. Input: dict root, role: controller (both tokens; serves and dials the
-workers), worker (the worker token; serves), client (a user token; the helm test pod). */}}
+workers), worker (the worker token; serves), client (a user token; the helm test pod),
+console (no token: people log in with theirs; dials the controller as a client). */}}
 {{- define "tuneship.authEnv" -}}
 {{- $v := .root.Values }}
-{{- if $v.auth.enabled }}
+{{- $tlsClient := has .role (list "client" "console") }}
+{{- if and $v.auth.enabled (ne .role "console") }}
 {{- if eq .role "controller" }}
 - name: TUNESHIP_API_TOKENS_FILE
   value: /etc/tuneship/auth/api-tokens
@@ -307,7 +309,7 @@ workers), worker (the worker token; serves), client (a user token; the helm test
 {{- end }}
 {{- end }}
 {{- if $v.tls.enabled }}
-{{- if eq .role "client" }}
+{{- if $tlsClient }}
 - name: TUNESHIP_CA
   value: /etc/tuneship/tls/ca.crt
 {{- if $v.tls.clientAuth }}
@@ -343,7 +345,7 @@ workers), worker (the worker token; serves), client (a user token; the helm test
 
 {{/* The volume mounts of tuneship.authEnv's files. Input: dict root, role. */}}
 {{- define "tuneship.authMounts" -}}
-{{- if .root.Values.auth.enabled }}
+{{- if and .root.Values.auth.enabled (ne .role "console") }}
 - name: auth
   mountPath: /etc/tuneship/auth
   readOnly: true
@@ -356,9 +358,10 @@ workers), worker (the worker token; serves), client (a user token; the helm test
 {{- end }}
 
 {{/* The volumes behind tuneship.authMounts: each pod gets only the keys of its role
-(a worker pod never holds a user token). Input: dict root, role. */}}
+(a worker pod never holds a user token; the console none). Input: dict root, role. */}}
 {{- define "tuneship.authVolumes" -}}
-{{- if .root.Values.auth.enabled }}
+{{- $tlsClient := has .role (list "client" "console") }}
+{{- if and .root.Values.auth.enabled (ne .role "console") }}
 - name: auth
   secret:
     secretName: {{ include "tuneship.authSecretName" .root }}
@@ -379,7 +382,7 @@ workers), worker (the worker token; serves), client (a user token; the helm test
     items:
       - key: ca.crt
         path: ca.crt
-      {{- if or (ne .role "client") .root.Values.tls.clientAuth }}
+      {{- if or (not $tlsClient) .root.Values.tls.clientAuth }}
       - key: tls.crt
         path: tls.crt
       - key: tls.key

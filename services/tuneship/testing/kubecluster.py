@@ -44,8 +44,11 @@ TEST_VALUES: dict[str, Any] = {
     "minio": {"enabled": False},
     "s3": {"endpoint": "s3.example.invalid:9000", "existingSecret": S3_SECRET},
     "networkPolicy": {"s3": {"cidrs": ["10.0.0.0/8"]}},
+    "console": {"enabled": False},
 }
-"""An external S3 by values (the processes use a local store instead: see above)."""
+"""An external S3 by values (the processes use a local store instead: see above). No
+console: it listens on every interface (0.0.0.0:8080), which pods sharing this
+machine's network cannot each do; tests/integration/test_chart_console.py runs it."""
 
 
 def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
