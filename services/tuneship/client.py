@@ -458,11 +458,12 @@ class PipelineClient:
         return [artifact_info(f) for f in answer.files]
 
     def read_artifact(
-        self, pipeline_id: str, stage: str, path: str, output: str = ""
+        self, pipeline_id: str, stage: str, path: str, output: str = "", offset: int = 0
     ) -> ArtifactDownload:
-        """Start reading one committed file (NotFound now when there is no such file)."""
+        """Start reading one committed file from byte ``offset`` (NotFound now when
+        there is no such file, InvalidInput for an offset past its end)."""
         request = pipeline_pb2.ReadArtifactRequest(
-            id=pipeline_id, stage=stage, output=output, path=path
+            id=pipeline_id, stage=stage, output=output, path=path, offset=offset
         )
         # No deadline: a multi-gigabyte GGUF takes as long as the link needs.
         return ArtifactDownload(self._stub.ReadArtifact(request), self.address, self._tls)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from tuneship.client import PipelineClient
-from tuneship.common.errors import FailedPrecondition, NotFound
+from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneship.common.stages import STAGES
 from tuneship.common.store import CorruptArtifact, LocalStore
 from tuneship.testing.cluster import Cluster, start_cluster
@@ -76,6 +76,13 @@ def test_a_file_downloads_whole_in_pieces_and_verified(cluster: Cluster, tmp_pat
     assert b"".join(pieces) == gguf == (tmp_path / "out.gguf").read_bytes()
     assert got.sha256 == hashlib.sha256(gguf).hexdigest()
     assert list(tmp_path.glob(".out.gguf*")) == []  # no temporary file left
+
+    resumed = client.read_artifact(pipeline_id, "export", "pirate-q8_0.gguf", offset=2_000_000)
+    assert b"".join(resumed) == gguf[2_000_000:]
+    assert b"".join(client.read_artifact(pipeline_id, "export", "report.md", offset=39)) == b""
+    with pytest.raises(InvalidInput) as caught:
+        client.read_artifact(pipeline_id, "export", "report.md", offset=40)
+    assert "ReadArtifactRequest.offset" in str(caught.value) and "0 to 39" in str(caught.value)
 
 
 def test_only_files_the_manifests_list_can_be_read(cluster: Cluster, store: LocalStore) -> None:

@@ -9,6 +9,7 @@ spec's problems on its lines, cancel.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -364,3 +365,27 @@ def test_the_pipeline_page_lists_its_files_and_each_downloads_as_an_attachment(
     assert missing.status_code == 404 and "has no file" in missing.text
     assert user.http.get(f"/pipelines/{pid}/files/deploy/deploy/x").status_code == 404
     assert httpx.get(rig.url + url, timeout=10).status_code == 401  # no session, no file
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(rig: Rig, user: ConsoleUser) -> None:
+    pid = submitted(user, "resume")
+    rig.cluster.wait(pid, pipeline_pb2.SUCCEEDED)
+    url = f"/pipelines/{pid}/files/export/export/pirate-q8_0.gguf"
+    gguf = FILES["export"]["pirate-q8_0.gguf"]
+    whole = user.http.get(url)
+    etag = whole.headers["etag"]
+    assert whole.headers["accept-ranges"] == "bytes"
+    assert etag == f'"{hashlib.sha256(gguf).hexdigest()}"'
+
+    # The browser kept 1.5 MB, then asks for the rest of the same file (If-Range).
+    rest = user.http.get(url, headers={"Range": "bytes=1500000-", "If-Range": etag})
+    assert rest.status_code == 206 and rest.content == gguf[1_500_000:]
+    assert rest.headers["content-range"] == f"bytes 1500000-{len(gguf) - 1}/{len(gguf)}"
+    assert rest.headers["content-length"] == str(len(gguf) - 1_500_000)
+    middle = user.http.get(url, headers={"Range": "bytes=1048570-1048580"})  # across pieces
+    assert middle.status_code == 206 and middle.content == gguf[1_048_570:1_048_581]
+    # A file committed again since (another ETag) comes whole, from the start.
+    changed = user.http.get(url, headers={"Range": "bytes=1500000-", "If-Range": '"old"'})
+    assert changed.status_code == 200 and changed.content == gguf
+    past = user.http.get(url, headers={"Range": f"bytes={len(gguf)}-"})
+    assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{len(gguf)}"

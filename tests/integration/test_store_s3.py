@@ -316,6 +316,8 @@ def test_a_large_object_is_read_in_pieces_as_stored(store: S3Store, big_file: Pa
 
     assert len(pieces) > 1 and all(0 < len(p) <= CHUNK for p in pieces)
     assert b"".join(pieces) == big_file.read_bytes()
+    resumed = b"".join(store.read_chunks("pipelines/p/model.gguf", offset=5 * MiB + 7))
+    assert resumed == big_file.read_bytes()[5 * MiB + 7 :]
     with pytest.raises(NotFound) as caught:  # before any piece: nothing to iterate
         store.read_chunks("pipelines/p/nope.gguf")
     assert "pipelines/p/nope.gguf" in str(caught.value)

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tuneship.common.errors import FailedPrecondition, NotFound
+from tuneship.common.errors import FailedPrecondition, InvalidInput, NotFound
 from tuneship.common.manifest import Manifest
 from tuneship.common.store.base import ArtifactStore, CorruptArtifact
 from tuneship.common.store.commit import read_manifest
@@ -91,18 +91,29 @@ def find_file(
     )
 
 
-def read_verified(store: ArtifactStore, stored: StoredFile) -> Iterator[bytes]:
-    """The file's bytes in pieces; CorruptArtifact after the last one when they are not
-    the bytes the manifest lists (size or sha256)."""
+def read_verified(store: ArtifactStore, stored: StoredFile, offset: int = 0) -> Iterator[bytes]:
+    """The file's bytes from ``offset`` on, in pieces; CorruptArtifact after the last
+    one when they are not the bytes the manifest lists (its size; from 0 its sha256
+    too: a resumed read cannot hash the bytes before it). InvalidInput for an offset
+    outside the file."""
+    if not 0 <= offset <= stored.size:
+        raise InvalidInput(
+            f"offset {offset} is outside {stored.path} ({stored.size} bytes)",
+            where="ReadArtifactRequest.offset", hint=f"0 to {stored.size}",
+        )  # fmt: skip
+    return _pieces(store, stored, offset)
+
+
+def _pieces(store: ArtifactStore, stored: StoredFile, offset: int) -> Iterator[bytes]:
     digest = hashlib.sha256()
-    size = 0
-    for piece in store.read_chunks(stored.key):
+    size = offset
+    for piece in store.read_chunks(stored.key, offset):
         digest.update(piece)
         size += len(piece)
         if size > stored.size:
             break
         yield piece
-    if size != stored.size or digest.hexdigest() != stored.sha256:
+    if size != stored.size or (offset == 0 and digest.hexdigest() != stored.sha256):
         raise CorruptArtifact(
             f"{stored.path} read back as {size} bytes with sha256 {digest.hexdigest()[:12]}…; "
             f"its manifest lists {stored.size} bytes with sha256 {stored.sha256[:12]}…",

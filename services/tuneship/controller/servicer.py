@@ -363,7 +363,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         store = require_store(self.store)
         stored = find_file(store, view, request.stage, request.output, request.path)
         first = True
-        for piece in read_verified(store, stored):
+        for piece in read_verified(store, stored, request.offset):
             chunk = pipeline_pb2.ArtifactChunk(data=piece)
             if first:
                 chunk.file.CopyFrom(file_to_proto(stored))

@@ -49,9 +49,9 @@ class FaultyStore:
         self._enter("get_bytes", key)
         return self.inner.get_bytes(key)
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
+    def read_chunks(self, key: str, offset: int = 0) -> Iterator[bytes]:
         self._enter("read_chunks", key)
-        return self.inner.read_chunks(key)
+        return self.inner.read_chunks(key, offset)
 
     def exists(self, key: str) -> bool:
         self._enter("exists", key)

@@ -275,16 +275,18 @@ class ListArtifactsResponse(_message.Message):
     def __init__(self, files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ...) -> None: ...
 
 class ReadArtifactRequest(_message.Message):
-    __slots__ = ("id", "stage", "output", "path")
+    __slots__ = ("id", "stage", "output", "path", "offset")
     ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     id: str
     stage: str
     output: str
     path: str
-    def __init__(self, id: _Optional[str] = ..., stage: _Optional[str] = ..., output: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+    offset: int
+    def __init__(self, id: _Optional[str] = ..., stage: _Optional[str] = ..., output: _Optional[str] = ..., path: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class ArtifactChunk(_message.Message):
     __slots__ = ("file", "data")

@@ -11,7 +11,7 @@ from tuneship.common.errors import InvalidInput
 from tuneship.common.units import human_size
 from tuneship.console import views
 from tuneship.console.charts import loss_chart, quality_chart, timeline_chart
-from tuneship.console.files import attachment
+from tuneship.console.files import RangeNotSatisfiable, attachment, byte_range
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -146,3 +146,32 @@ def test_sizes_read_as_people_read_them() -> None:
     assert [human_size(n) for n in (0, 1023, 1024, 1536, 5 * 2**20, 3 * 2**30)] == [
         "0 bytes", "1023 bytes", "1.0 KiB", "1.5 KiB", "5.0 MiB", "3.0 GiB",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("header", "if_range", "expected"),
+    [
+        ("", "", None),  # no Range: the whole file
+        ("bytes=100-", "", (100, 999)),  # a browser resuming
+        ("bytes=100-199", "", (100, 199)),
+        ("bytes=900-5000", "", (900, 999)),  # the end is clamped to the file
+        ("bytes=-300", "", (700, 999)),  # the last 300 bytes
+        ("bytes=-5000", "", (0, 999)),
+        ("bytes=100-", '"abc"', (100, 999)),  # If-Range is this file's ETag
+        ("bytes=100-", '"other"', None),  # the file changed: send it whole
+        ("bytes=0-1,5-9", "", None),  # several ranges: ignored
+        ("items=1-2", "", None),  # another unit: ignored
+        ("bytes=200-100", "", None),  # last before first: ignored
+        ("bytes=-", "", None),
+    ],
+)
+def test_a_range_asks_for_the_part_a_browser_misses(
+    header: str, if_range: str, expected: tuple[int, int] | None
+) -> None:
+    assert byte_range(header, if_range, 1000, '"abc"') == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=1000-", "bytes=5000-6000", "bytes=-0"])
+def test_a_range_past_the_end_cannot_be_satisfied(header: str) -> None:
+    with pytest.raises(RangeNotSatisfiable):
+        byte_range(header, "", 1000, '"abc"')

@@ -65,10 +65,11 @@ class ArtifactStore(Protocol):
         """Read a small object whole."""
         ...
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
-        """The object's bytes in pieces of at most ``CHUNK``, read as they are asked for
-        (a large file is never held whole). NotFound before the first piece when the
-        object is missing; a reader that stops early releases the connection."""
+    def read_chunks(self, key: str, offset: int = 0) -> Iterator[bytes]:
+        """The object's bytes from ``offset`` on, in pieces of at most ``CHUNK``, read as
+        they are asked for (a large file is never held whole). NotFound before the first
+        piece when the object is missing; a reader that stops early releases the
+        connection."""
         ...
 
     def exists(self, key: str) -> bool: ...

@@ -34,8 +34,9 @@ def _copy_hashing(src: Path, dst: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _chunks(path: Path) -> Iterator[bytes]:
+def _chunks(path: Path, offset: int) -> Iterator[bytes]:
     with path.open("rb") as reader:
+        reader.seek(offset)
         while piece := reader.read(CHUNK):
             yield piece
 
@@ -113,9 +114,9 @@ class LocalStore:
     def get_bytes(self, key: str) -> bytes:
         return self._require(key).read_bytes()
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
+    def read_chunks(self, key: str, offset: int = 0) -> Iterator[bytes]:
         source = self._require(key)
-        return _chunks(source)
+        return _chunks(source, offset)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -339,10 +339,11 @@ class S3Store:
 
         return self._call(key, read)
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
+    def read_chunks(self, key: str, offset: int = 0) -> Iterator[bytes]:
         # Opening is retried like any call; a failure once bytes flow is not (the
         # reader has them already), it is raised as the store's error.
-        response = self._call(key, lambda: self.client.get_object(self.bucket, self._name(key)))
+        name = self._name(key)
+        response = self._call(key, lambda: self.client.get_object(self.bucket, name, offset=offset))
         return self._pieces(key, response)
 
     def _pieces(self, key: str, response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
