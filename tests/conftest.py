@@ -116,3 +116,25 @@ def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'state.db'}"
     else:
         yield request.getfixturevalue("postgres").create_database()
+
+
+@pytest.fixture
+def browser():
+    """Debian's headless Chromium driven by selenium, at 1280x800 (`make browser`)."""
+    from tuneship.testing.browser import headless_chromium
+
+    with headless_chromium() as driver:
+        yield driver
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Where a test leaves files for people to look at (screenshots):
+    ``$TUNESHIP_TEST_ARTIFACTS/<the test module's ARTIFACTS>``, else the test's tmp
+    directory."""
+    import os
+
+    root = os.environ.get("TUNESHIP_TEST_ARTIFACTS")
+    folder = Path(root) / request.module.ARTIFACTS if root else tmp_path / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

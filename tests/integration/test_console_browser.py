@@ -4,31 +4,25 @@ A person logs in, submits a spec from the submit page and watches the pipeline p
 follow the run to success without reloading (server-sent events and the fragments
 they trigger), chats with the published model (streamed), then sees a bad spec's
 problems on their lines; the batch's comparison page is shot too. Screenshots of each
-page at desktop (1280x800) and phone (390x844) width go to ``TUNESHIP_TEST_ARTIFACTS``
-(default: the test's tmp directory), full height.
+page at desktop (1280x800) and phone (390x844) width go to
+``$TUNESHIP_TEST_ARTIFACTS/console`` (default: the test's tmp directory), full height.
 """
 
 from __future__ import annotations
 
-import base64
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from tuneship.testing.browser import live_wait, screenshots
 from tuneship.testing.console import TOKEN, Rig, console_stages, start_rig
 from tuneship.testing.stages import ScriptedStage
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-SIZES = {"desktop": (1280, 800, False), "phone": (390, 844, True)}
+ARTIFACTS = "console"
 SPEC = """apiVersion: tuneship/v1
 metadata: {name: pirate-live, labels: {batch: demo}}
 model: {base: s3://models/tiny}
@@ -43,46 +37,6 @@ dataset: {train: s3://data/train.jsonl}
 
 
 @pytest.fixture
-def artifacts(tmp_path: Path) -> Path:
-    root = os.environ.get("TUNESHIP_TEST_ARTIFACTS")
-    folder = Path(root) / "console" if root else tmp_path / "screenshots"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    for path in (CHROMIUM, CHROMEDRIVER):
-        assert shutil.which(path), f"{path} is missing: `make browser` installs Debian's chromium"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1280,800", "--no-first-run"):  # fmt: skip
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-
-
-def screenshots(driver: webdriver.Chrome, folder: Path, name: str) -> list[Path]:
-    """The page, full height, at each of ``SIZES``."""
-    saved = []
-    for size, (width, height, mobile) in SIZES.items():
-        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}
-        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
-        full = driver.execute_script("return document.documentElement.scrollHeight")
-        metrics["height"] = max(height, int(full))
-        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
-        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
-        path = folder / f"{name}-{size}.png"
-        path.write_bytes(base64.b64decode(shot["data"]))
-        saved.append(path)
-    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
-    return saved
-
-
-@pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     # Training slow enough (about 4 s) to be seen running, then the rest in a blink.
     started = start_rig(tmp_path, console_stages(
@@ -94,9 +48,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 def test_submit_from_the_page_and_watch_it_run_to_success(
     rig: Rig, browser: webdriver.Chrome, artifacts: Path
 ) -> None:
-    # The live parts of a page are replaced as events come: an element may go stale.
-    changing = (NoSuchElementException, StaleElementReferenceException)
-    wait = WebDriverWait(browser, 30, poll_frequency=0.1, ignored_exceptions=changing)
+    wait = live_wait(browser)
     browser.get(rig.url + "/")
     assert "Log in first" in browser.find_element(By.TAG_NAME, "h1").text
     browser.get(rig.url + "/login")
