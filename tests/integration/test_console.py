@@ -165,6 +165,7 @@ def test_pipeline_page_shows_stages_errors_chart_report_and_retry_from_the_conso
         assert re.search(r'data-stage="merge">.*?succeeded.*?<td>2</td>', done, re.S)
         report = re.search(r'<tr class="recommended">(.*?)</tr>', done, re.S)
         assert report is not None and "q8_0" in report.group(1) and "recommended" in report.group(1)
+        assert "<td>99.0 %</td>" in report.group(1)  # the export reports percent already
         assert "q8_0 (recommended)</text>" in done  # and in the quality chart
         assert done.count("<tr") == 1 + 4 + 1 + 3  # stage header+rows, report header+rows
     finally:

@@ -23,6 +23,7 @@ class QuantReport:
     perplexity: float
     kld_mean: float
     same_top_p: float
+    """Percent (0-100) of eval tokens whose most likely next token is the baseline's."""
     prompt_tokens_per_s: float
     generation_tokens_per_s: float
     verified: bool

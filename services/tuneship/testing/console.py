@@ -26,12 +26,12 @@ from tuneship.testing.stages import ScriptedStage
 TOKEN = Token("console-user-token")
 REPORT = [
     {"quant_type": "f16", "size_bytes": 2_000_000, "bits_per_weight": 16.0, "perplexity": 3.1,
-     "kld_mean": 0.0, "same_top_p": 1.0, "generation_tokens_per_s": 90.0, "verified": True,
+     "kld_mean": 0.0, "same_top_p": 100.0, "generation_tokens_per_s": 90.0, "verified": True,
      "baseline": True},
     {"quant_type": "q8_0", "size_bytes": 1_100_000, "bits_per_weight": 8.5, "perplexity": 3.11,
-     "kld_mean": 0.002, "same_top_p": 0.99, "generation_tokens_per_s": 150.0, "verified": True},
+     "kld_mean": 0.002, "same_top_p": 99.0, "generation_tokens_per_s": 150.0, "verified": True},
     {"quant_type": "q4_k_m", "size_bytes": 700_000, "bits_per_weight": 4.9, "perplexity": 3.4,
-     "kld_mean": 0.09, "same_top_p": 0.93, "generation_tokens_per_s": 210.0, "verified": True},
+     "kld_mean": 0.09, "same_top_p": 93.0, "generation_tokens_per_s": 210.0, "verified": True},
 ]  # fmt: skip
 """The quality report the scripted export stage reports (``q8_0`` recommended)."""
 

@@ -100,9 +100,9 @@ def test_loss_points_follow_the_steps_and_the_chart_is_valid_svg() -> None:
 
 def test_the_quality_chart_labels_every_type_and_names_the_recommended_one() -> None:
     row = views.QualityRow
-    rows = [row("f16", 2.0, 16, 3.1, 0.0, 1.0, 90, True, True, False),
-            row("q8_0", 1.1, 8.5, 3.11, 0.002, 0.99, 150, True, False, True),
-            row("q4_k_m", 0.7, 4.9, 3.4, 0.09, 0.93, 210, True, False, False)]  # fmt: skip
+    rows = [row("f16", 2.0, 16, 3.1, 0.0, 100.0, 90, True, True, False),
+            row("q8_0", 1.1, 8.5, 3.11, 0.002, 99.0, 150, True, False, True),
+            row("q4_k_m", 0.7, 4.9, 3.4, 0.09, 93.0, 210, True, False, False)]  # fmt: skip
     svg = ET.fromstring(str(quality_chart(rows)))
     namespace = "{http://www.w3.org/2000/svg}"
     labels = [t.text for t in svg.iter(f"{namespace}text")]
