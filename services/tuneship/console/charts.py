@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -17,6 +18,25 @@ def _ticks(low: float, high: float, count: int = 4) -> list[float]:
     if high <= low:
         return [low]
     return [low + (high - low) * i / count for i in range(count + 1)]
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _power_of_ten(high: float) -> tuple[float, str]:
+    """What to divide ticks up to ``high`` by so that they read as short numbers (below
+    10), and the note that says so in the axis title ("" when they are short already).
+    A KLD is often 0.0004: "0.000412" is wider than the room left of the axis."""
+    if high <= 0 or 1 <= high < 10:
+        return 1.0, ""
+    exponent = math.floor(math.log10(high))
+    power = f"10{str(exponent).translate(_SUPERSCRIPT)}"
+    return 10.0**exponent, f" (\N{MULTIPLICATION SIGN}{power})"
+
+
+def _short(value: float) -> str:
+    """A tick below 10 in at most four characters: 2.06, 0.26, 4.6, 0."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
 def loss_chart(curves: dict[str, list[tuple[float, float]]], title: str = "Loss") -> Markup:
@@ -106,6 +126,7 @@ def quality_chart(rows: Sequence[QualityPoint], title: str = "Quality per quant 
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     x1 = max(r.size_mb for r in points) * 1.1 or 1.0
     y1 = max(r.kld_mean for r in points) * 1.15 or 1.0
+    scale, note = _power_of_ten(y1)
 
     def x(size: float) -> float:
         return LEFT + size / x1 * plot_w
@@ -129,11 +150,11 @@ def quality_chart(rows: Sequence[QualityPoint], title: str = "Quality per quant 
         f'<text x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 4}" text-anchor="middle" '
         'font-size="12" fill="#333">size (MB)</text>',
         f'<text x="14" y="{TOP + plot_h / 2:.0f}" text-anchor="middle" font-size="12" '
-        f'fill="#333" transform="rotate(-90 14 {TOP + plot_h / 2:.0f})">mean KLD</text>',
+        f'fill="#333" transform="rotate(-90 14 {TOP + plot_h / 2:.0f})">mean KLD{note}</text>',
     ]
     for value in _ticks(0.0, y1):
         parts.append(f'<text x="{LEFT - 6}" y="{y(value) + 4:.1f}" text-anchor="end" '
-                     f'font-size="11" fill="#333">{value:.3g}</text>')  # fmt: skip
+                     f'font-size="11" fill="#333">{_short(value / scale)}</text>')  # fmt: skip
     for value in _ticks(0.0, x1):
         parts.append(f'<text x="{x(value):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle" '
                      f'font-size="11" fill="#333">{value:.3g}</text>')  # fmt: skip

@@ -112,6 +112,17 @@ def test_the_quality_chart_labels_every_type_and_names_the_recommended_one() -> 
     assert str(quality_chart(rows[:1])) == ""
 
 
+def test_small_klds_are_ticked_in_short_numbers_with_the_power_of_ten_in_the_title() -> None:
+    row = views.QualityRow  # a real quickstart's q8_0 and q4_k_m
+    rows = [row("q8_0", 1.6, 8.5, 115.3, 0.0000086, 99.8, 2346, True, False, False),
+            row("q4_k_m", 0.9, 5.1, 115.0, 0.000358, 98.1, 2720, True, False, True)]  # fmt: skip
+    svg = ET.fromstring(str(quality_chart(rows)))
+    texts = [t.text or "" for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert "mean KLD (\N{MULTIPLICATION SIGN}10\N{SUPERSCRIPT MINUS}\N{SUPERSCRIPT FOUR})" in texts
+    ticks = texts[texts.index("size (MB)") + 2 :][:5]  # after the axis titles: the KLD ticks
+    assert ticks == ["0", "1.03", "2.06", "3.09", "4.12"]  # fit left of the axis
+
+
 def test_the_timeline_has_a_bar_per_started_stage_and_says_how_long() -> None:
     stages = [StageInfo("train", "succeeded", 1, "", {}, {}, 100.0, 110.0),
               StageInfo("merge", "running", 1, "", {}, {}, 110.0, 0.0),
