@@ -247,9 +247,11 @@ async def _pipeline_context(request: web.Request) -> dict[str, Any]:
 
     info, events, files = await call(request, read)
     rows, recommended = views.quality_report(info)
-    chart = loss_chart(views.loss_points(events), title=f"Training loss of {info.name}")
+    curves = views.loss_points(events)
+    chart = loss_chart(curves, title=f"Training loss of {info.name}")
     quality = quality_chart(rows, title=f"Size and KLD per quant type of {info.name}")
     return {"info": info, "rows": rows, "recommended": recommended, "chart": chart,
+            "eval_curve": bool(curves["eval_loss"]), "held_out": views.held_out_loss(info),
             "quality": quality, "timeline": timeline_chart(info.stages, time.time()),
             "ended": info.phase in views.ENDED, "files": files, **_helpers()}  # fmt: skip
 

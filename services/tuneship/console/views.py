@@ -133,6 +133,14 @@ def quality_report(info: PipelineInfo) -> tuple[list[QualityRow], str]:
     ], recommended  # fmt: skip
 
 
+def held_out_loss(info: PipelineInfo) -> float | None:
+    """The eval loss the training measured on the held-out split after its last step
+    (its summary's ``eval_loss``); None without an eval split or before it is known."""
+    train = next((s for s in info.stages if s.name == "train"), None)
+    value = train.summary.get("eval_loss") if train is not None else None
+    return float(value) if isinstance(value, int | float) else None
+
+
 def loss_points(events: Iterable[WatchEvent]) -> dict[str, list[tuple[float, float]]]:
     """``{"loss": [(step, value), ...], "eval_loss": [...]}`` from the training's
     metrics events (an event without a step counts as the next one)."""

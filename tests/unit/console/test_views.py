@@ -81,6 +81,14 @@ def test_quality_rows_mark_the_recommended_type() -> None:
     assert views.quality_report(PipelineInfo("p", "p", "running", "", 0, 0, [])) == ([], "")
 
 
+def test_the_eval_loss_after_training_comes_from_the_train_summary() -> None:
+    train = StageInfo("train", "succeeded", 1, "", {}, {"final_loss": 2.0, "eval_loss": 2.03})
+    assert views.held_out_loss(PipelineInfo("p", "p", "running", "", 0, 0, [train])) == 2.03
+    no_eval = StageInfo("train", "succeeded", 1, "", {}, {"final_loss": 2.0})
+    assert views.held_out_loss(PipelineInfo("p", "p", "running", "", 0, 0, [no_eval])) is None
+    assert views.held_out_loss(PipelineInfo("p", "p", "pending", "", 0, 0, [])) is None
+
+
 def test_loss_points_follow_the_steps_and_the_chart_is_valid_svg() -> None:
     events = [
         WatchEvent(1, "running", "train", "metrics", "", {"loss": 2.0}, 1),
