@@ -114,7 +114,11 @@ def resolve_input(
         )  # fmt: skip
     path = Path(location)
     if not path.exists():
-        raise InvalidInput(f"{path} does not exist", where=field, hint="check the path")
+        hint = "check the path"
+        if not path.is_absolute():  # a spec sent as text (the console) has no folder of its own
+            hint = (f"a relative path is read from the directory the controller runs in "
+                    f"({Path.cwd()}); give an absolute path")  # fmt: skip
+        raise InvalidInput(f"{path} does not exist", where=field, hint=hint)
     root = getattr(store, "root", None)  # a local store: its files are not inputs either
     if isinstance(root, Path) and path.resolve().is_relative_to(root.resolve()):
         _refuse_private(field, location)

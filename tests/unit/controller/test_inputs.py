@@ -33,6 +33,11 @@ def test_missing_and_unsupported_locations_name_the_field(tmp_path: Path) -> Non
     with pytest.raises(InvalidInput, match="does not exist") as caught:
         resolve_input(store, "model", "model.base", str(tmp_path / "nope"))
     assert caught.value.where == "model.base"
+    with pytest.raises(InvalidInput, match="does not exist") as caught:
+        resolve_input(store, "model", "model.base", "tiny-chatml")  # as in the quickstart
+    assert "relative path is read from the directory the controller runs in" in str(
+        caught.value.hint
+    )
     with pytest.raises(InvalidInput, match="unsupported location"):
         resolve_input(store, "model", "model.base", "ftp://host/model")
     with pytest.raises(FailedPrecondition, match="outside the artifact store"):
