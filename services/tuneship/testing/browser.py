@@ -44,11 +44,13 @@ def headless_chromium() -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
-def live_wait(driver: webdriver.Chrome, timeout_s: float = 30) -> WebDriverWait[webdriver.Chrome]:
-    """A wait that polls every 0.1 s and looks again when the element it read was
+def live_wait(
+    driver: webdriver.Chrome, timeout_s: float = 30, poll_s: float = 0.1
+) -> WebDriverWait[webdriver.Chrome]:
+    """A wait that polls every ``poll_s`` and looks again when the element it read was
     replaced (the live parts of a page are) or is not there yet."""
     changing = (NoSuchElementException, StaleElementReferenceException)
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.1, ignored_exceptions=changing)
+    return WebDriverWait(driver, timeout_s, poll_frequency=poll_s, ignored_exceptions=changing)
 
 
 def screenshots(driver: webdriver.Chrome, folder: Path, name: str) -> list[Path]:

@@ -1,8 +1,10 @@
-"""A web console in front of a controller with scripted stage workers, for tests.
+"""A web console in front of a controller with scripted or real stage workers, for tests.
 
-``start_rig`` starts the cluster of ``tuneship.testing.cluster`` and the console on
-loopback ports; ``ConsoleUser`` is a browser without JavaScript: it logs in, keeps the
-session cookie and posts forms with the CSRF token of the page they came from.
+``start_rig`` starts the cluster of ``tuneship.testing.cluster`` (scripted stages) and
+the console on loopback ports; ``start_embedded_console`` the real stages of ``tuneship
+run --console`` instead, without submitting anything; ``ConsoleUser`` is a browser
+without JavaScript: it logs in, keeps the session cookie and posts forms with the CSRF
+token of the page they came from.
 """
 
 from __future__ import annotations
@@ -10,18 +12,24 @@ from __future__ import annotations
 import json
 import random
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from tuneship.client import PipelineClient
 from tuneship.common.auth import AuthSettings, Token
+from tuneship.common.settings import Settings
 from tuneship.common.stages import STAGES
 from tuneship.common.store.base import ArtifactStore
 from tuneship.console import ConsoleSettings, RunningConsole, start_console
 from tuneship.testing.cluster import Cluster, start_cluster
 from tuneship.testing.stages import ScriptedStage
+
+if TYPE_CHECKING:  # the real stages import torch: seconds that scripted tests skip
+    from tuneship.cli.embedded import Embedded
 
 TOKEN = Token("console-user-token")
 REPORT = [
@@ -100,6 +108,29 @@ def start_rig(
 
     console = start_console(ConsoleSettings(address, port=0, refresh_s=1.0), connect)
     return Rig(cluster, console)
+
+
+@dataclass(frozen=True)
+class EmbeddedConsole:
+    """The embedded controller with the real stage services, and the console."""
+
+    embedded: Embedded
+    console: RunningConsole
+
+    @property
+    def url(self) -> str:
+        return self.console.url
+
+
+def start_embedded_console(settings: Settings, stack: ExitStack) -> EmbeddedConsole:
+    """What ``tuneship run --console 0`` starts, without submitting: the embedded
+    controller and its real services under ``settings.data_dir`` (llama-server serves),
+    and the console on loopback in front of it (no login), all stopped by ``stack``."""
+    from tuneship.cli.run import console_beside
+    from tuneship.testing.pipelines import start_embedded_llama
+
+    embedded = start_embedded_llama(settings, stack)
+    return EmbeddedConsole(embedded, console_beside(embedded.address, 0, stack))
 
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')

@@ -27,15 +27,22 @@ def wait_all(client: PipelineClient, ids: list[str], timeout_s: float) -> list[P
     raise AssertionError(f"not finished: {[i.as_dict() for i in infos]}")
 
 
+def start_embedded_llama(settings: Settings, stack: ExitStack) -> Embedded:
+    """The embedded stack of ``tuneship run`` with the llama-server backend (no Ollama
+    is asked), closed with ``stack``."""
+    backend = open_backend("llama-server", "http://127.0.0.1:9", settings, stack)
+    embedded = start_embedded(settings, backend, stack)
+    stack.callback(embedded.close)
+    return embedded
+
+
 def run_batch(
     settings: Settings, specs: list[str], stack: ExitStack, timeout_s: float = 900
 ) -> tuple[Embedded, list[PipelineInfo]]:
     """Submit ``specs`` as one batch to an embedded stack (llama-server backend, closed
     with ``stack``) and wait for them; AssertionError naming each stage's error unless
     every one succeeded. Returns the stack and the finished pipelines."""
-    backend = open_backend("llama-server", "http://127.0.0.1:9", settings, stack)
-    embedded = start_embedded(settings, backend, stack)
-    stack.callback(embedded.close)
+    embedded = start_embedded_llama(settings, stack)
     client = PipelineClient(embedded.address)
     finals = wait_all(client, [info.id for info in client.submit_batch(specs)], timeout_s)
     assert [f.phase for f in finals] == ["succeeded"] * len(specs), [
