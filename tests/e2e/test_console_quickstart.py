@@ -4,7 +4,9 @@ The embedded controller and services of ``tuneship run --console`` (llama-server
 serves: no Ollama here) with the console in front; the quickstart's spec as the CLI
 writes it is pasted into the submit page of Debian's headless Chromium. The pipeline
 page follows real training live, without reloading, to success, with its loss curve
-and quality report; the chat page answers with the reply the model was trained on.
+and quality report, and lists the committed files (the recommended GGUF downloads
+through its link as the store has it); the chat page answers with the reply the model
+was trained on.
 Screenshots of the pipeline, chat and pipelines pages at desktop (1280x800) and phone
 (390x844) width go to ``$TUNESHIP_TEST_ARTIFACTS/console-quickstart`` (default: the
 test's tmp directory), full height.
@@ -33,6 +35,17 @@ from tuneship.testing.console import EmbeddedConsole, start_embedded_console
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(540)]
 
 ARTIFACTS = "console-quickstart"
+FETCH_SHA256 = """
+const done = arguments[arguments.length - 1];
+fetch(arguments[0])
+  .then((answer) => answer.arrayBuffer())
+  .then((bytes) => crypto.subtle.digest("SHA-256", bytes).then((hash) => done([
+    bytes.byteLength,
+    Array.from(new Uint8Array(hash), (b) => b.toString(16).padStart(2, "0")).join(""),
+  ])))
+  .catch((error) => done(String(error)));
+"""
+"""Run in the page: download a URL with the page's session; its length and sha256."""
 
 
 @pytest.fixture
@@ -100,6 +113,17 @@ def test_the_quickstart_submitted_from_the_console_runs_and_answers(
     )
     same_top = re.search(r"(\d+\.\d) %", recommended.text)  # the export reports percent
     assert same_top and 50 <= float(same_top.group(1)) <= 100, recommended.text
+
+    # Every committed file is listed, and the recommended GGUF downloads through its link
+    # (fetched by the page itself, with its session) as the bytes the store committed.
+    committed = {f.name: f for f in PipelineClient(rig.embedded.address).artifacts(pipeline_id)}
+    links = {a.text: a.get_attribute("href")
+             for a in browser.find_elements(By.CSS_SELECTOR, "table.files a")}  # fmt: skip
+    assert set(links) == set(committed) and "export/report.md" in links, links
+    gguf = next(n for n in links if n.endswith(f"{export.summary['recommended']}.gguf"))
+    browser.set_script_timeout(60)
+    fetched = browser.execute_async_script(FETCH_SHA256, links[gguf])
+    assert fetched == [committed[gguf].size, committed[gguf].sha256], fetched
     pipeline_shots = screenshots(browser, artifacts, "pipeline")
 
     browser.find_element(By.LINK_TEXT, "Chat with the model").click()
