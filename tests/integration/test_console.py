@@ -350,7 +350,14 @@ def test_the_pipeline_page_lists_its_files_and_each_downloads_as_an_attachment(
         ("merge/model.safetensors", "1.4 MiB"), ("export/pirate-q8_0.gguf", "2.2 MiB"),
         ("export/report.md", "39 bytes"), ("publish/Modelfile", "24 bytes"),
     ]  # fmt: skip
-    assert "3.9 MiB in all" in page
+    assert "6 files, 3.9 MiB in all" in page
+    groups = re.findall(r'<th scope="rowgroup">([^<]+)</th><td class="number">([^<]+)<', page)
+    assert groups == [
+        ("train: 2 files", "293.0 KiB"),
+        ("merge: 1 file", "1.4 MiB"),
+        ("export: 2 files", "2.2 MiB"),
+        ("publish: 1 file", "24 bytes"),
+    ]
 
     url = dict((name, url) for url, name, _size in rows)["export/pirate-q8_0.gguf"]
     got = user.http.get(url)

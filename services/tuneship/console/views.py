@@ -242,12 +242,25 @@ class FileRow:
 
 
 @dataclass(frozen=True)
-class Listing:
-    """The rows, or why there are none to show (``reason``)."""
+class FileGroup:
+    """The files of one stage, with their total size."""
 
+    stage: str
     rows: list[FileRow]
     total: str
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The files by stage, or why there are none to show (``reason``)."""
+
+    groups: list[FileGroup]
+    total: str
     reason: str = ""
+
+    @property
+    def count(self) -> int:
+        return sum(len(g.rows) for g in self.groups)
 
 
 def file_url(pipeline_id: str, found: ArtifactInfo) -> str:
@@ -264,6 +277,12 @@ def file_listing(client: PipelineClient, pipeline_id: str) -> Listing:
         if exc.where in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
             raise
         return Listing([], "", f"The controller cannot list them: {exc.message}")
-    rows = [FileRow(f.name, human_size(f.size), f.sha256, file_url(pipeline_id, f))
-            for f in files]  # fmt: skip
-    return Listing(rows, human_size(sum(f.size for f in files)))
+    stages: dict[str, list[ArtifactInfo]] = {}
+    for found in files:
+        stages.setdefault(found.stage, []).append(found)
+    groups = [
+        FileGroup(stage, [FileRow(f.name, human_size(f.size), f.sha256, file_url(pipeline_id, f))
+                          for f in found], human_size(sum(f.size for f in found)))
+        for stage, found in stages.items()
+    ]  # fmt: skip
+    return Listing(groups, human_size(sum(f.size for f in files)))
