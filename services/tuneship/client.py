@@ -145,9 +145,9 @@ class WatchEvent:
     """The training step a ``metrics`` event was measured at, when the stage said."""
 
 
-class WatchStream:
-    """The events of one ``Watch`` call, in order; ``cancel()`` (from any thread) ends
-    the iteration quietly, e.g. when the reader of a live view goes away."""
+class _ServerStream:
+    """The messages of one server-streaming call, its errors as tuneship errors;
+    ``cancel()`` (from any thread) ends the iteration quietly."""
 
     def __init__(self, call: Any, address: str, tls: bool) -> None:
         self._call = call
@@ -155,10 +155,9 @@ class WatchStream:
         self._tls = tls
         self._cancelled = False
 
-    def __iter__(self) -> Iterator[WatchEvent]:
+    def _messages(self) -> Iterator[Any]:
         try:
-            for message in self._call:
-                yield watch_event(message)
+            yield from self._call
         except grpc.RpcError as exc:
             if self._cancelled and exc.code() is grpc.StatusCode.CANCELLED:
                 return
@@ -167,6 +166,15 @@ class WatchStream:
     def cancel(self) -> None:
         self._cancelled = True
         self._call.cancel()
+
+
+class WatchStream(_ServerStream):
+    """The events of one ``Watch`` call, in order; ``cancel()`` ends the iteration
+    quietly, e.g. when the reader of a live view goes away."""
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        for message in self._messages():
+            yield watch_event(message)
 
 
 @dataclass(frozen=True)
@@ -192,37 +200,26 @@ def artifact_info(message: pipeline_pb2.ArtifactFile) -> ArtifactInfo:
                         message.sha256)  # fmt: skip
 
 
-class ArtifactDownload:
+class ArtifactDownload(_ServerStream):
     """One file as ``ReadArtifact`` streams it. Made by ``PipelineClient.read_artifact``,
     which waits for the first piece, so ``file`` (its size and sha256) is known and a
     missing file has raised before any byte; iterating yields the bytes, ``cancel()``
     (from any thread) stops the transfer."""
 
     def __init__(self, call: Any, address: str, tls: bool) -> None:
-        self._call = call
-        self._address = address
-        self._tls = tls
-        self._cancelled = False
-        try:
-            self._first = next(call)
-        except grpc.RpcError as exc:
-            raise _error(exc, address, tls) from exc
-        self.file = artifact_info(self._first.file)
+        super().__init__(call, address, tls)
+        self._pieces = self._messages()
+        first = next(self._pieces, None)
+        if first is None:
+            raise errors.Unavailable(f"the controller at {address} ended the file before it began")
+        self._first_data = first.data
+        self.file = artifact_info(first.file)
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._first.data:
-            yield self._first.data
-        try:
-            for chunk in self._call:
-                yield chunk.data
-        except grpc.RpcError as exc:
-            if self._cancelled and exc.code() is grpc.StatusCode.CANCELLED:
-                return
-            raise _error(exc, self._address, self._tls) from exc
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        self._call.cancel()
+        if self._first_data:
+            yield self._first_data
+        for chunk in self._pieces:
+            yield chunk.data
 
 
 @dataclass(frozen=True)
