@@ -74,7 +74,7 @@ def test_a_real_model_in_the_console(settings: Settings, sample_data: Path, tmp_
         files = dict(re.findall(r'<a href="([^"]+)" download>([^<]+)</a>', page))
         by_name = {name: link for link, name in files.items()}
         gguf = next(name for name in by_name if name.endswith("q8_0.gguf"))
-        assert {"train/adapter_model.safetensors", "export/report.md"} <= set(by_name)
+        assert {"train/adapter/adapter_model.safetensors", "export/report.md"} <= set(by_name)
 
         target = tmp_path / "downloaded.gguf"
         digest = hashlib.sha256()
@@ -97,6 +97,9 @@ def test_a_real_model_in_the_console(settings: Settings, sample_data: Path, tmp_
         assert streamed.status_code == 200 and streamed.text.strip()
         print(json.dumps({"gguf": gguf, "bytes": target.stat().st_size,
                           "answer": streamed.text[:200]}))  # fmt: skip
+    except AssertionError:
+        print("".join(lines)[-6000:])  # what the run and its console said
+        raise
     finally:
         process.send_signal(signal.SIGINT)
         try:
