@@ -164,6 +164,7 @@ def stored_losses(store: Path, key: str) -> list[tuple[int, float]]:
     return losses(local.get_bytes(manifest.file_key("metrics.jsonl")).decode())
 
 
+@pytest.mark.slow  # over a minute on 2 cores
 def test_a_preempted_training_pod_is_retried_and_resumes_from_its_checkpoint(
     cluster_factory, tmp_path: Path, tiny_chatml: Path, sample_data: Path
 ) -> None:
@@ -300,6 +301,7 @@ def test_a_job_pod_that_cannot_start_fails_with_its_own_words(
     assert "ftp://nowhere/bucket" in train.error and "TUNESHIP_STORE" in train.error
 
 
+@pytest.mark.slow  # over a minute on 2 cores
 def test_a_pool_pod_removed_mid_stage_is_retried_on_another(
     cluster_factory, tmp_path: Path, tiny_chatml: Path, sample_data: Path
 ) -> None:
