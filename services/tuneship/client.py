@@ -51,6 +51,10 @@ _ERRORS: dict[grpc.StatusCode, type[errors.TuneshipError]] = {
 }
 
 
+_HINT = "\n  hint: "
+"""How ``TuneshipError.render`` joins a hint to its message."""
+
+
 def _error(exc: grpc.RpcError, address: str, tls: bool = False) -> errors.TuneshipError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
@@ -63,9 +67,12 @@ def _error(exc: grpc.RpcError, address: str, tls: bool = False) -> errors.Tunesh
         if tls:  # a refused client certificate looks like a closed socket
             hint += "; over TLS, check --ca and give --cert/--key if it wants a client certificate"
         return kind(f"controller at {address} is not reachable: {details}", hint=hint)
+    # The server sent its error rendered: the message, then its hint after _HINT. Split
+    # again, pages can show the hint apart; render() gives the same text as before.
+    message, _, hint = (details or code.name).partition(_HINT)
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        return kind(details or code.name, where=code.name)
-    return kind(details or code.name)
+        return kind(message, where=code.name, hint=hint or None)
+    return kind(message, hint=hint or None)
 
 
 def _answered(exc: grpc.RpcError) -> bool:

@@ -126,6 +126,9 @@ def test_a_controller_without_a_store_says_so(tmp_path: Path) -> None:
         with pytest.raises(FailedPrecondition) as caught:
             client.artifacts(pipeline_id)
         assert "no artifact store" in str(caught.value)
+        # The server's hint arrives apart from its message, as it was raised there.
+        assert caught.value.hint == "read them from the store itself (`tuneship store`)"
+        assert "hint" not in caught.value.message
     finally:
         running.stop()
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from tuneship.common.store import LocalStore
 from tuneship.testing.browser import live_wait, screenshots
-from tuneship.testing.console import TOKEN, Rig, console_stages, start_rig
+from tuneship.testing.console import FILES, TOKEN, Rig, console_stages, start_rig
 from tuneship.testing.stages import ScriptedStage
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -39,8 +40,10 @@ dataset: {train: s3://data/train.jsonl}
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     # Training slow enough (about 4 s) to be seen running, then the rest in a blink.
-    started = start_rig(tmp_path, console_stages(
-        train=ScriptedStage("train", steps=40, step_s=0.1, eval_every=5)))  # fmt: skip
+    store = LocalStore(tmp_path / "store")  # the stages commit their files: the page lists them
+    started = start_rig(tmp_path, console_stages(store, train=ScriptedStage(
+        "train", steps=40, step_s=0.1, eval_every=5, store=store, files=FILES["train"],
+    )), store=store)  # fmt: skip
     yield started
     started.stop()
 
@@ -72,6 +75,7 @@ def test_submit_from_the_page_and_watch_it_run_to_success(
     assert "train succeeded" in log and "publish" in log
     assert "q8_0" in browser.find_element(By.CSS_SELECTOR, "tr.recommended").text
     assert browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline")
+    assert "export/pirate-q8_0.gguf" in browser.find_element(By.CSS_SELECTOR, "table.files").text
     pipeline_shots = screenshots(browser, artifacts, "pipeline")
 
     browser.find_element(By.LINK_TEXT, "Chat with the model").click()

@@ -257,6 +257,7 @@ class Listing:
     groups: list[FileGroup]
     total: str
     reason: str = ""
+    hint: str = ""
 
     @property
     def count(self) -> int:
@@ -276,7 +277,7 @@ def file_listing(client: PipelineClient, pipeline_id: str) -> Listing:
     except TuneshipError as exc:
         if exc.where in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
             raise
-        return Listing([], "", f"The controller cannot list them: {exc.message}")
+        return Listing([], "", f"The controller cannot list them: {exc.message}", exc.hint or "")
     stages: dict[str, list[ArtifactInfo]] = {}
     for found in files:
         stages.setdefault(found.stage, []).append(found)
