@@ -67,7 +67,7 @@ async def call(request: web.Request, work: Callable[[PipelineClient], T]) -> T:
     except NotFound as exc:
         raise _page(state, request, "error.html", 404, title="Not found", error=exc) from exc
     except TuneshipError as exc:
-        if _refused(exc):
+        if views.refused(exc):
             state.sessions.end(request.cookies.get(COOKIE))
             raise _page(state, request, "denied.html", 401, title="Log in again",
                         reason="The controller no longer takes your token.") from exc  # fmt: skip
@@ -86,11 +86,6 @@ def _page(state: ConsoleState, request: web.Request, name: str, status: int,
     """An error page to raise, with ``status``."""
     page = render(state, request, name, status, **context)
     return _STATUS[status](text=page.text, content_type="text/html")
-
-
-def _refused(exc: TuneshipError) -> bool:
-    """Whether the controller refused the token (rather than the request)."""
-    return exc.where in ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
 # ---- login -------------------------------------------------------------------------
@@ -123,9 +118,9 @@ async def login(request: web.Request) -> web.StreamResponse:
             await asyncio.to_thread(client.list, page_size=1)
         except TuneshipError as exc:
             client.close()
-            if _refused(exc):
+            if views.refused(exc):
                 await asyncio.sleep(REFUSED_DELAY_S)
-            error = "The controller refused this token." if _refused(exc) else (
+            error = "The controller refused this token." if views.refused(exc) else (
                 f"The controller did not answer: {exc.message}")  # fmt: skip
         else:
             state.sessions.end(request.cookies.get(COOKIE))
@@ -364,7 +359,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
     try:
         info = await asyncio.to_thread(session.client.submit, text, priority)
     except TuneshipError as exc:
-        if _refused(exc):
+        if views.refused(exc):
             state.sessions.end(request.cookies.get(COOKIE))
             raise _page(state, request, "denied.html", 401, title="Log in again",
                         reason="The controller no longer takes your token.") from exc  # fmt: skip

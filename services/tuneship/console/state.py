@@ -13,6 +13,7 @@ from aiohttp import web
 from tuneship.client import PipelineClient
 from tuneship.common.errors import TuneshipError
 from tuneship.console.sessions import COOKIE, Session, Sessions
+from tuneship.console.views import refused
 
 ClientFactory = Callable[[str | None], PipelineClient]
 """A client of the controller that sends this token (None: no token)."""
@@ -65,7 +66,7 @@ class ConsoleState:
                     client.close()
                 self.open_mode = True
             except TuneshipError as exc:
-                if exc.where in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                if refused(exc):
                     self.open_mode = False
                 return True
         return not self.open_mode

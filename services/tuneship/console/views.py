@@ -23,6 +23,11 @@ SPEC_SOURCE = "spec"
 _WHERE_LINE = re.compile(rf"^{SPEC_SOURCE}:(\d+)(?::\s*(.*))?$")
 
 
+def refused(exc: TuneshipError) -> bool:
+    """Whether the controller refused the token (rather than the request)."""
+    return exc.where in ("UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
 def parse_labels(text: str) -> dict[str, str]:
     """``"batch=b1, team=nlp"`` → ``{"batch": "b1", "team": "nlp"}``.
 
@@ -275,7 +280,7 @@ def file_listing(client: PipelineClient, pipeline_id: str) -> Listing:
     try:
         files = client.artifacts(pipeline_id)
     except TuneshipError as exc:
-        if exc.where in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        if refused(exc):
             raise
         return Listing([], "", f"The controller cannot list them: {exc.message}", exc.hint or "")
     stages: dict[str, list[ArtifactInfo]] = {}
