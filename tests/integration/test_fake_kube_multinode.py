@@ -90,6 +90,12 @@ def custom(kube: FakeKube) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(kube.api_client())
 
 
+def running(kube: FakeKube, name: str) -> bool:
+    """Whether the pod's (only) container has started and not stopped."""
+    statuses = (kube.get("Pod", name) or {}).get("status", {}).get("containerStatuses") or []
+    return bool(statuses) and "running" in statuses[0].get("state", {})
+
+
 def printed_env(kube: FakeKube, pod: dict[str, Any]) -> dict[str, str]:
     name = pod["metadata"]["name"]
 
@@ -142,7 +148,10 @@ def test_a_failed_node_fails_the_jobset_and_deleting_it_removes_everything(
     pods = kube.wait_for(lambda: len(kube.pods("app=multi")) == 2 and kube.pods("app=multi"))
     rank1 = next(p for p in pods if p["metadata"]["annotations"][
         "batch.kubernetes.io/job-completion-index"] == "1")  # fmt: skip
-    kube.wait_for(lambda: kube.get("Pod", rank1["metadata"]["name"])["status"].get("podIP"))
+    # Wait for the container itself, not the pod's IP: node 1 has its IP while it waits in
+    # ContainerCreating for node 0's name to resolve, which it does only once the kubelet
+    # has started node 0 (seen on a loaded machine: no running container to kill).
+    kube.wait_for(lambda: running(kube, rank1["metadata"]["name"]), 30, "node 1 running")
     kube.oom_kill(rank1["metadata"]["name"])
     state = kube.wait_for(
         lambda: (kube.get("JobSet", "lost").get("status") or {}).get("terminalState"), 30
